@@ -1,0 +1,259 @@
+"""The ConMIM pre-training model: student, EMA teacher, views, masks, loss."""
+
+import keras
+from keras import ops
+
+from keras_conmim import train_step as backend_step
+from keras_conmim.layers import PACKAGE
+from keras_conmim.losses import info_nce_and_accuracy
+from keras_conmim.masking import get_mask_generator
+from keras_conmim.presets import get_preset
+from keras_conmim.projector import ProjectionHead
+from keras_conmim.views import PairedViews
+from keras_conmim.vit import ViT
+
+
+def _clone(layer, name):
+    config = dict(layer.get_config(), name=name)
+    return layer.__class__.from_config(config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConMIM(keras.Model):
+    """ConMIM pre-training: masked image modeling with denoising contrast.
+
+    `fit()` takes uint8 images `[B, H, W, C]` (no labels). Each step, on the
+    device and inside the compiled function: paired views (shared crop/flip,
+    strong photometric noise for the teacher), patch masks, the student
+    encodes the masked weak view, the EMA teacher the whole strong view, both
+    through their projection heads; the patch InfoNCE is minimised, the
+    optimizer updates the student, then the teacher moves by
+    `t <- m t + (1 - m) s` with m on a cosine from `base_momentum` to
+    `final_momentum` over `total_steps`.
+
+    Args:
+        encoder: `ViT`. The student encoder (the teacher is a copy of it).
+        projector: `ProjectionHead` or None. None uses the release's head
+            (4096 hidden, 256 out): on small encoders pass a smaller one.
+        mask_generator: `"random"`, `"block"` or a mask generator layer.
+            Defaults to `"random"` (the release's random units, ratio 0.75,
+            units of 2x2 patches).
+        views: `PairedViews` or None (the spec's defaults at the encoder's
+            image size).
+        temperature: float. InfoNCE temperature. Defaults to `0.1`.
+        base_momentum: float. Teacher momentum at step 0. Defaults to `0.996`.
+        final_momentum: float. Teacher momentum at the last step. Defaults
+            to `1.0`.
+        total_steps: int or None. Length of the momentum schedule. None lets
+            the first `fit()` set it to epochs x steps per epoch.
+        seed: int or None. Seeds the default views and mask generator.
+
+    Example:
+
+    ```python
+    encoder = keras_conmim.ViT.from_preset("vit_mini_p4_28")
+    model = keras_conmim.ConMIM(
+        encoder, projector=keras_conmim.ProjectionHead(512, 128))
+    model.compile(optimizer=keras.optimizers.AdamW(5e-4, weight_decay=0.05))
+    model.fit(images_uint8, batch_size=64, epochs=2)
+    model.teacher_encoder.save("saved_models/teacher.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        encoder,
+        projector=None,
+        mask_generator="random",
+        views=None,
+        temperature=0.1,
+        base_momentum=0.996,
+        final_momentum=1.0,
+        total_steps=None,
+        seed=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "conmim")
+        super().__init__(**kwargs)
+        if not isinstance(encoder, ViT):
+            raise ValueError(
+                f"encoder must be a keras_conmim.ViT, received {type(encoder).__name__}."
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, received {temperature}.")
+        if not 0 <= base_momentum <= final_momentum <= 1:
+            raise ValueError(
+                "Need 0 <= base_momentum <= final_momentum <= 1, received "
+                f"base_momentum={base_momentum}, final_momentum={final_momentum}."
+            )
+        if total_steps is not None and total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1 or None, received {total_steps}.")
+        self.encoder = encoder
+        self.projector = projector if projector is not None else ProjectionHead()
+        if isinstance(mask_generator, str):
+            mask_generator = get_mask_generator(mask_generator, encoder.grid_size, seed=seed)
+        if tuple(mask_generator.grid_size) != tuple(encoder.grid_size):
+            raise ValueError(
+                f"mask_generator.grid_size={mask_generator.grid_size} does not match "
+                f"the encoder's patch grid {encoder.grid_size}."
+            )
+        self.mask_generator = mask_generator
+        if views is None:
+            views = PairedViews(
+                encoder.image_shape[:2], seed=None if seed is None else seed + 1)
+        if tuple(views.image_size) != tuple(encoder.image_shape[:2]):
+            raise ValueError(
+                f"views.image_size={views.image_size} does not match the encoder's "
+                f"image size {encoder.image_shape[:2]}."
+            )
+        self.views = views
+        self.temperature = temperature
+        self.base_momentum = base_momentum
+        self.final_momentum = final_momentum
+        self.seed = seed
+        self._total_steps_arg = total_steps
+
+        token_shape = (None, encoder.num_patches + 1, encoder.hidden_dim)
+        self.projector.build(token_shape)
+        self.teacher_encoder = _clone(encoder, "teacher_encoder")
+        self.teacher_projector = _clone(self.projector, "teacher_projector")
+        self.teacher_projector.build(token_shape)
+        self.teacher_encoder.set_weights(encoder.get_weights())
+        self.teacher_projector.set_weights(self.projector.get_weights())
+        self.teacher_encoder.trainable = False
+        self.teacher_projector.trainable = False
+
+        self.step_counter = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False,
+            name="step_counter")
+        self.total_steps = self.add_weight(
+            shape=(), dtype="float32", trainable=False, name="total_steps",
+            initializer=keras.initializers.Constant(float(total_steps or 0)))
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="lookup_accuracy")
+        self.built = True
+
+    @classmethod
+    def from_preset(cls, name, encoder_kwargs=None, **kwargs):
+        """ConMIM with a preset's encoder and its matching projection head."""
+        preset = get_preset(name)
+        encoder = ViT.from_preset(name, **(encoder_kwargs or {}))
+        kwargs.setdefault("projector", ProjectionHead(**preset["projector"]))
+        return cls(encoder, **kwargs)
+
+    # ---- the forward pass shared by every backend --------------------------
+
+    def pretext_outputs(self, images, training=False):
+        """Views and masks from uint8 `images`, then the pretext loss."""
+        student_view, teacher_view = self.views(images)
+        patch_mask = self.mask_generator(images)
+        return self.pretext_loss(student_view, teacher_view, patch_mask, training)
+
+    def pretext_loss(self, student_view, teacher_view, patch_mask, training=False):
+        """Loss and lookup accuracy for given views and mask (float views,
+        already normalised). Returns a dict with `loss` and `lookup_accuracy`."""
+        student_tokens = self.encoder(student_view, patch_mask=patch_mask, training=training)
+        q = self.projector(student_tokens, training=training)[:, 1:]
+        teacher_tokens = self.teacher_encoder(teacher_view, training=False)
+        # The release runs the teacher's head in train mode (batch statistics).
+        k = ops.stop_gradient(self.teacher_projector(teacher_tokens, training=training))[:, 1:]
+        loss, accuracy = info_nce_and_accuracy(q, k, patch_mask, self.temperature)
+        return {"loss": loss, "lookup_accuracy": accuracy}
+
+    def call(self, images, training=False):
+        return self.pretext_outputs(images, training=training)
+
+    # ---- teacher ------------------------------------------------------------
+
+    def momentum(self):
+        """Teacher momentum for the current step."""
+        return backend_step.momentum_at(
+            self.step_counter, self.total_steps, self.base_momentum, self.final_momentum)
+
+    def ema_pairs(self):
+        """(student variable, teacher variable) pairs the EMA moves: every
+        trainable student weight of encoder and projector (BatchNorm
+        statistics are not averaged)."""
+        pairs = []
+        for student, teacher in ((self.encoder, self.teacher_encoder),
+                                 (self.projector, self.teacher_projector)):
+            for s, t in zip(student.weights, teacher.weights):
+                if s.shape != t.shape or s.path.split("/", 1)[1] != t.path.split("/", 1)[1]:
+                    raise RuntimeError(f"Student/teacher mismatch: {s.path} vs {t.path}.")
+                if s.trainable:
+                    pairs.append((s, t))
+        return pairs
+
+    # ---- training loop plumbing ---------------------------------------------
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker]
+
+    def tracker_results(self):
+        return {m.name: m.result() for m in self.metrics}
+
+    def compile(self, optimizer="adamw", **kwargs):
+        """As `keras.Model.compile`; `jit_compile` defaults to `"auto"` (XLA on
+        JAX and TensorFlow). Biases, norms, tokens and position tables are kept
+        out of weight decay, as in the release."""
+        kwargs.setdefault("jit_compile", "auto")
+        super().compile(optimizer=optimizer, **kwargs)
+        if hasattr(self.optimizer, "exclude_from_weight_decay"):
+            no_decay = self.encoder.no_weight_decay_variables()
+            no_decay += [v for v in self.projector.trainable_weights if len(v.shape) <= 1]
+            self.optimizer.exclude_from_weight_decay(var_list=no_decay)
+
+    def train_step(self, *args):
+        return backend_step.train_step(self, *args)
+
+    def test_step(self, *args):
+        return backend_step.test_step(self, *args)
+
+    def fit(self, *args, **kwargs):
+        if float(ops.convert_to_numpy(self.total_steps)) == 0:
+            kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [
+                _SetTotalSteps(self, kwargs.get("initial_epoch", 0))]
+        return super().fit(*args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            projector=keras.saving.serialize_keras_object(self.projector),
+            mask_generator=keras.saving.serialize_keras_object(self.mask_generator),
+            views=keras.saving.serialize_keras_object(self.views),
+            temperature=self.temperature,
+            base_momentum=self.base_momentum,
+            final_momentum=self.final_momentum,
+            total_steps=self._total_steps_arg,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "projector", "mask_generator", "views"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+class _SetTotalSteps(keras.callbacks.Callback):
+    """Sets the momentum schedule's length from fit()'s epochs and steps."""
+
+    def __init__(self, conmim, initial_epoch):
+        super().__init__()
+        self.conmim = conmim
+        self.initial_epoch = initial_epoch
+
+    def on_train_begin(self, logs=None):
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if not steps:
+            raise ValueError(
+                "ConMIM cannot size its momentum schedule: the dataset has no "
+                "known length. Pass steps_per_epoch to fit() or total_steps to "
+                "ConMIM(...)."
+            )
+        done = int(ops.convert_to_numpy(self.conmim.step_counter))
+        self.conmim.total_steps.assign(float(done + steps * (epochs - self.initial_epoch)))

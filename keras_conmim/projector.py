@@ -1,0 +1,78 @@
+"""The release's projection head: per-token BN MLP."""
+
+import keras
+from keras import ops
+
+from keras_conmim.layers import PACKAGE, trunc_normal
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ProjectionHead(keras.layers.Layer):
+    """Linear(no bias) - BN - ReLU, repeated, then Linear(no bias) - BN(no
+    scale, no offset), applied to every token.
+
+    BatchNorm statistics are taken over all tokens of the batch (CLS
+    included), as in the release. At small scale the hidden width dominates
+    the step's cost, so it is a parameter.
+
+    Args:
+        hidden_dim: int. Hidden width. Defaults to `4096` (the release).
+        output_dim: int. Output width. Defaults to `256`.
+        num_layers: int. Number of Linear layers, >= 1. Defaults to `3`.
+        batch_norm_epsilon: float. Defaults to `1e-5` (PyTorch's).
+        batch_norm_momentum: float. Keras convention (PyTorch's 0.1 is
+            Keras' 0.9). Defaults to `0.9`.
+    """
+
+    def __init__(self, hidden_dim=4096, output_dim=256, num_layers=3,
+                 batch_norm_epsilon=1e-5, batch_norm_momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        if num_layers < 1 or hidden_dim < 1 or output_dim < 1:
+            raise ValueError(
+                "ProjectionHead needs num_layers, hidden_dim and output_dim >= 1, "
+                f"received {num_layers}, {hidden_dim}, {output_dim}."
+            )
+        self.hidden_dim = hidden_dim
+        self.output_dim = output_dim
+        self.num_layers = num_layers
+        self.batch_norm_epsilon = batch_norm_epsilon
+        self.batch_norm_momentum = batch_norm_momentum
+        self.dense_layers, self.norms = [], []
+        for i in range(num_layers):
+            last = i == num_layers - 1
+            self.dense_layers.append(keras.layers.Dense(
+                output_dim if last else hidden_dim, use_bias=False,
+                kernel_initializer=trunc_normal(), dtype=self.dtype_policy,
+                name=f"dense_{i}"))
+            self.norms.append(keras.layers.BatchNormalization(
+                epsilon=batch_norm_epsilon, momentum=batch_norm_momentum,
+                center=not last, scale=not last, dtype=self.dtype_policy,
+                name=f"batch_norm_{i}"))
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for dense, norm in zip(self.dense_layers, self.norms):
+            dense.build(shape)
+            shape = shape[:-1] + (dense.units,)
+            norm.build(shape)
+        self.built = True
+
+    def call(self, tokens, training=None):
+        x = tokens
+        for i, (dense, norm) in enumerate(zip(self.dense_layers, self.norms)):
+            x = norm(dense(x), training=training)
+            if i < self.num_layers - 1:
+                x = ops.relu(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim, output_dim=self.output_dim,
+            num_layers=self.num_layers, batch_norm_epsilon=self.batch_norm_epsilon,
+            batch_norm_momentum=self.batch_norm_momentum,
+        )
+        return config

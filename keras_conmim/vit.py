@@ -1,0 +1,293 @@
+"""The ViT encoder (BEiT-style, as in the ConMIM release)."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_conmim.layers import (
+    PACKAGE,
+    PatchEmbedding,
+    RelativePositionBias,
+    TransformerBlock,
+    sincos_position_embedding,
+    trunc_normal,
+)
+from keras_conmim.presets import get_preset
+
+POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ViT(keras.Model):
+    """Vision Transformer encoder for ConMIM (BEiT layout).
+
+    Takes float images `[B, H, W, C]` (normalised, see `PairedViews`) and an
+    optional `patch_mask` `[B, N]` (bool; True = masked) and returns ALL
+    tokens after the final LayerNorm, CLS first: `[B, 1 + N, hidden_dim]`.
+    Masked patch embeddings are replaced by a learned `mask_token` before
+    the blocks (BEiT/ConMIM: no token dropping).
+
+    Args:
+        image_shape: tuple of 3 ints. `(height, width, channels)`; height and
+            width divisible by `patch_size`, 1 or 3 channels. Defaults to
+            `(224, 224, 3)`.
+        patch_size: int. Side of the square patches. Defaults to `16`.
+        num_layers: int. Number of transformer blocks. Defaults to `12`.
+        num_heads: int. Attention heads. Defaults to `12`.
+        hidden_dim: int. Token width. Defaults to `768`.
+        mlp_dim: int. MLP hidden width. Defaults to `3072`.
+        position_embedding: str. `"relative"` (BEiT relative position bias,
+            the release's choice), `"absolute"` (learned table) or `"sincos"`
+            (fixed 2D sin-cos). Defaults to `"relative"`.
+        use_shared_relative_position_bias: bool. With relative positions, one
+            table shared by all blocks (pre-training) or one per block
+            (fine-tuning). Defaults to `True`.
+        layer_scale_init_value: float or None. LayerScale init (`None` turns it
+            off). Defaults to `0.1` (the release uses 1e-5 for ViT-L).
+        drop_path_rate: float. Stochastic depth at the last block, linear
+            from 0 at the first. Defaults to `0.0`.
+        layer_norm_epsilon: float. Defaults to `1e-6`.
+        use_mask_token: bool. Create the learned mask token (needed for
+            `patch_mask`). Defaults to `True`.
+
+    Example:
+
+    ```python
+    encoder = keras_conmim.ViT.from_preset("vit_mini_p4_28")
+    tokens = encoder(np.zeros((2, 28, 28, 1), "float32"))      # [2, 50, 128]
+    pooled = encoder.pool(tokens)                               # [2, 128]
+    ```
+    """
+
+    def __init__(
+        self,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        mlp_dim=3072,
+        position_embedding="relative",
+        use_shared_relative_position_bias=True,
+        layer_scale_init_value=0.1,
+        drop_path_rate=0.0,
+        layer_norm_epsilon=1e-6,
+        use_mask_token=True,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "vit")
+        super().__init__(**kwargs)
+        image_shape = tuple(int(s) for s in image_shape)
+        _validate(image_shape, patch_size, num_layers, num_heads, hidden_dim,
+                  position_embedding, drop_path_rate)
+        self.image_shape = image_shape
+        self.patch_size = patch_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.mlp_dim = mlp_dim
+        self.position_embedding = position_embedding
+        self.use_shared_relative_position_bias = use_shared_relative_position_bias
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_mask_token = use_mask_token
+
+        self.grid_size = (image_shape[0] // patch_size, image_shape[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        relative = position_embedding == "relative"
+        per_block_bias = relative and not use_shared_relative_position_bias
+        p = self.dtype_policy
+
+        self.patch_embedding = PatchEmbedding(
+            hidden_dim, patch_size, dtype=p, name="patch_embed"
+        )
+        self.shared_relative_position_bias = None
+        if relative and use_shared_relative_position_bias:
+            self.shared_relative_position_bias = RelativePositionBias(
+                self.grid_size, num_heads, dtype=p, name="rel_pos_bias"
+            )
+        self.blocks = [
+            TransformerBlock(
+                hidden_dim,
+                num_heads,
+                mlp_dim,
+                drop_path_rate=drop_path_rate * i / max(num_layers - 1, 1),
+                layer_scale_init_value=layer_scale_init_value,
+                layer_norm_epsilon=layer_norm_epsilon,
+                # The release rescales block l's output projections by sqrt(2 l).
+                output_init_scale=float(1.0 / np.sqrt(2.0 * (i + 1))),
+                use_relative_position_bias=per_block_bias,
+                grid_size=self.grid_size,
+                dtype=p,
+                name=f"blocks_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=p, name="norm"
+        )
+        self.build((None,) + image_shape)
+
+    def build(self, input_shape):
+        self.patch_embedding.build(input_shape)
+        self.cls_token = self.add_weight(
+            shape=(1, 1, self.hidden_dim), initializer=trunc_normal(), name="cls_token"
+        )
+        if self.use_mask_token:
+            self.mask_token = self.add_weight(
+                shape=(1, 1, self.hidden_dim), initializer=trunc_normal(),
+                name="mask_token",
+            )
+        if self.position_embedding == "absolute":
+            self.pos_embed = self.add_weight(
+                shape=(1, self.num_patches + 1, self.hidden_dim),
+                initializer=trunc_normal(), name="pos_embed",
+            )
+        elif self.position_embedding == "sincos":
+            table = sincos_position_embedding(self.grid_size, self.hidden_dim)
+            table = np.concatenate([np.zeros((1, self.hidden_dim), "float32"), table])
+            self.pos_embed = self.add_weight(
+                shape=(1, self.num_patches + 1, self.hidden_dim),
+                initializer=keras.initializers.Constant(table[None]),
+                trainable=False, name="pos_embed",
+            )
+        if self.shared_relative_position_bias is not None:
+            self.shared_relative_position_bias.build()
+        token_shape = (None, self.num_patches + 1, self.hidden_dim)
+        for block in self.blocks:
+            block.build(token_shape)
+        self.norm.build(token_shape)
+        self.built = True
+
+    def forward_features(self, images, patch_mask=None, training=None):
+        """Run the encoder and return named intermediates.
+
+        Returns a dict: `tokens` `[B, 1+N, D]` (after the final norm),
+        `cls_token` `[B, D]`, `patch_tokens` `[B, N, D]`, `blocks` (list of
+        each block's raw output) and `grid_size`.
+        """
+        x = self.patch_embedding(ops.cast(images, self.compute_dtype))
+        if patch_mask is not None:
+            if not self.use_mask_token:
+                raise ValueError(
+                    "patch_mask was given but this ViT was built with "
+                    "use_mask_token=False. Build it with use_mask_token=True."
+                )
+            m = ops.cast(ops.expand_dims(patch_mask, -1), x.dtype)
+            x = x * (1 - m) + ops.cast(self.mask_token, x.dtype) * m
+        cls = ops.broadcast_to(
+            ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.hidden_dim)
+        )
+        x = ops.concatenate([cls, x], axis=1)
+        if self.position_embedding in ("absolute", "sincos"):
+            x = x + ops.cast(self.pos_embed, x.dtype)
+        bias = None
+        if self.shared_relative_position_bias is not None:
+            bias = self.shared_relative_position_bias()
+        block_outputs = []
+        for block in self.blocks:
+            x = block(x, bias=bias, training=training)
+            block_outputs.append(x)
+        tokens = self.norm(x)
+        return {
+            "tokens": tokens,
+            "cls_token": tokens[:, 0],
+            "patch_tokens": tokens[:, 1:],
+            "blocks": block_outputs,
+            "grid_size": self.grid_size,
+        }
+
+    def call(self, images, patch_mask=None, training=None):
+        return self.forward_features(images, patch_mask, training)["tokens"]
+
+    @staticmethod
+    def pool(tokens, method="mean"):
+        """Pooled feature from `call`'s tokens: `"mean"` of the patch tokens
+        (the release's fine-tuning pooling) or the `"cls"` token."""
+        if method == "mean":
+            return ops.mean(tokens[:, 1:], axis=1)
+        if method == "cls":
+            return tokens[:, 0]
+        raise ValueError(f"Unknown pooling {method!r}. Use 'mean' or 'cls'.")
+
+    def no_weight_decay_variables(self):
+        """Variables the release keeps out of weight decay: biases, norms,
+        LayerScale-free 1-D parameters, CLS/mask tokens, position tables."""
+        skip = []
+        for v in self.weights:
+            name = v.path.split("/")[-1]
+            if len(v.shape) <= 1 or name in (
+                "cls_token", "mask_token", "pos_embed", "relative_position_bias_table"
+            ):
+                skip.append(v)
+        return skip
+
+    def layer_groups(self):
+        """Variables per layer-wise lr decay group (spec): group 0 = patch
+        embedding, CLS and mask token; group i+1 = block i; last group =
+        final norm and position tables (scale 1)."""
+        groups = [list(self.patch_embedding.weights)
+                  + [self.cls_token]
+                  + ([self.mask_token] if self.use_mask_token else [])]
+        groups += [list(block.weights) for block in self.blocks]
+        last = list(self.norm.weights)
+        if self.shared_relative_position_bias is not None:
+            last += list(self.shared_relative_position_bias.weights)
+        if self.position_embedding in ("absolute", "sincos"):
+            last.append(self.pos_embed)
+        groups.append(last)
+        return groups
+
+    @classmethod
+    def from_preset(cls, name, **kwargs):
+        """Build a ViT from a preset of `keras_conmim.presets.PRESETS`;
+        keyword arguments override the preset's values."""
+        config = dict(get_preset(name)["config"])
+        config.update(kwargs)
+        return cls(**config)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_shape=self.image_shape,
+            patch_size=self.patch_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            hidden_dim=self.hidden_dim,
+            mlp_dim=self.mlp_dim,
+            position_embedding=self.position_embedding,
+            use_shared_relative_position_bias=self.use_shared_relative_position_bias,
+            layer_scale_init_value=self.layer_scale_init_value,
+            drop_path_rate=self.drop_path_rate,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            use_mask_token=self.use_mask_token,
+        )
+        return config
+
+
+def _validate(image_shape, patch_size, num_layers, num_heads, hidden_dim,
+              position_embedding, drop_path_rate):
+    if len(image_shape) != 3 or image_shape[-1] not in (1, 3):
+        raise ValueError(
+            "image_shape must be (height, width, channels) with 1 or 3 "
+            f"channels, received {image_shape}."
+        )
+    if patch_size < 1 or image_shape[0] % patch_size or image_shape[1] % patch_size:
+        raise ValueError(
+            f"patch_size={patch_size} must divide the image height and width "
+            f"{image_shape[:2]}. Pick a patch size that divides both, or "
+            "resize the images."
+        )
+    if num_layers < 1 or num_heads < 1 or hidden_dim % num_heads:
+        raise ValueError(
+            f"Need num_layers >= 1 and num_heads dividing hidden_dim; received "
+            f"num_layers={num_layers}, num_heads={num_heads}, hidden_dim={hidden_dim}."
+        )
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ValueError(
+            f"Unknown position_embedding {position_embedding!r}. Valid: "
+            f"{', '.join(POSITION_EMBEDDINGS)}."
+        )
+    if not 0 <= drop_path_rate < 1:
+        raise ValueError(f"drop_path_rate must be in [0, 1), received {drop_path_rate}.")
