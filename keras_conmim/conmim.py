@@ -114,7 +114,8 @@ class ConMIM(keras.Model):
         self._total_steps_arg = total_steps
 
         token_shape = (None, encoder.num_patches + 1, encoder.hidden_dim)
-        self.projector.build(token_shape)
+        if not self.projector.built:
+            self.projector.build(token_shape)
         self.teacher_encoder = _clone(encoder, "teacher_encoder")
         self.teacher_projector = _clone(self.projector, "teacher_projector")
         self.teacher_projector.build(token_shape)
@@ -203,6 +204,12 @@ class ConMIM(keras.Model):
             no_decay = self.encoder.no_weight_decay_variables()
             no_decay += [v for v in self.projector.trainable_weights if len(v.shape) <= 1]
             self.optimizer.exclude_from_weight_decay(var_list=no_decay)
+
+    def compile_from_config(self, config):
+        # keras skips compile() on load when compile is overridden; ours only
+        # adds defaults, so restoring from the saved compile config is safe.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
 
     def train_step(self, *args):
         return backend_step.train_step(self, *args)

@@ -7,6 +7,67 @@ from keras_conmim.layers import PACKAGE, trunc_normal
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class TokenBatchNorm(keras.layers.Layer):
+    """BatchNorm over every axis but the last, with batch statistics whenever
+    `training=True` -- also when the layer is frozen.
+
+    Keras' `BatchNormalization` switches to moving statistics once its layer
+    is non-trainable; the EMA teacher is non-trainable yet must normalise with
+    batch statistics, as the release's teacher head does (train mode).
+
+    Args:
+        epsilon: float. Defaults to `1e-5` (PyTorch's).
+        momentum: float. Moving-average momentum, Keras convention
+            (PyTorch's 0.1 is 0.9 here). Defaults to `0.9`.
+        center, scale: bool. Learn an offset / a scale. Default `True`.
+    """
+
+    def __init__(self, epsilon=1e-5, momentum=0.9, center=True, scale=True, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.momentum = momentum
+        self.center = center
+        self.scale = scale
+
+    def build(self, input_shape):
+        dim = (input_shape[-1],)
+        if self.scale:
+            self.gamma = self.add_weight(shape=dim, initializer="ones", name="gamma")
+        if self.center:
+            self.beta = self.add_weight(shape=dim, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=dim, initializer="zeros", trainable=False, name="moving_mean")
+        self.moving_variance = self.add_weight(
+            shape=dim, initializer="ones", trainable=False, name="moving_variance")
+
+    def call(self, x, training=None):
+        x32 = ops.cast(x, "float32")
+        if training:
+            axes = tuple(range(len(x.shape) - 1))
+            mean = ops.mean(x32, axis=axes)
+            variance = ops.mean(ops.square(x32 - mean), axis=axes)
+            m = self.momentum
+            # PyTorch tracks the unbiased variance; the difference is tiny at
+            # B * tokens samples, and Keras' own BN tracks the biased one.
+            self.moving_mean.assign(m * self.moving_mean + (1 - m) * mean)
+            self.moving_variance.assign(m * self.moving_variance + (1 - m) * variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        y = (x32 - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            y = y * self.gamma
+        if self.center:
+            y = y + self.beta
+        return ops.cast(y, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon, momentum=self.momentum,
+                      center=self.center, scale=self.scale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class ProjectionHead(keras.layers.Layer):
     """Linear(no bias) - BN - ReLU, repeated, then Linear(no bias) - BN(no
     scale, no offset), applied to every token.
@@ -44,7 +105,7 @@ class ProjectionHead(keras.layers.Layer):
                 output_dim if last else hidden_dim, use_bias=False,
                 kernel_initializer=trunc_normal(), dtype=self.dtype_policy,
                 name=f"dense_{i}"))
-            self.norms.append(keras.layers.BatchNormalization(
+            self.norms.append(TokenBatchNorm(
                 epsilon=batch_norm_epsilon, momentum=batch_norm_momentum,
                 center=not last, scale=not last, dtype=self.dtype_policy,
                 name=f"batch_norm_{i}"))

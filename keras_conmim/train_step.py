@@ -17,13 +17,15 @@ BACKEND = keras.backend.backend()
 
 def momentum_at(step, total_steps, base_momentum=0.996, final_momentum=1.0):
     """Cosine teacher momentum at iteration `step` of `total_steps`:
-    `final - (final - base) * (1 + cos(pi * step / T)) / 2` (spec, step 9)."""
-    progress = ops.clip(
-        ops.cast(step, "float32") / ops.maximum(ops.cast(total_steps, "float32"), 1.0),
-        0.0, 1.0,
-    )
-    return final_momentum - (final_momentum - base_momentum) * (
+    `final - (final - base) * (1 + cos(pi * step / T)) / 2` (spec, step 9),
+    held at `final` after T steps and at `base` while T is 0 (unset)."""
+    total = ops.cast(total_steps, "float32")
+    progress = ops.clip(ops.cast(step, "float32") / ops.maximum(total, 1.0), 0.0, 1.0)
+    cosine = final_momentum - (final_momentum - base_momentum) * (
         1.0 + ops.cos(math.pi * progress)) / 2.0
+    # total_steps == 0: the schedule was never sized (train_on_batch without
+    # total_steps); hold the base momentum rather than freeze the teacher.
+    return ops.where(total > 0, cosine, base_momentum)
 
 
 def ema(teacher_value, student_value, momentum):

@@ -203,7 +203,8 @@ class PairedViews(keras.layers.Layer):
         cols = resampling_matrix(x0 * in_w, cw * in_w, in_w, out_w, self.interpolation)
         flip = ops.reshape(u[:, 4] < self.flip_prob, (-1, 1, 1))
         cols = ops.where(flip, ops.flip(cols, axis=1), cols)
-        return apply_separable(images, rows, cols)
+        # Clip bicubic overshoot, as resampling a uint8 image does.
+        return ops.clip(apply_separable(images, rows, cols), 0.0, 1.0)
 
     def strong(self, x, seed):
         """The teacher's perturbations on float images in [0, 1]."""

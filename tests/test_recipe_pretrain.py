@@ -1,0 +1,47 @@
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+import keras_conmim  # noqa: F401  (registers the classes for load_model)
+
+from conftest import ROOT
+
+RECIPE = os.path.join(ROOT, "recipes", "pretrain.py")
+
+
+def _run(*args, backend=None):
+    env = dict(os.environ)
+    env.pop("KERAS_BACKEND", None)
+    return subprocess.run([sys.executable, RECIPE, *args], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=ROOT)
+
+
+def test_recipe_runs_and_writes_models(tmp_path):
+    backend = keras.backend.backend()
+    out = os.path.join(tmp_path, "run")
+    result = _run("--backend", backend, "--epochs", "1", "--steps-per-epoch", "3",
+                  "--batch-size", "8", "--mask", "block", "--output", out)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("done:") and "images/s" in last and "lookup accuracy" in last
+    assert os.path.abspath(out) in last
+    assert f"backend={backend}" in result.stdout
+    assert sorted(os.listdir(out)) == ["conmim.keras", "student_encoder.keras", "teacher_encoder.keras"]
+    teacher = keras.saving.load_model(os.path.join(out, "teacher_encoder.keras"))
+    tokens = teacher(np.zeros((1, 28, 28, 1), "float32"))
+    assert tokens.shape == (1, 50, 128)
+    model = keras.saving.load_model(os.path.join(out, "conmim.keras"))
+    assert int(keras.ops.convert_to_numpy(model.step_counter)) == 3
+
+
+def test_bad_flags_fail_at_once_with_choices():
+    result = _run("--preset", "vit_gigantic")
+    assert result.returncode == 2
+    assert "vit_mini_p4_28" in result.stderr and "vit_base_p16_224" in result.stderr
+    result = _run("--backend", "numpy")
+    assert result.returncode == 2 and "jax" in result.stderr and "torch" in result.stderr
+    result = _run("--batch-size", "0")
+    assert result.returncode == 2 and "must be > 0" in result.stderr
