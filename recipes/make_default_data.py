@@ -14,7 +14,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from keras_conmim.datasets import DEFAULT_DATA, read_idx  # noqa: E402
+from keras_conmim.data import read_idx  # noqa: E402
+from keras_conmim.data.sources import PACKAGE_DATA as DEFAULT_DATA  # noqa: E402
 
 
 def balanced(labels, per_class, rng):

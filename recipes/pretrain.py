@@ -2,150 +2,256 @@
 
     python recipes/pretrain.py --backend jax
     python recipes/pretrain.py --backend torch --epochs 1 --steps-per-epoch 20
+    python recipes/pretrain.py --config my_run.yaml --lr 1e-3      # flags override the file
+    python recipes/pretrain.py --data dir:/photos --preset vit_tiny_p4_32 --precision mixed_bfloat16
 
 Default data: the Fashion-MNIST slice shipped inside the package (4,000
-images, 28 x 28 gray). Writes to --output (default saved_models/):
-`conmim.keras` (the whole pre-training model: student, teacher, heads,
-optimizer state), `teacher_encoder.keras` and `student_encoder.keras`
-(standalone ViT encoders; fine-tune from the teacher, as the release does).
+images, 28 x 28 gray). In --output (default saved_models/) it writes:
+`config.json` (the resolved config), `checkpoints/ckpt-<step>.keras` (the last
+--keep-checkpoints, written atomically), `log.csv`, `tensorboard/` (when
+TensorFlow is installed), `views/` (pictures of what the model is given), and
+at the end `conmim.keras`, `teacher_encoder.keras`, `student_encoder.keras`.
+Run it again with the same --output and it resumes from the newest
+checkpoint, exactly where it stopped (`--no-resume` starts over).
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("jax", "tensorflow", "torch")
 MASKS = ("random", "block")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# name: (type, default, help). The config file uses the same names.
+OPTIONS = {
+    "backend": (str, None, f"one of {', '.join(BACKENDS)} (default: $KERAS_BACKEND or jax)"),
+    "preset": (str, "vit_mini_p4_28", "encoder preset (architecture; no weights)"),
+    "image_size": (int, None, "override the preset's image size"),
+    "patch_size": (int, None, "override the preset's patch size"),
+    "data": (str, "default", "default | idx:PATH | dir:PATH | tfds:NAME"),
+    "epochs": (int, 2, "epochs to train in total"),
+    "steps_per_epoch": (int, None, "default: one pass over the data"),
+    "batch_size": (int, 64, "images per step"),
+    "lr": (float, 5e-4, "peak learning rate (AdamW, betas 0.9/0.98)"),
+    "min_lr": (float, 1e-5, "end of the cosine"),
+    "warmup_epochs": (float, 0.5, "linear warmup, then per-step cosine"),
+    "weight_decay": (float, 0.05, "not on biases, norms, tokens, position tables"),
+    "clip_norm": (float, None, "global gradient-norm clipping"),
+    "mask": (str, "random", f"one of {', '.join(MASKS)}"),
+    "mask_ratio": (float, None, "default: 0.75 (random), 75/196 (block)"),
+    "precision": (str, "float32", f"one of {', '.join(PRECISIONS)}"),
+    "output": (str, os.path.join(ROOT, "saved_models"), "run directory"),
+    "keep_checkpoints": (int, 3, "how many checkpoints to keep"),
+    "checkpoint_every": (int, None, "also checkpoint every N steps (default: epoch ends)"),
+    "view_grid_every": (int, 5, "epochs between pictures of the views"),
+    "seed": (int, 0, "seed for weights, data order, views and masks"),
+}
 
 
-def _preset_names():
+def _load_presets():
     # Read the preset table without importing keras: the backend must be set
     # before keras is imported, and bad flags should fail at once.
     path = os.path.join(ROOT, "keras_conmim", "presets.py")
     spec = importlib.util.spec_from_file_location("_conmim_presets", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return list(module.PRESETS)
+    return module.PRESETS
 
 
-def _positive(kind):
-    def parse(text):
+def _read_config_file(path):
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --config {path}: file not found.")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
+            import yaml
+        except ImportError:
+            raise SystemExit("error: YAML configs need PyYAML (pip install pyyaml), or use JSON.")
+        config = yaml.safe_load(text) or {}
+    else:
+        config = json.loads(text)
+    unknown = sorted(set(config) - set(OPTIONS))
+    if unknown:
+        raise SystemExit(f"error: --config {path}: unknown keys {unknown}. "
+                         f"Valid keys: {', '.join(OPTIONS)}.")
+    return config
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="ConMIM pre-training on the packaged Fashion-MNIST slice.")
-    parser.add_argument("--backend", choices=BACKENDS,
-                        default=os.environ.get("KERAS_BACKEND", "jax"),
-                        help="Keras backend (set before keras is imported).")
-    parser.add_argument("--preset", choices=_preset_names(), default="vit_mini_p4_28",
-                        help="encoder preset (architecture; no weights)")
-    parser.add_argument("--epochs", type=_positive(int), default=2)
-    parser.add_argument("--steps-per-epoch", type=_positive(int), default=None,
-                        help="default: one pass over the data")
-    parser.add_argument("--batch-size", type=_positive(int), default=64)
-    parser.add_argument("--lr", type=_positive(float), default=5e-4,
-                        help="peak learning rate (AdamW, betas 0.9/0.98)")
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--warmup-epochs", type=float, default=0.5,
-                        help="linear warmup, then per-step cosine to 1e-5")
-    parser.add_argument("--mask", choices=MASKS, default="random",
-                        help="random units (SimMIM, ratio 0.75) or BEiT blocks")
-    parser.add_argument("--output", default=os.path.join(ROOT, "saved_models"))
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+def resolve_config(argv=None):
+    """defaults < --config file < flags given on the command line."""
+    parser = argparse.ArgumentParser(description="ConMIM pre-training.")
+    parser.add_argument("--config", help="YAML or JSON file with any of the options below")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over even if --output holds checkpoints")
+    for name, (kind, default, text) in OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                            help=f"{text} (default: {default})")
+    args = parser.parse_args(argv)
+    config = {name: default for name, (_, default, _) in OPTIONS.items()}
+    if args.config:
+        config.update(_read_config_file(args.config))
+    config.update({k: v for k, v in vars(args).items() if k in OPTIONS and v is not None})
+    if config["backend"] is None:
+        config["backend"] = os.environ.get("KERAS_BACKEND", "jax")
+    errors = validate(config)
+    if errors:
+        parser.error("\n  ".join(["invalid configuration:"] + errors))
+    return config, not args.no_resume
 
 
-class Throughput:
-    """Images/s over the steps after the first (which includes compilation)."""
+def validate(config):
+    """Every impossible value, named with its valid range; nothing trains
+    until this list is empty."""
+    errors = []
+    presets = _load_presets()
 
-    def __init__(self, batch_size):
-        import keras
+    def choice(name, valid):
+        if config[name] not in valid:
+            errors.append(f"{name}={config[name]!r}: choose one of {', '.join(valid)}")
 
-        outer = self
-
-        class _Callback(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                now = time.perf_counter()
-                if outer.start is None:
-                    outer.start = now
-                else:
-                    outer.batches += 1
-                    outer.end = now
-
-        self.batch_size = batch_size
-        self.start = self.end = None
-        self.batches = 0
-        self.callback = _Callback()
-
-    def images_per_second(self):
-        if not self.batches:
-            return float("nan")
-        return self.batches * self.batch_size / (self.end - self.start)
+    choice("backend", BACKENDS)
+    choice("mask", MASKS)
+    choice("precision", PRECISIONS)
+    choice("preset", list(presets))
+    for name in ("epochs", "batch_size", "keep_checkpoints", "view_grid_every"):
+        if not isinstance(config[name], int) or config[name] < 1:
+            errors.append(f"{name}={config[name]!r}: must be an integer >= 1")
+    for name in ("steps_per_epoch", "checkpoint_every", "image_size", "patch_size"):
+        if config[name] is not None and (not isinstance(config[name], int) or config[name] < 1):
+            errors.append(f"{name}={config[name]!r}: must be an integer >= 1 (or unset)")
+    if not config["lr"] > 0:
+        errors.append(f"lr={config['lr']}: must be > 0")
+    if not 0 <= config["min_lr"] <= config["lr"]:
+        errors.append(f"min_lr={config['min_lr']}: must be in [0, lr={config['lr']}]")
+    if config["warmup_epochs"] < 0 or config["weight_decay"] < 0:
+        errors.append("warmup_epochs and weight_decay must be >= 0")
+    if config["clip_norm"] is not None and not config["clip_norm"] > 0:
+        errors.append(f"clip_norm={config['clip_norm']}: must be > 0 (or unset)")
+    ratio = config["mask_ratio"]
+    if ratio is not None and not 0 < ratio < 1:
+        errors.append(f"mask_ratio={ratio}: must be in (0, 1), exclusive")
+    spec = config["data"]
+    kind, _, arg = str(spec).partition(":")
+    if not ((kind == "default" and not arg) or (kind in ("idx", "dir", "tfds") and arg)):
+        errors.append(f"data={spec!r}: use default, idx:PATH, dir:PATH or tfds:NAME")
+    if config["preset"] in presets:
+        preset = presets[config["preset"]]["config"]
+        size = config["image_size"] or preset["image_shape"][0]
+        patch = config["patch_size"] or preset["patch_size"]
+        if size % patch:
+            errors.append(f"patch_size={patch} does not divide image_size={size}: "
+                          f"pick a patch size among the divisors of {size}")
+    return errors
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    os.environ["KERAS_BACKEND"] = args.backend
+    config, resume = resolve_config(argv)
+    os.environ["KERAS_BACKEND"] = config["backend"]
     sys.path.insert(0, ROOT)
     import keras
     import numpy as np
 
     import keras_conmim as kc
-    from keras_conmim.datasets import load_default_data
+    from keras_conmim import callbacks as cb
+    from keras_conmim.data import parse_data_spec
     from keras_conmim.saving import save_atomic
 
-    keras.utils.set_random_seed(args.seed)
-    images, _ = load_default_data("train")
-    model = kc.ConMIM.from_preset(args.preset, mask_generator=args.mask, seed=args.seed)
-    channels = model.encoder.image_shape[-1]
-    if images.shape[-1] != channels:
-        images = np.repeat(images, channels, axis=-1)  # gray -> RGB presets
+    print("resolved config:\n" + json.dumps(config, indent=2), flush=True)
+    output = config["output"]
+    ckpt_dir = os.path.join(output, "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    with open(os.path.join(output, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
 
-    steps = args.steps_per_epoch or len(images) // args.batch_size
+    keras.utils.set_random_seed(config["seed"])
+    keras.config.set_dtype_policy(config["precision"])
+    preset = kc.PRESETS[config["preset"]]
+    vit_args = {k: config[k] for k in ("patch_size",) if config[k]}
+    size = config["image_size"] or preset["config"]["image_shape"][0]
+    channels = preset["config"]["image_shape"][-1]
+    vit_args["image_shape"] = (size, size, channels)
+
+    source = parse_data_spec(config["data"], size, "rgb" if channels == 3 else "gray")
+    batch = config["batch_size"]
+    steps = config["steps_per_epoch"] or source.steps_per_epoch(batch)
     if steps < 1:
-        raise SystemExit(f"--batch-size {args.batch_size} is larger than the "
-                         f"{len(images)} images available.")
-    total = steps * args.epochs
-    warmup = min(int(args.warmup_epochs * steps), total - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else args.lr, decay_steps=total - warmup,
-        alpha=min(1e-5 / args.lr, 1.0), warmup_target=args.lr if warmup else None,
-        warmup_steps=warmup)
-    model.compile(optimizer=keras.optimizers.AdamW(
-        schedule, weight_decay=args.weight_decay, beta_1=0.9, beta_2=0.98, epsilon=1e-8))
+        raise SystemExit(f"error: batch_size={batch} is larger than the {len(source)} images.")
+    total = steps * config["epochs"]
 
-    print(f"ConMIM pre-training: backend={args.backend} preset={args.preset} "
-          f"mask={args.mask} images={len(images)} batch={args.batch_size} "
-          f"epochs={args.epochs} steps/epoch={steps}")
-    throughput = Throughput(args.batch_size)
-    data = images
-    if args.steps_per_epoch and steps * args.batch_size > len(images):
-        data = images[np.arange(steps * args.batch_size) % len(images)]
-    history = model.fit(data, batch_size=args.batch_size, epochs=args.epochs,
-                        steps_per_epoch=steps, shuffle=True,
-                        callbacks=[throughput.callback], verbose=1)
+    model, path = (cb.load_latest_checkpoint(ckpt_dir) if resume else (None, None))
+    if model is None:
+        mask_kwargs = {"mask_ratio": config["mask_ratio"]} if config["mask_ratio"] else {}
+        encoder = kc.ViT.from_preset(config["preset"], **vit_args)
+        model = kc.ConMIM(
+            encoder, projector=kc.ProjectionHead(**preset["projector"]),
+            mask_generator=kc.get_mask_generator(
+                config["mask"], encoder.grid_size, seed=config["seed"], **mask_kwargs),
+            total_steps=total, seed=config["seed"])
+        warmup = min(int(config["warmup_epochs"] * steps), total - 1)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else config["lr"],
+            decay_steps=total - warmup, alpha=config["min_lr"] / config["lr"],
+            warmup_target=config["lr"] if warmup else None, warmup_steps=warmup)
+        model.compile(optimizer=keras.optimizers.AdamW(
+            schedule, weight_decay=config["weight_decay"], beta_1=0.9, beta_2=0.98,
+            epsilon=1e-8, global_clipnorm=config["clip_norm"]))
+        done = 0
+    else:
+        done = int(keras.ops.convert_to_numpy(model.step_counter))
+        print(f"resuming from {path} at step {done}", flush=True)
+
+    checkpointer = cb.Checkpointer(ckpt_dir, keep=config["keep_checkpoints"],
+                                   every_n_steps=config["checkpoint_every"])
+    scalars = cb.TrainingScalars(batch)
+    callbacks = [cb.NaNGuard(checkpointer), scalars, checkpointer,
+                 keras.callbacks.CSVLogger(os.path.join(output, "log.csv"), append=done > 0),
+                 cb.ViewGrid(source.batch(np.arange(min(8, len(source)))), os.path.join(output, "views"),
+                             every_n_epochs=config["view_grid_every"],
+                             log_dir=os.path.join(output, "tensorboard"))]
+    try:
+        import tensorboard  # noqa: F401
+        import tensorflow  # noqa: F401  (TensorBoard writes through tf.summary)
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard")))
+    except ImportError:
+        print("TensorFlow/TensorBoard not installed: no TensorBoard logs "
+              "(log.csv has the same scalars)")
+
+    print(f"ConMIM pre-training: backend={config['backend']} preset={config['preset']} "
+          f"mask={config['mask']} precision={config['precision']} images={len(source)} "
+          f"batch={batch} epochs={config['epochs']} steps/epoch={steps}", flush=True)
+    history = {}
+    try:
+        # A run resumed mid-epoch first finishes that epoch, then the rest.
+        epoch, offset = divmod(done, steps)
+        while epoch < config["epochs"]:
+            run_steps = steps - offset
+            part = model.fit(
+                source.dataset(batch, seed=config["seed"], start_step=done),
+                epochs=config["epochs"] if offset == 0 else epoch + 1,
+                initial_epoch=epoch, steps_per_epoch=run_steps,
+                callbacks=callbacks, shuffle=False, verbose=1)
+            for k, v in part.history.items():
+                history.setdefault(k, []).extend(v)
+            before, done = done, int(keras.ops.convert_to_numpy(model.step_counter))
+            if done == before or model.stop_training:
+                break  # a callback stopped the run
+            epoch, offset = divmod(done, steps)
+    except cb.NonFiniteLossError as e:
+        raise SystemExit(f"error: {e}")
 
     for name, obj in (("conmim", model), ("teacher_encoder", model.teacher_encoder),
                       ("student_encoder", model.encoder)):
-        save_atomic(obj, os.path.join(args.output, f"{name}.keras"))
-    logs = history.history
-    print(f"done: {throughput.images_per_second():.1f} images/s, "
-          f"final loss {logs['loss'][-1]:.4f}, "
-          f"lookup accuracy {logs['lookup_accuracy'][-1]:.4f} "
-          f"(chance {1 / model.encoder.num_patches:.4f}), "
-          f"saved to {os.path.abspath(args.output)}")
+        save_atomic(obj, os.path.join(output, f"{name}.keras"))
+    rate = history.get("images_per_second", [float("nan")])[-1]
+    loss = history["loss"][-1] if history else float("nan")
+    acc = history["lookup_accuracy"][-1] if history else float("nan")
+    print(f"done: {rate:.1f} images/s, final loss {loss:.4f}, lookup accuracy {acc:.4f} "
+          f"(chance {1 / model.encoder.num_patches:.4f}), saved to {os.path.abspath(output)}")
     return model
 
 

@@ -112,7 +112,7 @@ def test_evaluate_never_moves_the_teacher():
 
 
 def test_loss_falls_on_a_fixed_batch():
-    from keras_conmim.datasets import load_default_data
+    from keras_conmim.data import load_default_data
 
     images = load_default_data()[0][:32]
     vit = kc.ViT(image_shape=(28, 28, 1), patch_size=4, num_layers=2, num_heads=2,

@@ -1,0 +1,210 @@
+"""Callbacks for long pre-training runs: checkpoints, a NaN guard, extra
+scalars, and a picture of what the model is given."""
+
+import os
+import re
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from keras_conmim.saving import save_atomic
+
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; training was stopped."""
+
+
+def _sync(model):
+    # JAX keeps the training state outside the variables during an epoch.
+    if hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
+def _step(model):
+    return int(keras.ops.convert_to_numpy(model.step_counter))
+
+
+def list_checkpoints(directory):
+    """Checkpoint paths in `directory`, oldest first."""
+    names = [n for n in os.listdir(directory) if CHECKPOINT_PATTERN.match(n)] \
+        if os.path.isdir(directory) else []
+    return [os.path.join(directory, n) for n in sorted(names)]
+
+
+def load_latest_checkpoint(directory):
+    """`(model, path)` for the newest checkpoint that loads, or `(None, None)`.
+
+    A checkpoint that fails to load (it cannot be half-written, but a disk can
+    still corrupt it) is reported and the next older one is tried.
+    """
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return keras.saving.load_model(path), path
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"Could not load checkpoint {path} ({e}); trying an older one.",
+                          stacklevel=2)
+    return None, None
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves the whole ConMIM model (student, teacher, heads, optimizer state,
+    step counter, RNG state) at each epoch end and every `every_n_steps`
+    steps, atomically, as `ckpt-<step>.keras`; keeps the last `keep`.
+
+    Never saves a model whose last logged loss is NaN or Inf.
+    """
+
+    def __init__(self, directory, keep=3, every_n_steps=None):
+        super().__init__()
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, received {keep}.")
+        self.directory = directory
+        self.keep = keep
+        self.every_n_steps = every_n_steps
+        self.last_path = None
+        self._last_loss = None
+
+    def save(self):
+        _sync(self.model)
+        path = os.path.join(self.directory, f"ckpt-{_step(self.model):08d}.keras")
+        save_atomic(self.model, path)
+        self.last_path = path
+        for old in list_checkpoints(self.directory)[: -self.keep]:
+            os.remove(old)
+        return path
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_loss = (logs or {}).get("loss", self._last_loss)
+        if self.every_n_steps and _finite(self._last_loss):
+            # Counted in batches of this fit() epoch: reading the model's step
+            # counter every batch would force a JAX state sync.
+            if (batch + 1) % self.every_n_steps == 0:
+                self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite((logs or {}).get("loss", self._last_loss)):
+            self.save()
+
+
+def _finite(value):
+    if value is None:
+        return True
+    return bool(np.all(np.isfinite(np.asarray(keras.ops.convert_to_numpy(value), "float64"))))
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training at the first NaN/Inf loss with a message that says what
+    to try, raising `NonFiniteLossError`. Put it before `Checkpointer`."""
+
+    def __init__(self, checkpointer=None):
+        super().__init__()
+        self.checkpointer = checkpointer
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not _finite(loss):
+            self.model.stop_training = True
+            last = self.checkpointer.last_path if self.checkpointer else None
+            raise NonFiniteLossError(
+                f"The loss became {float(np.asarray(keras.ops.convert_to_numpy(loss)))} at batch "
+                f"{batch} of this epoch; training stopped. Last good checkpoint: "
+                f"{last or 'none written yet'}. Check the input data for NaN/Inf, or try a lower "
+                "--lr, --clip-norm 1.0, or --precision float32 / mixed_bfloat16 instead of "
+                "mixed_float16.")
+
+
+class TrainingScalars(keras.callbacks.Callback):
+    """Adds `learning_rate` and `images_per_second` to the epoch logs (so the
+    CSV log and TensorBoard get them). Put it before those loggers."""
+
+    def __init__(self, batch_size):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._batches = None, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._start is None:  # skip the first batch: it may include compilation
+            self._start = time.perf_counter()
+        else:
+            self._batches += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        lr = self.model.optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        if self._batches:
+            elapsed = time.perf_counter() - self._start
+            logs["images_per_second"] = self._batches * self.batch_size / elapsed
+
+
+class ViewGrid(keras.callbacks.Callback):
+    """Every `every_n_epochs` epochs, a grid of what the model is given: per
+    row the input, the student view with its masked patches dimmed, and the
+    teacher view. Written as PNG into `directory` and, when TensorFlow is
+    installed, as an image summary under `log_dir`.
+
+    Uses copies of the model's views and mask generator, so the model's own
+    random streams (and thus resumed runs) are untouched.
+    """
+
+    def __init__(self, images, directory, every_n_epochs=5, log_dir=None, seed=0):
+        super().__init__()
+        self.images = np.asarray(images)
+        self.directory = directory
+        self.every_n_epochs = every_n_epochs
+        self.log_dir = log_dir
+        self.seed = seed
+
+    def make_grid(self):
+        model = self.model
+        views = model.views.__class__.from_config({**model.views.get_config(), "seed": self.seed})
+        masker = model.mask_generator.__class__.from_config(
+            {**model.mask_generator.get_config(), "seed": self.seed})
+        student, teacher = (np.asarray(keras.ops.convert_to_numpy(v)) for v in views(self.images))
+        mask = np.asarray(keras.ops.convert_to_numpy(masker(self.images)))
+        gh, gw = model.encoder.grid_size
+        p = model.encoder.patch_size
+        mask = mask.reshape(-1, gh, gw).repeat(p, 1).repeat(p, 2)[..., None]
+
+        def to_uint8(x):
+            lo, hi = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+            return ((x - lo) / np.maximum(hi - lo, 1e-6) * 255).astype("uint8")
+
+        size = student.shape[1:3]
+        from keras_conmim.data.images import resize_image
+
+        inputs = np.stack([resize_image(img, size, "pad") for img in self.images])
+        channels = student.shape[-1]
+        inputs = inputs if inputs.shape[-1] == channels else np.repeat(inputs[..., :1], channels, -1)
+        masked = (to_uint8(student) * np.where(mask, 0.25, 1.0)).astype("uint8")
+        rows = [np.concatenate([a, b, c], axis=1) for a, b, c in
+                zip(inputs, masked, to_uint8(teacher))]
+        return np.concatenate(rows, axis=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        grid = self.make_grid()
+        os.makedirs(self.directory, exist_ok=True)
+        try:
+            from PIL import Image
+
+            img = grid[..., 0] if grid.shape[-1] == 1 else grid
+            Image.fromarray(img).save(os.path.join(self.directory, f"views-epoch{epoch + 1:04d}.png"))
+        except ImportError:
+            pass
+        if self.log_dir:
+            try:
+                import tensorflow as tf
+            except ImportError:
+                return
+            with tf.summary.create_file_writer(os.path.join(self.log_dir, "images")).as_default():
+                tf.summary.image("input | student view + mask | teacher view",
+                                 grid[None], step=epoch + 1)

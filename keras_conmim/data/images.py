@@ -1,0 +1,94 @@
+"""Per-image preparation in numpy/PIL: decode, channel policy, resize policy.
+
+Every source hands the train step uint8 `[H, W, C]` images of one fixed size;
+this module is where an image of any size and mode becomes one.
+"""
+
+import numpy as np
+
+RESIZE_POLICIES = ("crop", "pad")
+CHANNEL_POLICIES = ("keep", "rgb", "gray")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover
+        raise ImportError(
+            "Reading image files needs Pillow: pip install pillow") from e
+    return Image
+
+
+def check_policies(image_size, resize, channels):
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be an int or (height, width) > 0, received {image_size}.")
+    if resize not in RESIZE_POLICIES:
+        raise ValueError(f"Unknown resize policy {resize!r}. Valid: {', '.join(RESIZE_POLICIES)}.")
+    if channels not in CHANNEL_POLICIES:
+        raise ValueError(
+            f"Unknown channel policy {channels!r}. Valid: {', '.join(CHANNEL_POLICIES)}.")
+    return size
+
+
+def convert_channels(image, channels):
+    """`"keep"`, `"rgb"` (gray -> 3 channels) or `"gray"` (RGB -> 1, BT.601)."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 4:  # drop alpha
+        image = image[..., :3]
+    if channels == "rgb" and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    elif channels == "gray" and image.shape[-1] == 3:
+        luma = image.astype("float32") @ np.array([0.299, 0.587, 0.114], "float32")
+        image = np.clip(np.round(luma), 0, 255).astype("uint8")[..., None]
+    return image
+
+
+def resize_image(image, size, policy="crop"):
+    """uint8 `[h, w, c]` -> `[*size, c]`.
+
+    `"crop"`: scale the shorter side to fit, then center crop (the usual
+    evaluation resize). `"pad"`: scale the longer side to fit, then pad with
+    zeros around the center (nothing is cut off).
+    """
+    h, w = image.shape[:2]
+    th, tw = size
+    if (h, w) == (th, tw):
+        return image
+    Image = _pil()
+    scale = max(th / h, tw / w) if policy == "crop" else min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    channels = image.shape[-1]
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    resized = np.asarray(pil.resize((nw, nh), Image.BICUBIC))
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    if policy == "crop":
+        top, left = (nh - th) // 2, (nw - tw) // 2
+        return resized[top: top + th, left: left + tw]
+    out = np.zeros((th, tw, channels), "uint8")
+    top, left = (th - nh) // 2, (tw - nw) // 2
+    out[top: top + nh, left: left + nw] = resized
+    return out
+
+
+def prepare(image, size, resize="crop", channels="keep"):
+    """Channel policy, then resize policy; returns uint8 `[*size, C]`."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"Images must be uint8 in [0, 255], received dtype {image.dtype}. "
+            "Convert with np.clip(x, 0, 255).astype('uint8') (or x * 255 for [0, 1] floats).")
+    return resize_image(convert_channels(image, channels), size, resize)
+
+
+def decode_file(path):
+    """Decode one image file to uint8 `[h, w, c]` (c = 1 or 3)."""
+    Image = _pil()
+    with Image.open(path) as img:
+        img.load()
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "LA", "I;16") else "L")
+        return np.asarray(img)

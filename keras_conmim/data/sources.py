@@ -1,0 +1,316 @@
+"""Image sources: arrays, IDX files, folders, TFDS and the packaged default.
+
+Each function returns an `ImageSource`, which `.dataset(...)` turns into
+uint8 batches at a fixed image size: a `tf.data.Dataset` where TensorFlow is
+installed, else a `keras.utils.PyDataset` (numpy only, for JAX-only boxes).
+Both walk the same seeded order: epoch e is permutation (seed, e), so a run
+resumed at step s sees exactly the batches an uninterrupted run would.
+"""
+
+import os
+import warnings
+
+import numpy as np
+
+from keras_conmim.data.idx import read_idx
+from keras_conmim.data.images import (
+    IMAGE_EXTENSIONS, check_policies, decode_file, prepare,
+)
+
+PACKAGE_DATA = os.path.join(os.path.dirname(__file__), "fashion_mnist_small.npz")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+class ImageSource:
+    """A fixed-size collection of images and optional labels.
+
+    Either in memory (`images`, uint8 `[n, H, W, C]`, already at
+    `image_size`) or on disk (`paths`, decoded per batch). Labels (int) are
+    kept for probes; pre-training ignores them.
+    """
+
+    def __init__(self, image_size, images=None, paths=None, labels=None,
+                 resize="crop", channels="keep", class_names=None, skipped=()):
+        self.image_size = check_policies(image_size, resize, channels)
+        self.images, self.paths = images, paths
+        self.labels = None if labels is None else np.asarray(labels)
+        self.resize, self.channels = resize, channels
+        self.class_names = class_names
+        self.skipped = list(skipped)  # files found unreadable
+        self.failed_at_decode = 0
+
+    def __len__(self):
+        return len(self.images) if self.images is not None else len(self.paths)
+
+    @property
+    def num_channels(self):
+        if self.images is not None:
+            return self.images.shape[-1]
+        return self.load(0).shape[-1]
+
+    def load(self, index):
+        """uint8 image `index`, at `image_size` (None if it cannot be decoded)."""
+        if self.images is not None:
+            return self.images[index]
+        try:
+            return prepare(decode_file(self.paths[index]), self.image_size,
+                           self.resize, self.channels)
+        except Exception:  # noqa: BLE001 -- any decoder failure means "skip it"
+            self.failed_at_decode += 1
+            return None
+
+    def order(self, seed, epoch):
+        """The epoch's permutation of indices, from (seed, epoch) alone."""
+        return np.random.default_rng([seed, epoch]).permutation(len(self))
+
+    def batch_indices(self, batch_size, seed, step, shuffle=True):
+        """Indices of global batch `step` (epochs of len // batch_size steps)."""
+        steps = len(self) // batch_size
+        if steps < 1:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {len(self)} images in the source.")
+        epoch, i = divmod(step, steps)
+        order = self.order(seed, epoch) if shuffle else np.arange(len(self))
+        return order[i * batch_size: (i + 1) * batch_size]
+
+    def batch(self, indices):
+        """Stack a batch; an undecodable file is replaced by the next good one."""
+        if self.images is not None:
+            return self.images[indices]
+        out, probe = [], int(indices[-1]) + 1
+        for index in indices:
+            image = self.load(int(index))
+            while image is None:  # skipped and counted; keep the batch full
+                image = self.load(probe % len(self))
+                probe += 1
+            out.append(image)
+        return np.stack(out)
+
+    def steps_per_epoch(self, batch_size):
+        return len(self) // batch_size
+
+    def dataset(self, batch_size, seed=0, start_step=0, shuffle=True, backend="auto",
+                prefetch=4, workers=2):
+        """Endless uint8 batches from global step `start_step` on.
+
+        `backend`: `"tf"` (tf.data), `"numpy"` (PyDataset) or `"auto"`
+        (tf.data when TensorFlow imports). Pass `steps_per_epoch` to fit.
+        """
+        if backend == "auto":
+            backend = "tf" if _has_tensorflow() else "numpy"
+        if backend == "tf":
+            return _tf_dataset(self, batch_size, seed, start_step, shuffle, prefetch)
+        if backend == "numpy":
+            return UInt8Batches(self, batch_size, seed, start_step, shuffle, workers)
+        raise ValueError(f"backend must be 'auto', 'tf' or 'numpy', received {backend!r}.")
+
+
+def _has_tensorflow():
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tf_dataset(source, batch_size, seed, start_step, shuffle, prefetch):
+    import tensorflow as tf
+
+    h, w = source.image_size
+    c = source.num_channels
+    steps = tf.data.Dataset.counter(start=start_step)
+    if source.images is not None:
+        images = tf.constant(source.images)
+
+        def gather(step):
+            idx = tf.numpy_function(
+                lambda s: source.batch_indices(batch_size, seed, int(s), shuffle).astype("int64"),
+                [step], tf.int64)
+            return tf.reshape(tf.gather(images, idx), (batch_size, h, w, c))
+    else:
+        def gather(step):
+            batch = tf.numpy_function(
+                lambda s: source.batch(source.batch_indices(batch_size, seed, int(s), shuffle)),
+                [step], tf.uint8)
+            return tf.reshape(batch, (batch_size, h, w, c))
+
+    ds = steps.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(prefetch)
+
+
+class UInt8Batches:
+    """Numpy-only endless batches as a `keras.utils.PyDataset` (built lazily
+    so that importing this module does not import keras)."""
+
+    def __new__(cls, source, batch_size, seed, start_step, shuffle, workers):
+        import keras
+
+        class _Batches(keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__(workers=workers, use_multiprocessing=False)
+                self.epoch_steps = source.steps_per_epoch(batch_size)
+
+            @property
+            def num_batches(self):
+                return None  # endless: fit() needs steps_per_epoch
+
+            def __getitem__(self, i):
+                step = start_step + i
+                return (source.batch(source.batch_indices(batch_size, seed, step, shuffle)),)
+
+        return _Batches()
+
+
+# ---- the sources -------------------------------------------------------------
+
+
+def from_arrays(x, y=None, image_size=None, resize="crop", channels="keep"):
+    """Images already in memory: uint8 `[n, H, W]` or `[n, H, W, C]`."""
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"Expected images [n, H, W] or [n, H, W, C] with C in 1, 3, 4; received shape {x.shape}.")
+    if len(x) == 0:
+        raise ValueError("No images: the array is empty.")
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"{len(x)} images but {len(y)} labels.")
+    size = check_policies(image_size or x.shape[1:3], resize, channels)
+    if x.dtype != np.uint8:
+        raise ValueError(
+            f"Images must be uint8 in [0, 255], received dtype {x.dtype}. Convert with "
+            "np.clip(x, 0, 255).astype('uint8') (or x * 255 for [0, 1] floats).")
+    if tuple(x.shape[1:3]) != size or channels != "keep" or x.shape[-1] == 4:
+        x = np.stack([prepare(img, size, resize, channels) for img in x])
+    return ImageSource(size, images=x, labels=y, resize=resize, channels=channels)
+
+
+def from_idx(path, labels_path=None, **kwargs):
+    """MNIST-format IDX images (gzipped or not); labels from `labels_path`,
+    or guessed as the sibling `*labels-idx1-ubyte*` file when it exists."""
+    if not os.path.isfile(path):
+        raise ValueError(f"IDX file not found: {path}.")
+    x = read_idx(path)
+    if labels_path is None:
+        guess = path.replace("images-idx3", "labels-idx1")
+        labels_path = guess if guess != path and os.path.isfile(guess) else None
+    y = read_idx(labels_path).astype("int64") if labels_path else None
+    return from_arrays(x, y, **kwargs)
+
+
+def load_default(split="train", **kwargs):
+    """The packaged Fashion-MNIST slice as an `ImageSource` (28 x 28 gray
+    unless `image_size` / `channels` say otherwise)."""
+    x, y = load_default_data(split)
+    source = from_arrays(x, y, **kwargs)
+    source.class_names = FASHION_MNIST_CLASSES
+    return source
+
+
+def load_default_data(split="train"):
+    """The packaged Fashion-MNIST slice as numpy: `(images, labels)`.
+
+    `images` is uint8 `[n, 28, 28, 1]`, `labels` int64 `[n]`. The train split
+    holds 400 images per class from Fashion-MNIST's training set (4,000), the
+    test split 100 per class from its test set (1,000). Fashion-MNIST is
+    (c) Zalando SE, MIT licence (see `data/FASHION_MNIST_LICENSE`).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', received {split!r}.")
+    with np.load(PACKAGE_DATA) as data:
+        return data[f"x_{split}"][..., None], data[f"y_{split}"].astype("int64")
+
+
+def from_directory(path, image_size, labels="inferred", resize="crop", channels="rgb",
+                   verify=True):
+    """Every jpg/png/bmp/webp under `path`, recursively.
+
+    `labels="inferred"`: the first-level sub-folder names are the classes
+    (sorted); `None`: unlabeled. Files that cannot be opened are skipped and
+    counted (`source.skipped`), with one warning naming a few of them; with
+    `verify=True` each file's header and structure are checked up front, and
+    a file that still fails to decode later is replaced in its batch and
+    counted in `source.failed_at_decode`.
+    """
+    if not os.path.isdir(path):
+        raise ValueError(f"Image folder not found: {path!r}. Pass an existing directory.")
+    files = sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(path) for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ValueError(
+            f"No images in {path!r} (looked recursively for {', '.join(IMAGE_EXTENSIONS)}).")
+    skipped = []
+    if verify:
+        from keras_conmim.data.images import _pil
+
+        Image = _pil()
+        good = []
+        for f in files:
+            try:
+                with Image.open(f) as img:
+                    img.verify()
+                good.append(f)
+            except Exception:  # noqa: BLE001
+                skipped.append(f)
+        files = good
+        if skipped:
+            warnings.warn(
+                f"Skipped {len(skipped)} unreadable image file(s) in {path!r}, e.g. "
+                f"{', '.join(os.path.relpath(s, path) for s in skipped[:3])}.", stacklevel=2)
+        if not files:
+            raise ValueError(f"None of the image files in {path!r} could be read.")
+    y, class_names = None, None
+    if labels == "inferred":
+        top = [os.path.relpath(f, path).split(os.sep) for f in files]
+        if all(len(parts) > 1 for parts in top):
+            class_names = sorted({parts[0] for parts in top})
+            index = {name: i for i, name in enumerate(class_names)}
+            y = np.array([index[parts[0]] for parts in top], "int64")
+    elif labels is not None:
+        raise ValueError(f"labels must be 'inferred' or None, received {labels!r}.")
+    return ImageSource(image_size, paths=files, labels=y, resize=resize, channels=channels,
+                       class_names=class_names, skipped=skipped)
+
+
+def from_tfds(name, split="train", data_dir=None, download=True, image_size=None,
+              resize="crop", channels="keep", image_key="image", label_key="label"):
+    """A TensorFlow Datasets split, read into memory as uint8.
+
+    Offline: `download=False` with a `data_dir` where the dataset was
+    prepared. Needs `tensorflow-datasets`.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError("from_tfds needs tensorflow-datasets: pip install tensorflow-datasets") from e
+    ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
+    xs, ys = [], []
+    for example in tfds.as_numpy(ds):
+        xs.append(np.asarray(example[image_key]))
+        if label_key in example:
+            ys.append(int(example[label_key]))
+    if not xs:
+        raise ValueError(f"tfds dataset {name!r} split {split!r} is empty.")
+    size = image_size or xs[0].shape[:2]
+    x = np.stack([prepare(img, check_policies(size, resize, channels), resize, channels) for img in xs])
+    return from_arrays(x, np.array(ys) if len(ys) == len(xs) else None)
+
+
+def parse_data_spec(spec, image_size, channels="keep"):
+    """The recipe's `--data`: `default`, `idx:PATH`, `dir:PATH` or `tfds:NAME`."""
+    kind, _, arg = spec.partition(":")
+    if kind == "default" and not arg:
+        return load_default(image_size=image_size, channels=channels)
+    if kind == "idx" and arg:
+        return from_idx(arg, image_size=image_size, channels=channels)
+    if kind == "dir" and arg:
+        return from_directory(arg, image_size, channels=channels)
+    if kind == "tfds" and arg:
+        return from_tfds(arg, image_size=image_size, channels=channels)
+    raise ValueError(
+        f"Unknown --data {spec!r}. Use one of: default, idx:PATH, dir:PATH, tfds:NAME.")
