@@ -68,6 +68,13 @@ class Checkpointer(keras.callbacks.Callback):
         self.last_path = None
         self._last_loss = None
 
+    def on_train_begin(self, logs=None):
+        # Temp files of a save that a kill interrupted; never loadable.
+        if os.path.isdir(self.directory):
+            for name in os.listdir(self.directory):
+                if name.endswith(".partial.keras"):
+                    os.remove(os.path.join(self.directory, name))
+
     def save(self):
         _sync(self.model)
         path = os.path.join(self.directory, f"ckpt-{_step(self.model):08d}.keras")

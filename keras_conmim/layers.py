@@ -60,6 +60,31 @@ def sincos_position_embedding(grid_size, hidden_dim):
     return np.concatenate([encode(gy), encode(gx)], axis=1).astype("float32")
 
 
+class SeedStateMixin:
+    """Saves this layer's random-stream positions in `.keras` files.
+
+    Keras saves a layer's weights but not its `SeedGenerator` states, so a
+    reloaded model would replay the masks, views and drop-path patterns it
+    drew since step 0. Checkpoints must resume the streams where they were.
+    """
+
+    def _own_seed_generators(self):
+        return [g for g in getattr(self, "_seed_generators", [])]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, generator in enumerate(self._own_seed_generators()):
+            store[f"seed_state_{i}"] = keras.ops.convert_to_numpy(generator.state)
+
+    def load_own_variables(self, store):
+        seeds = {k: store[k] for k in store.keys() if k.startswith("seed_state_")}
+        rest = {k: store[k] for k in store.keys() if not k.startswith("seed_state_")}
+        super().load_own_variables(rest)
+        for i, generator in enumerate(self._own_seed_generators()):
+            if f"seed_state_{i}" in seeds:
+                generator.state.assign(np.asarray(seeds[f"seed_state_{i}"]))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PatchEmbedding(keras.layers.Layer):
     """Conv patch embedding (kernel = stride = patch size) to `[B, N, D]`.
@@ -222,7 +247,7 @@ class Attention(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class TransformerBlock(keras.layers.Layer):
+class TransformerBlock(SeedStateMixin, keras.layers.Layer):
     """Pre-norm ViT block with LayerScale and stochastic depth.
 
     Args:

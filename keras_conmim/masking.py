@@ -10,10 +10,10 @@ import math
 import keras
 from keras import ops
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.layers import PACKAGE, SeedStateMixin
 
 
-class _MaskGenerator(keras.layers.Layer):
+class _MaskGenerator(SeedStateMixin, keras.layers.Layer):
     """Shared plumbing: grid, seed and the `call` / `sample` split."""
 
     def __init__(self, grid_size, seed=None, **kwargs):

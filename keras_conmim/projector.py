@@ -49,15 +49,19 @@ class TokenBatchNorm(keras.layers.Layer):
             m = self.momentum
             # PyTorch tracks the unbiased variance; the difference is tiny at
             # B * tokens samples, and Keras' own BN tracks the biased one.
-            self.moving_mean.assign(m * self.moving_mean + (1 - m) * mean)
-            self.moving_variance.assign(m * self.moving_variance + (1 - m) * variance)
+            old_mean = ops.cast(self.moving_mean, "float32")
+            old_var = ops.cast(self.moving_variance, "float32")
+            self.moving_mean.assign(m * old_mean + (1 - m) * mean)
+            self.moving_variance.assign(m * old_var + (1 - m) * variance)
         else:
-            mean, variance = self.moving_mean, self.moving_variance
+            mean = ops.cast(self.moving_mean, "float32")
+            variance = ops.cast(self.moving_variance, "float32")
         y = (x32 - mean) * ops.rsqrt(variance + self.epsilon)
+        # Variables are autocast to the compute dtype in call; stay in float32.
         if self.scale:
-            y = y * self.gamma
+            y = y * ops.cast(self.gamma, "float32")
         if self.center:
-            y = y + self.beta
+            y = y + ops.cast(self.beta, "float32")
         return ops.cast(y, self.compute_dtype)
 
     def get_config(self):

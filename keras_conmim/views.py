@@ -12,7 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.layers import PACKAGE, SeedStateMixin
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,7 +67,7 @@ def grayscale(images):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class PairedViews(keras.layers.Layer):
+class PairedViews(SeedStateMixin, keras.layers.Layer):
     """Student and teacher views of a uint8 batch, made on the device.
 
     One random resized crop and one horizontal flip per image are shared by

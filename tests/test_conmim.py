@@ -169,6 +169,11 @@ def test_keras_file_round_trip(tmp_path):
     for x, y in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(to_numpy(x), to_numpy(y))
     assert int(to_numpy(loaded.step_counter)) == 2
+    # Random streams resume where they were (keras does not save them itself).
+    for a, b in ((model.views, loaded.views), (model.mask_generator, loaded.mask_generator)):
+        np.testing.assert_array_equal(to_numpy(a.seed_generator.state),
+                                      to_numpy(b.seed_generator.state))
+    assert int(to_numpy(model.views.seed_generator.state)[1]) > 0
     # Training goes on from the restored state.
     loaded.fit(uint8_images(8), batch_size=4, epochs=1, verbose=0)
     assert int(to_numpy(loaded.step_counter)) == 4

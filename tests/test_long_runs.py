@@ -1,0 +1,135 @@
+"""Resume, NaN safety, config validation and mixed precision."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_conmim as kc
+from keras_conmim import callbacks as cb
+from conftest import ROOT, tiny_vit, to_numpy, uint8_images
+
+RECIPE = os.path.join(ROOT, "recipes", "pretrain.py")
+BACKEND = keras.backend.backend()
+SMALL = ["--image-size", "16", "--patch-size", "4", "--batch-size", "32", "--epochs", "2",
+         "--steps-per-epoch", "6", "--checkpoint-every", "2", "--view-grid-every", "100"]
+
+
+def _recipe_module():
+    spec = importlib.util.spec_from_file_location("pretrain_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _start(out, *extra):
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
+    return subprocess.Popen([sys.executable, RECIPE, "--backend", BACKEND, "--output", out,
+                             *SMALL, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=ROOT)
+
+
+def _teacher_weights(out):
+    model = keras.saving.load_model(os.path.join(out, "conmim.keras"))
+    return [to_numpy(v) for v in model.weights]
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    straight = os.path.join(tmp_path, "straight")
+    proc = _start(straight)
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log[-3000:]
+
+    interrupted = os.path.join(tmp_path, "interrupted")
+    proc = _start(interrupted)
+    ckpt = os.path.join(interrupted, "checkpoints", "ckpt-00000008.keras")
+    deadline = time.time() + 900
+    while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-epoch 2 (steps 9..12)
+    proc.communicate()
+    assert not os.path.exists(os.path.join(interrupted, "conmim.keras")), "was not interrupted"
+    for name in os.listdir(os.path.join(interrupted, "checkpoints")):
+        assert cb.CHECKPOINT_PATTERN.match(name) or name.endswith(".partial.keras"), name
+
+    proc = _start(interrupted)  # same command: resumes
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log[-3000:]
+    assert "resuming from" in log and "ckpt-0000000" in log
+    for a, b in zip(_teacher_weights(straight), _teacher_weights(interrupted)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    kept = sorted(os.listdir(os.path.join(interrupted, "checkpoints")))
+    assert kept == ["ckpt-00000008.keras", "ckpt-00000010.keras", "ckpt-00000012.keras"]
+    with open(os.path.join(interrupted, "log.csv")) as f:
+        assert len(f.read().strip().splitlines()) >= 3  # header + both epochs
+
+
+def test_nan_stops_the_run_and_keeps_the_checkpoint(tmp_path):
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+    model.compile(optimizer="adamw")
+    images = uint8_images(16).astype("float32")
+    images[12] = np.nan  # the 4th batch: epoch 2
+    ckpt = cb.Checkpointer(os.path.join(tmp_path, "ckpt"), keep=2)
+    with pytest.raises(cb.NonFiniteLossError, match="Last good checkpoint: .*ckpt-00000002"):
+        model.fit(images, batch_size=4, epochs=2, steps_per_epoch=2, shuffle=False, verbose=0,
+                  callbacks=[cb.NaNGuard(ckpt), ckpt])
+    assert cb.list_checkpoints(ckpt.directory) == [ckpt.last_path]
+    restored, _ = cb.load_latest_checkpoint(ckpt.directory)
+    assert all(np.isfinite(to_numpy(v)).all() for v in restored.weights)
+    assert int(to_numpy(restored.step_counter)) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--patch-size", "5"], "patch_size=5 does not divide image_size=28"),
+    (["--mask-ratio", "1.5"], "mask_ratio=1.5: must be in (0, 1)"),
+    (["--batch-size", "0"], "batch_size=0: must be an integer >= 1"),
+    (["--preset", "vit_enormous"], "preset='vit_enormous': choose one of vit_mini_p4_28"),
+    (["--data", "ftp:x"], "use default, idx:PATH, dir:PATH or tfds:NAME"),
+    (["--precision", "fp8"], "precision='fp8': choose one of float32"),
+])
+def test_bad_config_fails_before_training(argv, message):
+    out = subprocess.run([sys.executable, RECIPE, *argv], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_config_file_and_flag_override(tmp_path):
+    recipe = _recipe_module()
+    path = os.path.join(tmp_path, "run.yaml")
+    with open(path, "w") as f:
+        f.write("lr: 0.001\nepochs: 7\nmask: block\n")
+    config, resume = recipe.resolve_config(["--config", path, "--epochs", "3"])
+    assert config["lr"] == 0.001 and config["epochs"] == 3 and config["mask"] == "block"
+    assert resume
+    json_path = os.path.join(tmp_path, "run.json")
+    with open(json_path, "w") as f:
+        json.dump({"learning_rate": 1}, f)
+    with pytest.raises(SystemExit, match="unknown keys"):
+        recipe.resolve_config(["--config", json_path])
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_loss(policy):
+    if BACKEND == "torch" and policy == "mixed_bfloat16":
+        pass  # CPU bf16 matmuls work in torch 2.x
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+        model.compile(optimizer="adamw")
+        if policy == "mixed_float16":
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        out = model.pretext_outputs(uint8_images(4), training=False)
+        assert str(to_numpy(out["loss"]).dtype) == "float32"
+        history = model.fit(uint8_images(8), batch_size=4, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        assert model.encoder.compute_dtype == policy.split("_")[1]
+        assert all(str(v.dtype) == "float32" for v in model.teacher_encoder.weights)
+    finally:
+        keras.config.set_dtype_policy("float32")
