@@ -206,3 +206,14 @@ def test_momentum_schedule():
     values = [float(to_numpy(kc.momentum_at(s, 100))) for s in (0, 50, 100, 200)]
     np.testing.assert_allclose(values, [0.996, 0.998, 1.0, 1.0], atol=1e-7)
     assert float(to_numpy(kc.momentum_at(3, 0))) == pytest.approx(0.996)
+
+
+def test_compile_keeps_norms_biases_and_tokens_out_of_weight_decay():
+    model = tiny_conmim()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.05))
+    by_name = {v.path.split("/", 1)[1]: v for v in model.encoder.weights}
+    for name in ("cls_token", "mask_token", "rel_pos_bias/relative_position_bias_table",
+                 "blocks_0/attn/q_bias", "blocks_0/norm1/gamma", "blocks_0/gamma_1"):
+        assert not model.optimizer._use_weight_decay(by_name[name]), name
+    assert model.optimizer._use_weight_decay(by_name["blocks_0/attn/qkv_kernel"])
+    assert model.optimizer._use_weight_decay(model.projector.dense_layers[0].kernel)

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -23,13 +24,31 @@ def test_recipe_runs_and_writes_models(tmp_path):
     backend = keras.backend.backend()
     out = os.path.join(tmp_path, "run")
     result = _run("--backend", backend, "--epochs", "1", "--steps-per-epoch", "3",
-                  "--batch-size", "8", "--mask", "block", "--output", out)
+                  "--batch-size", "8", "--mask", "block", "--output", out,
+                  "--view-grid-every", "1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("done:") and "images/s" in last and "lookup accuracy" in last
     assert os.path.abspath(out) in last
     assert f"backend={backend}" in result.stdout
-    assert sorted(os.listdir(out)) == ["conmim.keras", "student_encoder.keras", "teacher_encoder.keras"]
+    files = set(os.listdir(out))
+    assert {"conmim.keras", "student_encoder.keras", "teacher_encoder.keras", "config.json",
+            "log.csv", "checkpoints", "views"} <= files
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["ckpt-00000003.keras"]
+    assert os.listdir(os.path.join(out, "views")) == ["views-epoch0001.png"]
+    with open(os.path.join(out, "log.csv")) as f:
+        header = f.readline().strip().split(",")
+    assert {"loss", "lookup_accuracy", "momentum", "learning_rate", "images_per_second"} <= set(header)
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["mask"] == "block"
+    try:
+        import tensorboard  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        events = [f for _, _, fs in os.walk(os.path.join(out, "tensorboard")) for f in fs]
+        assert any(f.startswith("events.out.tfevents") for f in events)
     teacher = keras.saving.load_model(os.path.join(out, "teacher_encoder.keras"))
     tokens = teacher(np.zeros((1, 28, 28, 1), "float32"))
     assert tokens.shape == (1, 50, 128)
@@ -44,4 +63,4 @@ def test_bad_flags_fail_at_once_with_choices():
     result = _run("--backend", "numpy")
     assert result.returncode == 2 and "jax" in result.stderr and "torch" in result.stderr
     result = _run("--batch-size", "0")
-    assert result.returncode == 2 and "must be > 0" in result.stderr
+    assert result.returncode == 2 and "batch_size=0: must be an integer >= 1" in result.stderr
