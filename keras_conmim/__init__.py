@@ -9,13 +9,15 @@ from keras_conmim.masking import BlockMasking, RandomUnitMasking, get_mask_gener
 from keras_conmim.presets import PRESETS
 from keras_conmim.projector import ProjectionHead
 from keras_conmim.train_step import momentum_at
-from keras_conmim.views import PairedViews
+from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales
+from keras_conmim.views import PairedViews, normalize_images
 from keras_conmim.vit import ViT
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockMasking", "ConMIM", "PRESETS", "PairedViews", "ProjectionHead",
-    "RandomUnitMasking", "ViT", "get_mask_generator", "lookup_accuracy",
-    "momentum_at", "patch_info_nce",
+    "BlockMasking", "ConMIM", "LayerDecayAdamW", "PRESETS", "PairedViews",
+    "ProjectionHead", "RandomUnitMasking", "ViT", "get_mask_generator",
+    "layer_decay_scales", "lookup_accuracy", "momentum_at", "normalize_images",
+    "patch_info_nce",
 ]

@@ -5,12 +5,15 @@ from keras import ops
 
 from keras_conmim import train_step as backend_step
 from keras_conmim.layers import PACKAGE
-from keras_conmim.losses import info_nce_and_accuracy
+from keras_conmim.losses import info_nce_and_accuracy, masked_pixel_l1, patchify
 from keras_conmim.masking import get_mask_generator
 from keras_conmim.presets import get_preset
 from keras_conmim.projector import ProjectionHead
 from keras_conmim.views import PairedViews
 from keras_conmim.vit import ViT
+
+
+OBJECTIVES = ("contrast", "pixel")
 
 
 def _clone(layer, name):
@@ -47,6 +50,17 @@ class ConMIM(keras.Model):
         total_steps: int or None. Length of the momentum schedule. None lets
             the first `fit()` set it to epochs x steps per epoch.
         seed: int or None. Seeds the default views and mask generator.
+        objective: str. `"contrast"` (ConMIM's patch InfoNCE) or `"pixel"`
+            (the SimMIM baseline: a linear decoder regresses the weak view's
+            normalised pixels of masked patches, L1; the projector and
+            teacher are left out of the step; `lookup_accuracy` reads 0).
+            Defaults to `"contrast"`.
+
+    Ablations in the paper's sense: `base_momentum=final_momentum=0` makes
+    the teacher the current student under stop-gradient (no momentum);
+    `views=PairedViews(..., symmetric=True)` perturbs both views; an encoder
+    built with `position_embedding="absolute"` swaps the relative bias for
+    absolute positions.
 
     Example:
 
@@ -71,6 +85,7 @@ class ConMIM(keras.Model):
         final_momentum=1.0,
         total_steps=None,
         seed=None,
+        objective="contrast",
         **kwargs,
     ):
         kwargs.setdefault("name", "conmim")
@@ -86,6 +101,9 @@ class ConMIM(keras.Model):
                 "Need 0 <= base_momentum <= final_momentum <= 1, received "
                 f"base_momentum={base_momentum}, final_momentum={final_momentum}."
             )
+        if objective not in OBJECTIVES:
+            raise ValueError(
+                f"Unknown objective {objective!r}. Valid: {', '.join(OBJECTIVES)}.")
         if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps must be >= 1 or None, received {total_steps}.")
         self.encoder = encoder
@@ -111,6 +129,7 @@ class ConMIM(keras.Model):
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum
         self.seed = seed
+        self.objective = objective
         self._total_steps_arg = total_steps
 
         token_shape = (None, encoder.num_patches + 1, encoder.hidden_dim)
@@ -123,6 +142,12 @@ class ConMIM(keras.Model):
         self.teacher_projector.set_weights(self.projector.get_weights())
         self.teacher_encoder.trainable = False
         self.teacher_projector.trainable = False
+        if objective == "pixel":
+            self.projector.trainable = False  # unused: keep it out of the optimizer
+            channels = encoder.image_shape[-1]
+            self.pixel_decoder = keras.layers.Dense(
+                encoder.patch_size**2 * channels, dtype=self.dtype_policy, name="pixel_decoder")
+            self.pixel_decoder.build((None, encoder.num_patches, encoder.hidden_dim))
 
         self.step_counter = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False,
@@ -154,6 +179,11 @@ class ConMIM(keras.Model):
         """Loss and lookup accuracy for given views and mask (float views,
         already normalised). Returns a dict with `loss` and `lookup_accuracy`."""
         student_tokens = self.encoder(student_view, patch_mask=patch_mask, training=training)
+        if self.objective == "pixel":
+            predicted = self.pixel_decoder(student_tokens[:, 1:])
+            target = patchify(student_view, self.encoder.patch_size)
+            loss = masked_pixel_l1(predicted, target, patch_mask)
+            return {"loss": loss, "lookup_accuracy": ops.zeros_like(loss)}
         q = self.projector(student_tokens, training=training)[:, 1:]
         teacher_tokens = self.teacher_encoder(teacher_view, training=False)
         # The release runs the teacher's head in train mode (batch statistics).
@@ -235,6 +265,7 @@ class ConMIM(keras.Model):
             final_momentum=self.final_momentum,
             total_steps=self._total_steps_arg,
             seed=self.seed,
+            objective=self.objective,
         )
         return config
 

@@ -51,3 +51,25 @@ def lookup_accuracy(q, k, patch_mask):
     """Fraction of masked patches whose most similar teacher patch (cosine)
     is the one at their own position. Chance is 1 / N."""
     return info_nce_and_accuracy(q, k, patch_mask)[1]
+
+
+def patchify(images, patch_size):
+    """`[B, H, W, C]` -> `[B, N, p * p * C]`, patches row-major, pixels
+    ordered (row, col, channel) inside a patch."""
+    h, w, c = images.shape[1], images.shape[2], images.shape[3]
+    p = patch_size
+    x = ops.reshape(images, (-1, h // p, p, w // p, p, c))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+    return ops.reshape(x, (-1, (h // p) * (w // p), p * p * c))
+
+
+def masked_pixel_l1(predicted, target, patch_mask):
+    """SimMIM's loss: mean absolute error over the pixels of masked patches.
+
+    Args:
+        predicted, target: `[B, N, p * p * C]`.
+        patch_mask: `[B, N]` bool.
+    """
+    error = ops.mean(ops.abs(ops.cast(predicted, "float32") - ops.cast(target, "float32")), axis=-1)
+    m = ops.cast(patch_mask, "float32")
+    return ops.sum(error * m) / ops.maximum(ops.sum(m), 1.0)

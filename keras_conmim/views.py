@@ -59,6 +59,22 @@ def apply_separable(images, rows, cols):
     return ops.einsum("bjw,biwc->bijc", cols, x)
 
 
+def normalize_images(images, mean=None, std=None, scale=1 / 255.0):
+    """`(images * scale - mean) / std`: uint8 [0, 255] (or, with `scale=1`,
+    floats in [0, 1]) to what the encoders see. None uses ImageNet's mean/std
+    for RGB and their channel average for grayscale, as `PairedViews` does.
+    Use it to feed an encoder outside pre-training."""
+    x = ops.cast(images, "float32") * scale
+    channels = x.shape[-1]
+    if mean is None:
+        mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
+    if std is None:
+        std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
+    mean = ops.convert_to_tensor(np.array(mean, "float32"))
+    std = ops.convert_to_tensor(np.array(std, "float32"))
+    return (x - mean) / std
+
+
 def grayscale(images):
     if images.shape[-1] == 1:
         return images
@@ -173,15 +189,7 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
                                    self.blur_prob, self.solarize_prob))
 
     def _normalize(self, x):
-        channels = x.shape[-1]
-        mean, std = self.mean, self.std
-        if mean is None:
-            mean = IMAGENET_MEAN if channels == 3 else (float(np.mean(IMAGENET_MEAN)),)
-        if std is None:
-            std = IMAGENET_STD if channels == 3 else (float(np.mean(IMAGENET_STD)),)
-        mean = ops.convert_to_tensor(np.array(mean, "float32"))
-        std = ops.convert_to_tensor(np.array(std, "float32"))
-        return (x - mean) / std
+        return normalize_images(x, self.mean, self.std, scale=1.0)
 
     def crop_and_flip(self, images, seed):
         """Random resized crop + flip of float images in [0, 1]."""

@@ -1,0 +1,98 @@
+"""Frozen-feature evaluation: feature extraction, kNN, linear probe, and a
+callback that tracks kNN accuracy during pre-training."""
+
+import keras
+import numpy as np
+
+from keras_conmim.views import normalize_images
+
+
+def extract_features(encoder, images, batch_size=256, pooling="mean", mean=None, std=None):
+    """Pooled features `[n, D]` (float32 numpy) of uint8 `images` `[n, H, W, C]`,
+    normalised as `PairedViews` does (`mean`/`std` in [0, 1] units)."""
+    images = np.asarray(images)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize_images(images[start: start + batch_size], mean, std)
+        tokens = encoder(x, training=False)
+        out.append(np.asarray(keras.ops.convert_to_numpy(encoder.pool(tokens, pooling)), "float32"))
+    return np.concatenate(out)
+
+
+def knn_predict(train_features, train_labels, features, k=20, temperature=0.07,
+                num_classes=None, batch_size=512):
+    """Weighted kNN (Wu et al. 2018 / DINO): cosine similarity, the k nearest
+    training features vote for their label with weight `exp(sim / T)`."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, received {k}.")
+    train = _l2(np.asarray(train_features, "float32"))
+    labels = np.asarray(train_labels).astype("int64")
+    num_classes = num_classes or int(labels.max()) + 1
+    k = min(k, len(train))
+    preds = []
+    for start in range(0, len(features), batch_size):
+        sims = _l2(np.asarray(features[start: start + batch_size], "float32")) @ train.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        weights = np.exp(np.take_along_axis(sims, top, axis=1) / temperature)
+        votes = np.zeros((len(sims), num_classes), "float64")
+        np.add.at(votes, (np.arange(len(sims))[:, None], labels[top]), weights)
+        preds.append(votes.argmax(1))
+    return np.concatenate(preds)
+
+
+def knn_accuracy(train_features, train_labels, features, labels, **kwargs):
+    """Top-1 accuracy of `knn_predict`."""
+    return float(np.mean(knn_predict(train_features, train_labels, features, **kwargs) == labels))
+
+
+def linear_probe(train_features, train_labels, features, labels, epochs=100, lr=1e-2,
+                 batch_size=256, weight_decay=1e-4, seed=0):
+    """Logistic regression on frozen features (standardised with the training
+    statistics, a BatchNorm-without-affine as in MAE's probe). Returns the
+    test accuracy."""
+    train = np.asarray(train_features, "float32")
+    mu, sigma = train.mean(0), train.std(0) + 1e-6
+    train, test = (train - mu) / sigma, (np.asarray(features, "float32") - mu) / sigma
+    num_classes = int(max(np.max(train_labels), np.max(labels))) + 1
+    keras.utils.set_random_seed(seed)
+    probe = keras.Sequential([keras.Input((train.shape[1],)), keras.layers.Dense(num_classes)])
+    probe.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=weight_decay),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    probe.fit(train, np.asarray(train_labels), batch_size=batch_size, epochs=epochs, verbose=0)
+    logits = probe.predict(test, batch_size=1024, verbose=0)
+    return float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
+
+
+def _l2(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Logs `knn_accuracy` of the EMA teacher's frozen features every
+    `every_n_epochs` epochs: a labeled bank (`train_images`, `train_labels`)
+    votes for held-out `images` / `labels` (uint8 images).
+
+    Put it before CSVLogger / TensorBoard so they record the value.
+    """
+
+    def __init__(self, train_images, train_labels, images, labels, k=20, temperature=0.07,
+                 every_n_epochs=1, encoder="teacher_encoder"):
+        super().__init__()
+        self.train_images, self.train_labels = train_images, np.asarray(train_labels)
+        self.images, self.labels = images, np.asarray(labels)
+        self.k, self.temperature = k, temperature
+        self.every_n_epochs = every_n_epochs
+        self.encoder = encoder
+
+    def evaluate(self):
+        encoder = getattr(self.model, self.encoder)
+        mean, std = self.model.views.mean, self.model.views.std
+        bank = extract_features(encoder, self.train_images, mean=mean, std=std)
+        queries = extract_features(encoder, self.images, mean=mean, std=std)
+        return knn_accuracy(bank, self.train_labels, queries, self.labels, k=self.k,
+                            temperature=self.temperature)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and (epoch + 1) % self.every_n_epochs == 0:
+            logs["knn_accuracy"] = self.evaluate()

@@ -1,0 +1,120 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_conmim as kc
+from keras_conmim import evaluation
+from keras_conmim.losses import masked_pixel_l1, patchify
+from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales
+from conftest import tiny_vit, to_numpy, uint8_images
+
+
+def _blobs(n, dim=8, classes=4, seed=0, noise=0.3):
+    centers = np.random.RandomState(100).standard_normal((classes, dim)) * 3
+    rng = np.random.RandomState(seed)
+    y = np.arange(n) % classes
+    return (centers[y] + noise * rng.standard_normal((n, dim))).astype("float32"), y
+
+
+def test_knn_matches_brute_force_and_beats_chance():
+    x, y = _blobs(200)
+    q, qy = _blobs(50, seed=1)
+    pred = evaluation.knn_predict(x, y, q, k=5, temperature=0.1)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    expected = []
+    for row in qn @ xn.T:
+        top = np.argsort(-row)[:5]
+        votes = np.zeros(4)
+        for i in top:
+            votes[y[i]] += np.exp(row[i] / 0.1)
+        expected.append(votes.argmax())
+    np.testing.assert_array_equal(pred, expected)
+    assert evaluation.knn_accuracy(x, y, q, qy, k=20) > 0.9
+
+
+def test_linear_probe_beats_chance():
+    x, y = _blobs(400, noise=1.0)
+    q, qy = _blobs(100, seed=1, noise=1.0)
+    assert evaluation.linear_probe(x, y, q, qy, epochs=30) > 0.8
+
+
+def test_knn_monitor_logs_during_pretraining():
+    images = uint8_images(32)
+    labels = np.arange(32) % 4
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+    model.compile(optimizer="adamw")
+    monitor = evaluation.KNNMonitor(images[:24], labels[:24], images[24:], labels[24:], k=5)
+    history = model.fit(images, batch_size=8, epochs=2, verbose=0, callbacks=[monitor])
+    assert len(history.history["knn_accuracy"]) == 2
+    assert 0.0 <= history.history["knn_accuracy"][-1] <= 1.0
+
+
+def test_features_are_pooled_and_normalised():
+    vit = tiny_vit()
+    images = uint8_images(5)
+    features = evaluation.extract_features(vit, images, batch_size=2)
+    tokens = to_numpy(vit(kc.normalize_images(images)))
+    np.testing.assert_allclose(features, tokens[:, 1:].mean(1), atol=1e-5)
+
+
+def test_pixel_objective_loss_matches_numpy():
+    rng = np.random.RandomState(0)
+    images = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    patches = to_numpy(patchify(images, 4))
+    assert patches.shape == (2, 4, 48)
+    np.testing.assert_array_equal(patches[0, 1], images[0, 0:4, 4:8].reshape(-1))
+    pred = rng.standard_normal(patches.shape).astype("float32")
+    mask = np.array([[1, 0, 0, 1], [0, 1, 0, 0]], bool)
+    expected = np.mean([np.abs(pred[b, n] - patches[b, n]).mean() for b, n in zip(*np.nonzero(mask))])
+    np.testing.assert_allclose(to_numpy(masked_pixel_l1(pred, patches, mask)), expected, rtol=1e-6)
+
+
+def test_pixel_objective_trains_without_teacher_head():
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), objective="pixel", seed=0)
+    trainable = {id(v) for v in model.trainable_variables}
+    assert not any(id(v) in trainable for v in model.projector.weights)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    losses = [model.train_on_batch(uint8_images(8), return_dict=True)["loss"] for _ in range(15)]
+    assert losses[-1] < losses[0]
+    clone = kc.ConMIM.from_config(model.get_config())
+    assert clone.objective == "pixel"
+    with pytest.raises(ValueError, match="contrast, pixel"):
+        kc.ConMIM(tiny_vit(), objective="mse")
+
+
+def test_no_momentum_ablation_teacher_tracks_student():
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), base_momentum=0.0,
+                      final_momentum=0.0, total_steps=3, seed=0)
+    model.compile(optimizer="adamw")
+    model.train_on_batch(uint8_images(8))
+    for s, t in model.ema_pairs():
+        np.testing.assert_array_equal(to_numpy(s), to_numpy(t))
+
+
+def test_layer_decay_groups_and_factors():
+    vit = tiny_vit()  # 2 blocks -> 4 groups
+    scales = layer_decay_scales(vit, 0.5)
+    by_name = {v.path.split("/", 1)[1]: scales[v.path] for v in vit.weights}
+    assert by_name["cls_token"] == by_name["patch_embed/proj/kernel"] == 0.5 ** 3
+    assert by_name["blocks_0/attn/qkv_kernel"] == 0.5 ** 2
+    assert by_name["blocks_1/fc2/kernel"] == 0.5
+    assert by_name["norm/gamma"] == by_name["rel_pos_bias/relative_position_bias_table"] == 1.0
+
+
+def test_layer_decay_optimizer_scales_updates():
+    a = keras.Variable(np.ones(3, "float32"), name="a")
+    b = keras.Variable(np.ones(3, "float32"), name="b")
+    c = keras.Variable(np.ones(3, "float32"), name="c")
+    opt = LayerDecayAdamW(lr_scales={a.path: 0.0, b.path: 1.0, c.path: 0.5},
+                          learning_rate=0.1, weight_decay=0.0)
+    ref = keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.0)
+    d = keras.Variable(np.ones(3, "float32"), name="d")
+    grads = [keras.ops.convert_to_tensor(np.full(3, 0.3, "float32"))] * 3
+    opt.apply(grads, [a, b, c])
+    ref.apply(grads[:1], [d])
+    np.testing.assert_array_equal(to_numpy(a), np.ones(3))
+    np.testing.assert_allclose(to_numpy(b), to_numpy(d), rtol=1e-6)
+    np.testing.assert_allclose(1 - to_numpy(c), (1 - to_numpy(d)) / 2, rtol=1e-5)
+    restored = LayerDecayAdamW.from_config(opt.get_config())
+    assert restored.lr_scales == opt.lr_scales
