@@ -55,6 +55,14 @@ def test_recipe_runs_and_writes_models(tmp_path):
     model = keras.saving.load_model(os.path.join(out, "conmim.keras"))
     assert int(keras.ops.convert_to_numpy(model.step_counter)) == 3
 
+    probe = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "linear_probe.py"), "--backend", backend,
+         "--encoder", os.path.join(out, "teacher_encoder.keras"), "--probe-epochs", "3"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    line = probe.stdout.strip().splitlines()[-1]
+    assert line.startswith("linear probe top-1") and "kNN (k=20)" in line
+
 
 def test_bad_flags_fail_at_once_with_choices():
     result = _run("--preset", "vit_gigantic")
