@@ -1,0 +1,92 @@
+"""Fine-tuning: the release's classifier on a pre-trained encoder."""
+
+import keras
+from keras import ops
+
+from keras_conmim.layers import PACKAGE
+from keras_conmim.views import normalize_images
+from keras_conmim.vit import ViT
+
+
+def finetune_encoder(encoder, drop_path_rate=0.1):
+    """A copy of a pre-trained `ViT` in the fine-tuning layout.
+
+    The shared relative position bias becomes one table per block, each
+    initialised from the shared one (as the release does at fine-tuning), and
+    stochastic depth is set to `drop_path_rate`. Other weights are copied.
+    """
+    config = dict(encoder.get_config())
+    config.update(drop_path_rate=drop_path_rate, name=encoder.name + "_finetune")
+    shared = encoder.position_embedding == "relative" and encoder.use_shared_relative_position_bias
+    if shared:
+        config["use_shared_relative_position_bias"] = False
+    tuned = ViT.from_config(config)
+    # numpy copies: on JAX, variables sharing one buffer break buffer donation.
+    source = {v.path.split("/", 1)[1]: ops.convert_to_numpy(v) for v in encoder.weights}
+    for v in tuned.weights:
+        name = v.path.split("/", 1)[1]
+        if shared and name.endswith("relative_position_bias/relative_position_bias_table"):
+            v.assign(source["rel_pos_bias/relative_position_bias_table"].copy())
+        else:
+            v.assign(source[name])
+    return tuned
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ViTClassifier(keras.Model):
+    """Image classifier on a `ViT`: mean-pooled patch tokens, LayerNorm
+    (`fc_norm`), linear head initialised small (the release scales the
+    head by `head_init_scale` = 0.001).
+
+    Takes uint8 images (or floats in [0, 255]) and normalises them inside
+    with `mean` / `std` as `PairedViews` does; returns logits.
+
+    Args:
+        encoder: `ViT`.
+        num_classes: int.
+        pooling: `"mean"` (release) or `"cls"`.
+        head_init_scale: float. Defaults to `0.001`.
+        mean, std: normalisation (None: ImageNet's, channel-averaged for gray).
+    """
+
+    def __init__(self, encoder, num_classes, pooling="mean", head_init_scale=0.001,
+                 mean=None, std=None, **kwargs):
+        kwargs.setdefault("name", "vit_classifier")
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, received {num_classes}.")
+        self.encoder = encoder
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.head_init_scale = head_init_scale
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+        self.fc_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm")
+        self.head = keras.layers.Dense(
+            num_classes, name="head",
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02 * head_init_scale))
+        self.fc_norm.build((None, encoder.hidden_dim))
+        self.head.build((None, encoder.hidden_dim))
+        self.built = True
+
+    def call(self, images, training=None):
+        x = normalize_images(images, self.mean, self.std)
+        tokens = self.encoder(x, training=training)
+        return self.head(self.fc_norm(ViT.pool(tokens, self.pooling)))
+
+    def no_weight_decay_variables(self):
+        return self.encoder.no_weight_decay_variables() + list(self.fc_norm.weights) + [self.head.bias]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            num_classes=self.num_classes, pooling=self.pooling,
+            head_init_scale=self.head_init_scale, mean=self.mean, std=self.std)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        return cls(**config)
