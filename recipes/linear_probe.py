@@ -4,7 +4,7 @@
     python recipes/linear_probe.py --encoder saved_models/teacher_encoder.keras --backend torch --k 20
 
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
-labels), resized and channel-converted to the encoder's input. Features are
+labels) or `--data idx:DIR` (the full IDX files), resized and channel-converted to the encoder's input. Features are
 the mean-pooled patch tokens (`ViT.pool`), normalised as in pre-training.
 Prints one line with both accuracies.
 """
@@ -21,6 +21,7 @@ def main(argv=None):
     parser.add_argument("--encoder", required=True, help="a ViT saved as .keras")
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                         default=os.environ.get("KERAS_BACKEND", "jax"))
+    parser.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--probe-epochs", type=int, default=100)
@@ -33,15 +34,13 @@ def main(argv=None):
     import keras
 
     import keras_conmim as kc
-    from keras_conmim import data, evaluation
+    from keras_conmim import evaluation
+    from recipes.finetune import load_splits
 
     encoder = keras.saving.load_model(args.encoder)
     if not isinstance(encoder, kc.ViT):
         parser.error(f"--encoder {args.encoder} holds a {type(encoder).__name__}, not a ViT")
-    h, w, c = encoder.image_shape
-    channels = "rgb" if c == 3 else "gray"
-    train = data.load_default("train", image_size=(h, w), channels=channels)
-    test = data.load_default("test", image_size=(h, w), channels=channels)
+    train, test = load_splits(args.data, encoder.image_shape)
     train_f = evaluation.extract_features(encoder, train.images)
     test_f = evaluation.extract_features(encoder, test.images)
     knn = evaluation.knn_accuracy(train_f, train.labels, test_f, test.labels,

@@ -42,6 +42,12 @@ OPTIONS = {
     "weight_decay": (float, 0.05, "not on biases, norms, tokens, position tables"),
     "clip_norm": (float, None, "global gradient-norm clipping"),
     "mask": (str, "random", f"one of {', '.join(MASKS)}"),
+    "objective": (str, "contrast", "contrast (ConMIM) or pixel (SimMIM baseline)"),
+    "base_momentum": (float, 0.996, "teacher momentum at step 0 (0 with final 0: no momentum)"),
+    "final_momentum": (float, 1.0, "teacher momentum at the last step"),
+    "position_embedding": (str, None, "override: relative, absolute or sincos"),
+    "symmetric_views": (bool, False, "strong perturbation on both views (ablation)"),
+    "crop_scale_min": (float, 0.08, "smallest random-resized-crop area fraction"),
     "mask_ratio": (float, None, "default: 0.75 (random), 75/196 (block)"),
     "precision": (str, "float32", f"one of {', '.join(PRECISIONS)}"),
     "output": (str, os.path.join(ROOT, "saved_models"), "run directory"),
@@ -89,8 +95,11 @@ def resolve_config(argv=None):
     parser.add_argument("--no-resume", action="store_true",
                         help="start over even if --output holds checkpoints")
     for name, (kind, default, text) in OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
-                            help=f"{text} (default: {default})")
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
     args = parser.parse_args(argv)
     config = {name: default for name, (_, default, _) in OPTIONS.items()}
     if args.config:
@@ -117,6 +126,14 @@ def validate(config):
     choice("backend", BACKENDS)
     choice("mask", MASKS)
     choice("precision", PRECISIONS)
+    choice("objective", ("contrast", "pixel"))
+    if config["position_embedding"] is not None:
+        choice("position_embedding", ("relative", "absolute", "sincos"))
+    if not 0 <= config["base_momentum"] <= config["final_momentum"] <= 1:
+        errors.append(f"base_momentum={config['base_momentum']}, final_momentum="
+                      f"{config['final_momentum']}: need 0 <= base <= final <= 1")
+    if not 0 < config["crop_scale_min"] <= 1:
+        errors.append(f"crop_scale_min={config['crop_scale_min']}: must be in (0, 1]")
     choice("preset", list(presets))
     for name in ("epochs", "batch_size", "keep_checkpoints", "view_grid_every"):
         if not isinstance(config[name], int) or config[name] < 1:
@@ -171,7 +188,7 @@ def main(argv=None):
     keras.utils.set_random_seed(config["seed"])
     keras.config.set_dtype_policy(config["precision"])
     preset = kc.PRESETS[config["preset"]]
-    vit_args = {k: config[k] for k in ("patch_size",) if config[k]}
+    vit_args = {k: config[k] for k in ("patch_size", "position_embedding") if config[k]}
     size = config["image_size"] or preset["config"]["image_shape"][0]
     channels = preset["config"]["image_shape"][-1]
     vit_args["image_shape"] = (size, size, channels)
@@ -191,7 +208,10 @@ def main(argv=None):
             encoder, projector=kc.ProjectionHead(**preset["projector"]),
             mask_generator=kc.get_mask_generator(
                 config["mask"], encoder.grid_size, seed=config["seed"], **mask_kwargs),
-            total_steps=total, seed=config["seed"])
+            views=kc.PairedViews(encoder.image_shape[:2], crop_scale=(config["crop_scale_min"], 1.0),
+                                 symmetric=config["symmetric_views"], seed=config["seed"] + 1),
+            base_momentum=config["base_momentum"], final_momentum=config["final_momentum"],
+            objective=config["objective"], total_steps=total, seed=config["seed"])
         warmup = min(int(config["warmup_epochs"] * steps), total - 1)
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else config["lr"],

@@ -1,0 +1,161 @@
+"""Fashion-MNIST benchmark: does ConMIM pre-training help, against training
+from scratch, the pixel-regression baseline and the ablations?
+
+    apt-get install -y dataset-fashion-mnist
+    python bench/fashion_mnist.py --pretrain-epochs 8 --finetune-epochs 8     # CPU, hours
+    python bench/fashion_mnist.py --scale 10 --batch-size 256                 # a GPU
+    python bench/fashion_mnist.py --data default --quick                     # smoke test, minutes
+
+Every row uses the same encoder preset (vit_mini_p4_28), seed and fine-tune
+recipe (recipes/finetune.py); pre-trained rows pre-train E epochs with
+recipes/pretrain.py (random units, crop scale from 0.35) and fine-tune F;
+the scratch rows train the same classifier F and E + F epochs. Linear probe
+and kNN (recipes/linear_probe.py) read the encoder a row fine-tunes from.
+Writes `results.json` and `results.png` into --out and prints one table;
+nothing in it is typed in.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAINED = {
+    # row: (pretrain flags, encoder to fine-tune and probe)
+    "conmim": ([], "teacher_encoder"),
+    "pixel": (["--objective", "pixel"], "student_encoder"),
+    "no_momentum": (["--base-momentum", "0", "--final-momentum", "0"], "teacher_encoder"),
+    "symmetric_views": (["--symmetric-views"], "teacher_encoder"),
+    "absolute_position": (["--position-embedding", "absolute"], "teacher_encoder"),
+}
+LABELS = {
+    "conmim": "ConMIM E + fine-tune F",
+    "pixel": "pixel regression (SimMIM) E + F",
+    "no_momentum": "ConMIM, no momentum teacher",
+    "symmetric_views": "ConMIM, symmetric views",
+    "absolute_position": "ConMIM, absolute positions",
+    "scratch_f": "from scratch, F epochs",
+    "scratch_ef": "from scratch, E + F epochs",
+}
+
+
+def run(cmd, log):
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, *cmd], stdout=f, stderr=subprocess.STDOUT,
+                              cwd=ROOT, text=True)
+    elapsed = time.perf_counter() - start
+    with open(log) as f:
+        lines = [line for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
+    if done.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n" + "\n".join(lines[-20:]))
+    return lines[-1], elapsed
+
+
+def percent(line, key):
+    return float(line.split(key, 1)[1].split("%", 1)[0].split()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="jax")
+    p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist",
+                   help="idx:DIR with the four Fashion-MNIST files, or default (packaged slice)")
+    p.add_argument("--pretrain-epochs", type=int, default=8)
+    p.add_argument("--finetune-epochs", type=int, default=8)
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies both epoch counts")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rows", default=",".join(LABELS), help=f"subset of {','.join(LABELS)}")
+    p.add_argument("--quick", action="store_true", help="2 steps per epoch: a smoke test")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in LABELS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; valid: {', '.join(LABELS)}")
+    kind, _, folder = args.data.partition(":")
+    if kind == "idx" and not os.path.isfile(os.path.join(folder, "train-images-idx3-ubyte.gz")):
+        p.error(f"no Fashion-MNIST IDX files in {folder}: apt-get install -y dataset-fashion-mnist "
+                "or pass --data default")
+    e = max(1, round(args.pretrain_epochs * args.scale))
+    f = max(1, round(args.finetune_epochs * args.scale))
+    os.makedirs(args.out, exist_ok=True)
+    common = ["--backend", args.backend, "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    quick = ["--steps-per-epoch", "2"] if args.quick else []
+    pretrain_data = (os.path.join(folder, "train-images-idx3-ubyte.gz") if kind == "idx" else None)
+    probe_epochs = "3" if args.quick else "100"
+
+    results = []
+    for row in rows:
+        work = os.path.join(args.out, row)
+        os.makedirs(work, exist_ok=True)
+        entry = {"row": row, "label": LABELS[row], "pretrain_epochs": 0, "finetune_epochs": f}
+        wall = 0.0
+        if row in PRETRAINED:
+            flags, encoder_name = PRETRAINED[row]
+            cmd = ["recipes/pretrain.py", *common, *quick, *flags, "--epochs", str(e),
+                   "--output", os.path.join(work, "pretrain"), "--no-resume",
+                   "--crop-scale-min", "0.35", "--view-grid-every", str(max(e, 1))]
+            if pretrain_data:
+                cmd += ["--data", f"idx:{pretrain_data}"]
+            _, seconds = run(cmd, os.path.join(work, "pretrain.log"))
+            wall += seconds
+            encoder = os.path.join(work, "pretrain", f"{encoder_name}.keras")
+            probe, seconds = run(["recipes/linear_probe.py", "--backend", args.backend,
+                                  "--encoder", encoder, "--data", args.data,
+                                  "--probe-epochs", probe_epochs], os.path.join(work, "probe.log"))
+            entry["linear"] = percent(probe, "linear probe top-1")
+            entry["knn"] = percent(probe.split("kNN", 1)[1], "top-1")
+            finetune = ["--encoder", encoder]
+            entry["pretrain_epochs"] = e
+        else:
+            finetune = ["--from-scratch", "--preset", "vit_mini_p4_28"]
+            if row == "scratch_ef":
+                entry["finetune_epochs"] = e + f
+        line, seconds = run(["recipes/finetune.py", *common, *quick, *finetune, "--data", args.data,
+                             "--epochs", str(entry["finetune_epochs"]),
+                             "--output", os.path.join(work, "classifier.keras")],
+                            os.path.join(work, "finetune.log"))
+        entry["finetune_top1"] = percent(line, "test top-1")
+        entry["wall_clock_s"] = round(wall + seconds, 1)
+        results.append(entry)
+        print(f"{row}: {entry}", flush=True)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
+    report = {"machine": machine, "data": args.data, "E": e, "F": f, "batch_size": args.batch_size,
+              "quick": args.quick, "command": " ".join(sys.argv), "rows": results}
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"\nFashion-MNIST, vit_mini_p4_28, E={e} F={f}, batch {args.batch_size}, {machine}")
+    print(f"{'row':<34} {'fine-tune':>9} {'linear':>7} {'kNN':>6} {'wall-clock':>11}")
+    for r in results:
+        lin = f"{r['linear']:.2f}" if "linear" in r else "-"
+        knn = f"{r['knn']:.2f}" if "knn" in r else "-"
+        print(f"{r['label']:<34} {r['finetune_top1']:>9.2f} {lin:>7} {knn:>6} {r['wall_clock_s']:>10.0f}s")
+    plot(results, os.path.join(args.out, "results.png"))
+
+
+def plot(results, path):
+    """Horizontal bars of fine-tune top-1, drawn with PIL (no matplotlib)."""
+    from PIL import Image, ImageDraw
+
+    width, bar_h, left = 720, 28, 260
+    img = Image.new("RGB", (width, 40 + bar_h * len(results)), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 10), "Fashion-MNIST fine-tune top-1 (%)", fill="black")
+    for i, r in enumerate(results):
+        y = 35 + i * bar_h
+        length = int((width - left - 60) * r["finetune_top1"] / 100)
+        draw.text((10, y + 6), r["label"], fill="black")
+        draw.rectangle([left, y + 4, left + length, y + bar_h - 4], fill=(70, 110, 190))
+        draw.text((left + length + 6, y + 6), f"{r['finetune_top1']:.2f}", fill="black")
+    img.save(path)
+
+
+if __name__ == "__main__":
+    main()
