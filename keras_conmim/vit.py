@@ -49,6 +49,10 @@ class ViT(keras.Model):
         layer_norm_epsilon: float. Defaults to `1e-6`.
         use_mask_token: bool. Create the learned mask token (needed for
             `patch_mask`). Defaults to `True`.
+        use_final_norm: bool. Apply the final LayerNorm to the tokens. The
+            release's fine-tuned models drop it (they mean-pool, then apply
+            `fc_norm`); imported fine-tuned checkpoints set it to False.
+            Defaults to `True`.
 
     Example:
 
@@ -73,6 +77,7 @@ class ViT(keras.Model):
         drop_path_rate=0.0,
         layer_norm_epsilon=1e-6,
         use_mask_token=True,
+        use_final_norm=True,
         **kwargs,
     ):
         kwargs.setdefault("name", "vit")
@@ -92,6 +97,7 @@ class ViT(keras.Model):
         self.drop_path_rate = drop_path_rate
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_mask_token = use_mask_token
+        self.use_final_norm = use_final_norm
 
         self.grid_size = (image_shape[0] // patch_size, image_shape[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
@@ -124,9 +130,11 @@ class ViT(keras.Model):
             )
             for i in range(num_layers)
         ]
-        self.norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=p, name="norm"
-        )
+        self.norm = None
+        if use_final_norm:
+            self.norm = keras.layers.LayerNormalization(
+                epsilon=layer_norm_epsilon, dtype=p, name="norm"
+            )
         self.build((None,) + image_shape)
 
     def build(self, input_shape):
@@ -157,7 +165,8 @@ class ViT(keras.Model):
         token_shape = (None, self.num_patches + 1, self.hidden_dim)
         for block in self.blocks:
             block.build(token_shape)
-        self.norm.build(token_shape)
+        if self.norm is not None:
+            self.norm.build(token_shape)
         self.built = True
 
     def forward_features(self, images, patch_mask=None, training=None):
@@ -189,7 +198,7 @@ class ViT(keras.Model):
         for block in self.blocks:
             x = block(x, bias=bias, training=training)
             block_outputs.append(x)
-        tokens = self.norm(x)
+        tokens = self.norm(x) if self.norm is not None else x
         return {
             "tokens": tokens,
             "cls_token": tokens[:, 0],
@@ -231,7 +240,7 @@ class ViT(keras.Model):
                   + [self.cls_token]
                   + ([self.mask_token] if self.use_mask_token else [])]
         groups += [list(block.weights) for block in self.blocks]
-        last = list(self.norm.weights)
+        last = list(self.norm.weights) if self.norm is not None else []
         if self.shared_relative_position_bias is not None:
             last += list(self.shared_relative_position_bias.weights)
         if self.position_embedding in ("absolute", "sincos"):
@@ -262,6 +271,7 @@ class ViT(keras.Model):
             drop_path_rate=self.drop_path_rate,
             layer_norm_epsilon=self.layer_norm_epsilon,
             use_mask_token=self.use_mask_token,
+            use_final_norm=self.use_final_norm,
         )
         return config
 

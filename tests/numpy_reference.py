@@ -120,3 +120,49 @@ def info_nce(q, k, mask, temperature=0.1):
             losses.append(-(row[j] - np.log(np.exp(row).sum())))
             hits.append(float(np.argmax(logits[j]) == j))
     return float(np.mean(losses)), float(np.mean(hits))
+
+
+def torch_layout_forward(sd, images, num_heads, eps=1e-6):
+    """The release's BEiT forward on its own PyTorch names and layouts
+    (Linear: x @ W.T + b; conv weight [D, C, p, p]), float64. Returns the
+    tokens before any final norm, and the per-spec pieces used below."""
+    w = sd["patch_embed.proj.weight"]
+    d, c, p, _ = w.shape
+    b, hh, ww, _ = images.shape
+    gh, gw = hh // p, ww // p
+    x = images.transpose(0, 3, 1, 2)  # NCHW, as torch sees it
+    patches = x.reshape(b, c, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * p)
+    x = patches @ w.reshape(d, -1).T + sd["patch_embed.proj.bias"]
+    x = np.concatenate([np.broadcast_to(sd["cls_token"], (b, 1, d)), x], axis=1)
+    hd = d // num_heads
+    index = relative_index(gh, gw)
+    i = 0
+    while f"blocks.{i}.norm1.weight" in sd:
+        k = f"blocks.{i}."
+        table = sd.get(k + "attn.relative_position_bias_table",
+                       sd.get("rel_pos_bias.relative_position_bias_table"))
+        bias = table[index].transpose(2, 0, 1)
+        y = layer_norm(x, sd[k + "norm1.weight"], sd[k + "norm1.bias"], eps)
+        qkv_b = np.concatenate([sd[k + "attn.q_bias"], np.zeros(d), sd[k + "attn.v_bias"]])
+        qkv = (y @ sd[k + "attn.qkv.weight"].T + qkv_b).reshape(b, -1, 3, num_heads, hd).transpose(2, 0, 3, 1, 4)
+        attn = softmax((qkv[0] * hd ** -0.5) @ qkv[1].transpose(0, 1, 3, 2) + bias[None])
+        y = (attn @ qkv[2]).transpose(0, 2, 1, 3).reshape(b, -1, d)
+        x = x + sd[k + "gamma_1"] * (y @ sd[k + "attn.proj.weight"].T + sd[k + "attn.proj.bias"])
+        y = layer_norm(x, sd[k + "norm2.weight"], sd[k + "norm2.bias"], eps)
+        y = gelu(y @ sd[k + "mlp.fc1.weight"].T + sd[k + "mlp.fc1.bias"])
+        x = x + sd[k + "gamma_2"] * (y @ sd[k + "mlp.fc2.weight"].T + sd[k + "mlp.fc2.bias"])
+        i += 1
+    return x
+
+
+def torch_projector_eval(sd, tokens, eps=1e-5):
+    """projectors.* in eval mode (running statistics)."""
+    x, i = tokens, 0
+    while f"projectors.{3 * i}.weight" in sd:
+        x = x @ sd[f"projectors.{3 * i}.weight"].T
+        bn = f"projectors.{3 * i + 1}."
+        x = (x - sd[bn + "running_mean"]) / np.sqrt(sd[bn + "running_var"] + eps)
+        if bn + "weight" in sd:
+            x = np.maximum(x * sd[bn + "weight"] + sd[bn + "bias"], 0.0)
+        i += 1
+    return x
