@@ -25,7 +25,7 @@ def test_recipe_runs_and_writes_models(tmp_path):
     out = os.path.join(tmp_path, "run")
     result = _run("--backend", backend, "--epochs", "1", "--steps-per-epoch", "3",
                   "--batch-size", "8", "--mask", "block", "--output", out,
-                  "--view-grid-every", "1")
+                  "--view-grid-every", "1", "--image-size", "16")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("done:") and "images/s" in last and "lookup accuracy" in last
@@ -50,8 +50,8 @@ def test_recipe_runs_and_writes_models(tmp_path):
         events = [f for _, _, fs in os.walk(os.path.join(out, "tensorboard")) for f in fs]
         assert any(f.startswith("events.out.tfevents") for f in events)
     teacher = keras.saving.load_model(os.path.join(out, "teacher_encoder.keras"))
-    tokens = teacher(np.zeros((1, 28, 28, 1), "float32"))
-    assert tokens.shape == (1, 50, 128)
+    tokens = teacher(np.zeros((1, 16, 16, 1), "float32"))
+    assert tokens.shape == (1, 17, 128)
     model = keras.saving.load_model(os.path.join(out, "conmim.keras"))
     assert int(keras.ops.convert_to_numpy(model.step_counter)) == 3
 
