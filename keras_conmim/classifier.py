@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.layers import PACKAGE, config_with_layers
 from keras_conmim.views import normalize_images
 from keras_conmim.vit import ViT
 
@@ -87,6 +87,4 @@ class ViTClassifier(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        return cls(**config)
+        return cls(**config_with_layers(config, ("encoder",)))

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_conmim import train_step as backend_step
-from keras_conmim.layers import PACKAGE
+from keras_conmim.layers import PACKAGE, config_with_layers
 from keras_conmim.losses import info_nce_and_accuracy, masked_pixel_l1, patchify
 from keras_conmim.masking import get_mask_generator
 from keras_conmim.presets import get_preset
@@ -271,10 +271,7 @@ class ConMIM(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "projector", "mask_generator", "views"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**config_with_layers(config, ("encoder", "projector", "mask_generator", "views")))
 
 
 class _SetTotalSteps(keras.callbacks.Callback):

@@ -12,7 +12,7 @@ import os
 
 import keras
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.layers import PACKAGE, config_with_layers
 from keras_conmim.saving import save_atomic
 from keras_conmim.views import normalize_images
 from keras_conmim.vit import ViT
@@ -51,9 +51,7 @@ class ServingEncoder(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
-        return cls(**config)
+        return cls(**config_with_layers(config, ("encoder",)))
 
 
 def export_encoder(encoder, path, format="keras", mean=None, std=None, pooling="mean"):

@@ -13,6 +13,15 @@ from keras import ops
 PACKAGE = "keras_conmim"
 
 
+def config_with_layers(config, keys):
+    """A copy of `config` with the serialized sub-layers under `keys` rebuilt
+    (for `from_config` of models that wrap other Keras objects)."""
+    config = dict(config)
+    for key in keys:
+        config[key] = keras.saving.deserialize_keras_object(config[key])
+    return config
+
+
 def trunc_normal(stddev=0.02):
     """The release's `trunc_normal_(std=0.02)` init."""
     return keras.initializers.TruncatedNormal(stddev=stddev)
