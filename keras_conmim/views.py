@@ -188,9 +188,6 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
         return any(p > 0 for p in (self.jitter_prob, self.grayscale_prob,
                                    self.blur_prob, self.solarize_prob))
 
-    def _normalize(self, x):
-        return normalize_images(x, self.mean, self.std, scale=1.0)
-
     def crop_and_flip(self, images, seed):
         """Random resized crop + flip of float images in [0, 1]."""
         b = ops.shape(images)[0]
@@ -250,7 +247,8 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
         x = self.crop_and_flip(x, seed)
         teacher = self.strong(x, seed) if self.photometric else x
         student = self.strong(x, seed) if self.symmetric and self.photometric else x
-        return self._normalize(student), self._normalize(teacher)
+        return (normalize_images(student, self.mean, self.std, scale=1.0),
+                normalize_images(teacher, self.mean, self.std, scale=1.0))
 
     def get_config(self):
         config = super().get_config()

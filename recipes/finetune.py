@@ -86,6 +86,16 @@ def make_batches(source, num_classes, args):
     mixers = [m for m in (keras.layers.MixUp(alpha=args.mixup, seed=args.seed) if args.mixup > 0 else None,
                           keras.layers.CutMix(factor=args.cutmix, seed=args.seed) if args.cutmix > 0 else None)
               if m is not None]
+    def augment_and_mix(x, y, choose):
+        """RandAugment, then one of the mixers; `choose(branches)` runs one."""
+        if augment is not None:
+            x = augment(x, training=True)
+        if mixers:
+            mixed = choose([lambda m=m: m({"images": x, "labels": y}, training=True)
+                            for m in mixers])
+            x, y = mixed["images"], mixed["labels"]
+        return x, y
+
     try:
         import tensorflow as tf
     except ImportError:
@@ -93,6 +103,11 @@ def make_batches(source, num_classes, args):
     if tf is not None:
         # Keras preprocessing layers run as TF graph ops inside tf.data,
         # whatever the backend: parallel and far faster than eager JAX ops.
+        def graph_choice(branches):
+            if len(branches) == 1:
+                return branches[0]()
+            return tf.cond(tf.random.uniform(()) < 0.5, branches[0], branches[1])
+
         def batch(step):
             idx = tf.numpy_function(
                 lambda s: source.batch_indices(args.batch_size, args.seed, int(s)).astype("int64"),
@@ -100,17 +115,7 @@ def make_batches(source, num_classes, args):
             idx = tf.reshape(idx, (args.batch_size,))
             x = tf.cast(tf.gather(tf.constant(source.images), idx), "float32")
             y = tf.one_hot(tf.gather(tf.constant(source.labels), idx), num_classes)
-            if augment is not None:
-                x = augment(x, training=True)
-            if len(mixers) == 2:
-                mixed = tf.cond(tf.random.uniform(()) < 0.5,
-                                lambda: mixers[0]({"images": x, "labels": y}, training=True),
-                                lambda: mixers[1]({"images": x, "labels": y}, training=True))
-                x, y = mixed["images"], mixed["labels"]
-            elif mixers:
-                mixed = mixers[0]({"images": x, "labels": y}, training=True)
-                x, y = mixed["images"], mixed["labels"]
-            return x, y
+            return augment_and_mix(x, y, graph_choice)
 
         return tf.data.Dataset.counter().map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4)
 
@@ -124,12 +129,7 @@ def make_batches(source, num_classes, args):
             idx = source.batch_indices(args.batch_size, args.seed, step)
             x = keras.ops.convert_to_tensor(source.batch(idx).astype("float32"))
             y = keras.ops.one_hot(keras.ops.convert_to_tensor(source.labels[idx]), num_classes)
-            if augment is not None:
-                x = augment(x, training=True)
-            if mixers:
-                mixed = mixers[rng.integers(len(mixers))]({"images": x, "labels": y}, training=True)
-                x, y = mixed["images"], mixed["labels"]
-            return x, y
+            return augment_and_mix(x, y, lambda branches: branches[rng.integers(len(branches))]())
 
     return Batches()
 
