@@ -73,6 +73,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="2 steps per epoch: a smoke test")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-flags", default="--mixup 0 --cutmix 0",
+                   help="extra recipes/finetune.py flags for every row (default: no MixUp/CutMix, "
+                   "which need long schedules)")
     args = p.parse_args()
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in LABELS]
@@ -89,7 +92,11 @@ def main():
     quick = ["--steps-per-epoch", "2"] if args.quick else []
     pretrain_data = (os.path.join(folder, "train-images-idx3-ubyte.gz") if kind == "idx" else None)
     probe_epochs = "3" if args.quick else "100"
+    # Short schedules: warm up over a fifth of the run, at most one epoch.
+    pretrain_warmup = ["--warmup-epochs", str(min(0.5, e / 5))]
+    finetune_common = ["--warmup-epochs", str(min(1.0, f / 5)), *args.finetune_flags.split()]
 
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
     results = []
     for row in rows:
         work = os.path.join(args.out, row)
@@ -98,7 +105,7 @@ def main():
         wall = 0.0
         if row in PRETRAINED:
             flags, encoder_name = PRETRAINED[row]
-            cmd = ["recipes/pretrain.py", *common, *quick, *flags, "--epochs", str(e),
+            cmd = ["recipes/pretrain.py", *common, *quick, *flags, *pretrain_warmup, "--epochs", str(e),
                    "--output", os.path.join(work, "pretrain"), "--no-resume",
                    "--crop-scale-min", "0.35", "--view-grid-every", str(max(e, 1))]
             if pretrain_data:
@@ -117,7 +124,8 @@ def main():
             finetune = ["--from-scratch", "--preset", "vit_mini_p4_28"]
             if row == "scratch_ef":
                 entry["finetune_epochs"] = e + f
-        line, seconds = run(["recipes/finetune.py", *common, *quick, *finetune, "--data", args.data,
+        line, seconds = run(["recipes/finetune.py", *common, *quick, *finetune, *finetune_common,
+                             "--data", args.data,
                              "--epochs", str(entry["finetune_epochs"]),
                              "--output", os.path.join(work, "classifier.keras")],
                             os.path.join(work, "finetune.log"))
@@ -125,12 +133,14 @@ def main():
         entry["wall_clock_s"] = round(wall + seconds, 1)
         results.append(entry)
         print(f"{row}: {entry}", flush=True)
+        # Written after every row, so a stopped run keeps what it measured.
+        report = {"machine": machine, "data": args.data, "E": e, "F": f,
+                  "batch_size": args.batch_size, "quick": args.quick,
+                  "command": " ".join(sys.argv), "complete": len(results) == len(rows),
+                  "rows": results}
+        with open(os.path.join(args.out, "results.json"), "w") as fh:
+            json.dump(report, fh, indent=2)
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
-    report = {"machine": machine, "data": args.data, "E": e, "F": f, "batch_size": args.batch_size,
-              "quick": args.quick, "command": " ".join(sys.argv), "rows": results}
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
-        json.dump(report, fh, indent=2)
     print(f"\nFashion-MNIST, vit_mini_p4_28, E={e} F={f}, batch {args.batch_size}, {machine}")
     print(f"{'row':<34} {'fine-tune':>9} {'linear':>7} {'kNN':>6} {'wall-clock':>11}")
     for r in results:

@@ -5,7 +5,12 @@ TensorFlow SavedModel (`format="tf_saved_model"`, JAX or TensorFlow backend)
 serves without keras_conmim installed. The SavedModel's signature takes
 float images `[B, H, W, C]` in the uint8 value range [0, 255] (normalised
 inside, as in pre-training) and returns `patch_tokens` `[B, N, D]` and
-`pooled` `[B, D]` (mean of the patch tokens).
+`pooled` `[B, D]` (mean of the patch tokens). ONNX (`format="onnx"`, JAX
+backend through jax2onnx or TensorFlow backend through tf2onnx) has the same
+contract: input `images`, outputs `patch_tokens` and `pooled`, batch size
+free. Exact GELU is kept: on TensorFlow it is written with `erf` (see
+`keras_conmim.layers.gelu`), because `tf.nn.gelu` lowers to `Erfc`, which
+ONNX has no op for.
 """
 
 import os
@@ -17,7 +22,8 @@ from keras_conmim.saving import save_atomic
 from keras_conmim.views import normalize_images
 from keras_conmim.vit import ViT
 
-FORMATS = ("keras", "tf_saved_model")
+FORMATS = ("keras", "tf_saved_model", "onnx")
+ONNX_CONVERTERS = {"jax": "jax2onnx", "tensorflow": "tf2onnx"}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -55,15 +61,19 @@ class ServingEncoder(keras.Model):
 
 
 def export_encoder(encoder, path, format="keras", mean=None, std=None, pooling="mean"):
-    """Write `encoder` (a `ViT`) to `path` as `.keras` or a SavedModel
-    directory; returns the path. The SavedModel needs TensorFlow and the
-    JAX or TensorFlow backend."""
+    """Write `encoder` (a `ViT`) to `path` as `.keras`, a SavedModel
+    directory or an `.onnx` file; returns the path. The SavedModel needs
+    TensorFlow and the JAX or TensorFlow backend; ONNX needs the JAX backend
+    with jax2onnx or the TensorFlow backend with tf2onnx (`pip install
+    keras-conmim[onnx]`)."""
     if format not in FORMATS:
         raise ValueError(f"Unknown format {format!r}. Valid: {', '.join(FORMATS)}.")
     model = ServingEncoder(encoder, mean=mean, std=std, pooling=pooling)
     if format == "keras":
         return save_atomic(model, path)
     backend = keras.backend.backend()
+    if format == "onnx":
+        return _export_onnx(model, encoder.image_shape, path)
     if backend not in ("jax", "tensorflow"):
         raise ValueError(f"SavedModel export runs on the jax or tensorflow backend, not {backend}: "
                          "save a .keras file and export it from one of those.")
@@ -73,3 +83,55 @@ def export_encoder(encoder, path, format="keras", mean=None, std=None, pooling="
     spec = keras.InputSpec(shape=(None, h, w, c), dtype="float32")
     model.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
     return path
+
+
+def _export_onnx(model, image_shape, path):
+    backend = keras.backend.backend()
+    if backend not in ONNX_CONVERTERS:
+        raise ValueError(f"ONNX export runs on the jax or tensorflow backend, not {backend} "
+                         "(the torch exporter cannot keep the batch size free for this model): "
+                         "save a .keras file and export it with KERAS_BACKEND=jax.")
+    for module in ("onnx", ONNX_CONVERTERS[backend]):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ImportError(f"ONNX export on the {backend} backend needs {module}: "
+                              "pip install 'keras-conmim[onnx]'") from None
+    import onnx
+
+    h, w, c = image_shape
+    spec = keras.InputSpec(shape=(None, h, w, c), dtype="float32")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
+    try:
+        model.export(tmp, format="onnx", input_signature=[spec], verbose=False)
+        graph = onnx.load(tmp)
+        _name_onnx_io(graph)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _name_onnx_io(model):
+    """Give the converters' generated names the documented ones: input
+    `images`, outputs `patch_tokens` (rank 3) and `pooled` (rank 2)."""
+    graph = model.graph
+    old = graph.input[0].name
+    for node in graph.node:
+        node.input[:] = ["images" if name == old else name for name in node.input]
+    graph.input[0].name = "images"
+    for value in (graph.input[0], *graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    for output in graph.output:
+        rank = len(output.type.tensor_type.shape.dim)
+        new = {3: "patch_tokens", 2: "pooled"}[rank]
+        if output.name != new:
+            for node in graph.node:
+                node.output[:] = [new if name == output.name else name for name in node.output]
+                node.input[:] = [new if name == output.name else name for name in node.input]
+            output.name = new

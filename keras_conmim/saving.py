@@ -18,3 +18,32 @@ def save_atomic(model, path):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def load_encoder(path, which="teacher"):
+    """The `ViT` inside any `.keras` file this package writes: a bare encoder,
+    a `ConMIM` model or checkpoint (`which="teacher"`, as the release
+    fine-tunes, or `"student"`), a `ServingEncoder` or a `ViTClassifier`."""
+    import keras
+
+    import keras_conmim  # noqa: F401  (registers the classes the file names)
+    from keras_conmim.conmim import ConMIM
+    from keras_conmim.vit import ViT
+
+    if which not in ("teacher", "student"):
+        raise ValueError(f"which must be 'teacher' or 'student', received {which!r}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file. Pass a .keras file written by "
+                                "keras_conmim (recipes/pretrain.py writes teacher_encoder.keras).")
+    model = keras.saving.load_model(path)
+    if isinstance(model, ConMIM):
+        if which == "teacher" and model.objective == "pixel":
+            raise ValueError(f"{path} holds a pixel-objective ConMIM, whose teacher is never "
+                             "trained: pass which='student'.")
+        return model.teacher_encoder if which == "teacher" else model.encoder
+    if isinstance(model, ViT):
+        return model
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, ViT):
+        return encoder
+    raise ValueError(f"{path} holds a {type(model).__name__}, which has no ViT encoder.")

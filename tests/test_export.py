@@ -43,10 +43,85 @@ def test_saved_model_serves_the_same_features(tmp_path):
         np.testing.assert_allclose(to_numpy(out["pooled"]), expected["pooled"], atol=1e-5)
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="ONNX export runs on jax/tensorflow")
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("jax2onnx" if BACKEND == "jax" else "tf2onnx")
+    vit, images = _encoder_and_images()
+    path = export_encoder(vit, os.path.join(tmp_path, "enc.onnx"), format="onnx")
+    assert sorted(os.listdir(tmp_path)) == ["enc.onnx"]  # no temporary file left
+    session = ort.InferenceSession(path)
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    expected = {k: to_numpy(v) for k, v in ServingEncoder(vit)(images).items()}
+    for batch in (images, images[:1]):  # the batch size stays free
+        served = dict(zip([o.name for o in session.get_outputs()],
+                          session.run(None, {"images": batch})))
+        assert sorted(served) == ["patch_tokens", "pooled"]
+        for key in served:
+            np.testing.assert_allclose(served[key], expected[key][: len(batch)], atol=1e-5)
+
+
+def test_gelu_is_exact():
+    from keras_conmim.layers import gelu
+    from math import erf
+
+    x = np.linspace(-6, 6, 101).astype("float32")
+    expected = np.array([0.5 * v * (1 + erf(v / np.sqrt(2))) for v in x.astype("float64")])
+    np.testing.assert_allclose(to_numpy(gelu(keras.ops.convert_to_tensor(x))), expected,
+                               atol=1e-6)
+
+
 def test_bad_format_and_backend():
     vit, _ = _encoder_and_images()
-    with pytest.raises(ValueError, match="keras, tf_saved_model"):
+    with pytest.raises(ValueError, match="keras, tf_saved_model, onnx"):
         export_encoder(vit, "x", format="tflite")
     if BACKEND == "torch":
-        with pytest.raises(ValueError, match="jax or tensorflow"):
-            export_encoder(vit, "x", format="tf_saved_model")
+        for format in ("tf_saved_model", "onnx"):
+            with pytest.raises(ValueError, match="jax or tensorflow"):
+                export_encoder(vit, "x", format=format)
+
+
+def test_load_encoder_finds_the_vit_in_every_file(tmp_path):
+    from keras_conmim import ConMIM
+    from keras_conmim.classifier import ViTClassifier
+    from keras_conmim.saving import load_encoder, save_atomic
+
+    vit, images = _encoder_and_images()
+    expected = to_numpy(vit(images))
+    model = ConMIM(vit, seed=0)
+    for name, obj in [("vit", vit), ("serving", ServingEncoder(vit)), ("conmim", model),
+                      ("classifier", ViTClassifier(vit, 3))]:
+        path = save_atomic(obj, os.path.join(tmp_path, f"{name}.keras"))
+        np.testing.assert_allclose(to_numpy(load_encoder(path)(images)), expected, atol=1e-6)
+    pixel = ConMIM(tiny_vit(image_shape=(16, 16, 3)), objective="pixel", seed=0)
+    path = save_atomic(pixel, os.path.join(tmp_path, "pixel.keras"))
+    with pytest.raises(ValueError, match="which='student'"):
+        load_encoder(path)
+    assert load_encoder(path, which="student").name == pixel.encoder.name
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_encoder(os.path.join(tmp_path, "missing.keras"))
+
+
+def test_export_recipe_checks_the_written_file(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from keras_conmim.saving import save_atomic
+
+    vit, _ = _encoder_and_images()
+    source = save_atomic(vit, os.path.join(tmp_path, "vit.keras"))
+    format, name = ("keras", "out.keras") if BACKEND == "torch" else ("onnx", "out.onnx")
+    if format == "onnx":
+        pytest.importorskip("jax2onnx" if BACKEND == "jax" else "tf2onnx")
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "export.py"), "--encoder", source,
+         "--format", format, "--output", os.path.join(tmp_path, name), "--backend", BACKEND],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "max |exported - keras|" in done.stdout and os.path.isfile(os.path.join(tmp_path, name))
+    again = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "export.py"), "--encoder", source,
+         "--format", format, "--output", os.path.join(tmp_path, name), "--backend", BACKEND],
+        capture_output=True, text=True)
+    assert again.returncode != 0 and "exists" in again.stderr
