@@ -1,0 +1,103 @@
+"""What recipes/segment.py and recipes/detect.py share: flags, the canvas
+data built from Fashion-MNIST items, and the two starting points
+(pre-trained encoder, or the same architecture with random weights)."""
+
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_ENCODER = os.path.join(ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras")
+INITS = ("pretrained", "random")
+
+
+def parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help="pre-trained .keras file (any keras_conmim file holding a ViT)")
+    p.add_argument("--init", default="pretrained,random",
+                   help="comma list of pretrained, random (same architecture, random weights)")
+    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
+                   default=os.environ.get("KERAS_BACKEND", "jax"))
+    p.add_argument("--data", default="default",
+                   help="items: default (packaged Fashion-MNIST slice) or idx:DIR")
+    p.add_argument("--canvas-size", type=int, default=56)
+    p.add_argument("--max-items", type=int, default=3)
+    p.add_argument("--train-canvases", type=int, default=2000)
+    p.add_argument("--test-canvases", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def check(p, args):
+    inits = args.init.split(",")
+    bad = [i for i in inits if i not in INITS]
+    if bad or not inits:
+        p.error(f"--init {args.init!r}: use a comma list of {', '.join(INITS)}")
+    if not os.path.isfile(args.encoder):
+        p.error(f"--encoder {args.encoder}: file not found (recipes/pretrain.py writes "
+                "teacher_encoder.keras; the shipped backbone is in saved_models/)")
+    for name in ("canvas_size", "max_items", "train_canvases", "test_canvases", "epochs",
+                 "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    args.inits = inits
+    return args
+
+
+def setup(args):
+    os.environ["KERAS_BACKEND"] = args.backend
+    sys.path.insert(0, ROOT)
+
+
+def canvases(args, image_shape):
+    """(train, test) canvas dicts (see keras_conmim.data.canvas) and the
+    number of item classes."""
+    from keras_conmim import data
+    from keras_conmim.data.canvas import make_canvases
+
+    h, w, c = image_shape
+    kwargs = dict(image_size=(h, w), channels="rgb" if c == 3 else "gray")
+    if args.data == "default":
+        items = data.load_default("train", **kwargs), data.load_default("test", **kwargs)
+    else:
+        kind, _, folder = args.data.partition(":")
+        if kind != "idx" or not folder:
+            raise SystemExit(f"error: --data {args.data!r}: use default or idx:DIR")
+        items = tuple(data.from_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"),
+                                    **kwargs) for prefix in ("train", "t10k"))
+    num_classes = int(max(s.labels.max() for s in items)) + 1
+    train = make_canvases(items[0].images, items[0].labels, args.train_canvases,
+                          args.canvas_size, args.max_items, seed=args.seed)
+    test = make_canvases(items[1].images, items[1].labels, args.test_canvases,
+                         args.canvas_size, args.max_items, seed=args.seed + 1)
+    return train, test, num_classes
+
+
+def encoder_for(init, args):
+    """The pre-trained encoder, or a fresh one of the same architecture."""
+    import keras
+
+    from keras_conmim.saving import load_encoder
+    from keras_conmim.vit import ViT
+
+    encoder = load_encoder(args.encoder)
+    if init == "random":
+        keras.utils.set_random_seed(args.seed)
+        config = {**encoder.get_config(), "name": "vit"}
+        encoder = ViT.from_config(config)
+    return encoder
+
+
+def optimizer(args, steps):
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(steps - steps // 10, 1), warmup_target=args.lr,
+        warmup_steps=max(steps // 10, 1), alpha=0.01)
+    return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
