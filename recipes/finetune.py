@@ -1,6 +1,7 @@
 """Fine-tune a pre-trained encoder into a classifier (the release's recipe,
 scaled down), or train the same classifier from scratch.
 
+    python recipes/finetune.py            # the shipped backbone, packaged data
     python recipes/finetune.py --encoder saved_models/teacher_encoder.keras
     python recipes/finetune.py --from-scratch --preset vit_mini_p4_28
     python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --epochs 30
@@ -23,8 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--encoder", default=os.path.join(ROOT, "saved_models", "teacher_encoder.keras"),
-                   help="pre-trained ViT (.keras); the EMA teacher, as the release does")
+    p.add_argument("--encoder",
+                   default=os.path.join(ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"),
+                   help="pre-trained .keras file (default: the shipped Fashion-MNIST backbone); "
+                   "a ConMIM model or checkpoint gives its EMA teacher, as the release does")
     p.add_argument("--from-scratch", action="store_true",
                    help="random init instead of --encoder (same architecture and recipe)")
     p.add_argument("--preset", default=None,
@@ -143,17 +146,17 @@ def main(argv=None):
 
     import keras_conmim as kc
     from keras_conmim.classifier import ViTClassifier, finetune_encoder
-    from keras_conmim.saving import save_atomic
+    from keras_conmim.saving import load_encoder, save_atomic
 
     keras.utils.set_random_seed(args.seed)
     if args.from_scratch:
         if args.preset:
             encoder = kc.ViT.from_preset(args.preset)
         else:  # same architecture as the pre-trained file, fresh weights
-            config = keras.saving.load_model(args.encoder).get_config()
+            config = load_encoder(args.encoder).get_config()
             encoder = kc.ViT.from_config({**config, "name": "vit"})
     else:
-        encoder = keras.saving.load_model(args.encoder)
+        encoder = load_encoder(args.encoder)
     encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     train, test = load_splits(args.data, encoder.image_shape)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1

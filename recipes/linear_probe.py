@@ -18,7 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", required=True, help="a ViT saved as .keras")
+    parser.add_argument("--encoder",
+                        default=os.path.join(ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"),
+                        help="any keras_conmim .keras file holding a ViT (default: the shipped "
+                        "backbone; a ConMIM file gives its teacher)")
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                         default=os.environ.get("KERAS_BACKEND", "jax"))
     parser.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
@@ -37,9 +40,10 @@ def main(argv=None):
     from keras_conmim import evaluation
     from recipes.finetune import load_splits
 
-    encoder = keras.saving.load_model(args.encoder)
-    if not isinstance(encoder, kc.ViT):
-        parser.error(f"--encoder {args.encoder} holds a {type(encoder).__name__}, not a ViT")
+    try:
+        encoder = kc.load_encoder(args.encoder)
+    except ValueError as e:
+        parser.error(f"--encoder {args.encoder}: {e}")
     train, test = load_splits(args.data, encoder.image_shape)
     train_f = evaluation.extract_features(encoder, train.images)
     test_f = evaluation.extract_features(encoder, test.images)

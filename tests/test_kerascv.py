@@ -56,7 +56,7 @@ def test_segmentation_heads_train(head):
         model = keras_cv.models.DeepLabV3Plus(num_classes=3, backbone=_backbone())
     x = _images()
     assert model(x).shape == (2, SIZE, SIZE, 3)
-    model.compile(optimizer="adam",
+    model.compile(optimizer="adam", jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     _fit_changes_weights(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
 
@@ -66,12 +66,13 @@ def test_detection_heads_train(head):
     if head == "retinanet":
         model = keras_cv.models.RetinaNet(num_classes=3, bounding_box_format="xyxy",
                                           backbone=_backbone())
-        model.compile(classification_loss="focal", box_loss="smoothl1", optimizer="adam")
+        model.compile(classification_loss="focal", box_loss="smoothl1", optimizer="adam",
+                      jit_compile=False)
     else:
         model = keras_cv.models.YOLOV8Detector(num_classes=3, bounding_box_format="xyxy",
                                                backbone=_backbone(), fpn_depth=1)
         model.compile(classification_loss="binary_crossentropy", box_loss="ciou",
-                      optimizer="adam")
+                      optimizer="adam", jit_compile=False)
     _fit_changes_weights(model, _images(), BOXES)
 
 

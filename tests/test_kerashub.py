@@ -89,7 +89,7 @@ def test_deeplab_v3_segmenter_trains_on_the_pyramid():
         num_classes=3)
     x = _images()
     assert model(x).shape == (2, SIZE, SIZE, 3)
-    model.compile(optimizer="adam",
+    model.compile(optimizer="adam", jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     _trains(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
 
@@ -104,7 +104,7 @@ def test_segformer_segmenter_trains_on_the_pyramid():
         num_classes=3)
     x = _images()
     assert model(x).shape == (2, SIZE, SIZE, 3)
-    model.compile(optimizer="adam",
+    model.compile(optimizer="adam", jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     _trains(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
 
@@ -122,7 +122,7 @@ def test_retinanet_detector_trains_on_the_pyramid():
     x = _images()
     out = model(x)
     assert out["cls_logits"].shape == (2, 16 + 4 + 1, 3)
-    model.compile()
+    model.compile(jit_compile=False)
     y = {"boxes": np.array([[[2, 2, 10, 10], [8, 8, 24, 24]]] * 2, "float32"),
          "labels": np.array([[0, 2]] * 2, "int32")}
     _trains(model, x, y, fit=True)
@@ -132,7 +132,7 @@ def test_image_classifier_task_and_preset(tmp_path):
     model = ViTPyramidImageClassifier(backbone=ViTPyramidBackbone(_encoder()), num_classes=5)
     x = _images(4, size=16)
     assert model(x).shape == (4, 5)
-    model.compile(optimizer="adam",
+    model.compile(optimizer="adam", jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     _trains(model, x, np.arange(4))
     model.save_to_preset(str(tmp_path))

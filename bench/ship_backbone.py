@@ -1,0 +1,84 @@
+"""Ship the benchmark's ConMIM backbone: copy the teacher encoder of the
+`conmim` row into saved_models/ and write its card from results.json (every
+number on the card comes from that file; nothing is typed in).
+
+    python bench/fashion_mnist.py ...          # first
+    python bench/ship_backbone.py
+"""
+
+import argparse
+import json
+import os
+import shutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = "conmim_vit_mini_p4_28_fmnist.keras"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
+    p.add_argument("--out", default=os.path.join(ROOT, "saved_models"))
+    args = p.parse_args()
+    with open(os.path.join(args.results, "results.json")) as f:
+        report = json.load(f)
+    rows = {r["row"]: r for r in report["rows"]}
+    if "conmim" not in rows:
+        raise SystemExit("results.json has no conmim row: run bench/fashion_mnist.py with it")
+    source = os.path.join(args.results, "conmim", "pretrain", "teacher_encoder.keras")
+    with open(os.path.join(args.results, "conmim", "pretrain", "config.json")) as f:
+        config = json.load(f)
+    target = os.path.join(args.out, NAME)
+    tmp = target + ".partial"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    r = rows["conmim"]
+    others = "".join(
+        f"| {o['label']} | {o['finetune_top1']:.2f} |\n" for k, o in rows.items() if k != "conmim")
+    card = f"""# `{NAME}`
+
+ConMIM-pre-trained `vit_mini_p4_28` encoder (28x28 gray, patch 4, width 128, 6 layers, 4 heads,
+shared relative position bias; {os.path.getsize(target) / 1e6:.1f} MB): the EMA teacher after
+{r['pretrain_epochs']} epochs of ConMIM on the 60,000 Fashion-MNIST training images (Debian package
+`dataset-fashion-mnist`; Fashion-MNIST is (c) Zalando SE, MIT licence).
+
+Load it in one call (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
+
+```python
+import keras_conmim
+encoder = keras_conmim.load_encoder("saved_models/{NAME}")
+```
+
+`recipes/finetune.py`, `recipes/segment.py`, `recipes/detect.py` and `recipes/export.py` start
+from it by default.
+
+Pre-training: `{' '.join(['python', 'recipes/pretrain.py'] + [f'--{k.replace("_", "-")} {v}' for k, v in config.items() if k in ('backend', 'data', 'epochs', 'batch_size', 'lr', 'warmup_epochs', 'crop_scale_min', 'mask', 'seed')])}`
+(everything else at the recipe's defaults; the run's full resolved config is below), made by
+`{report['command']}` on {report['machine']}.
+
+Results on the 10,000 Fashion-MNIST test images (from `results.json` of that run):
+
+| | top-1 % |
+|---|---|
+| fine-tune {r['finetune_epochs']} epoch(s) (`recipes/finetune.py`) | {r['finetune_top1']:.2f} |
+| linear probe (frozen, mean-pooled) | {r['linear']:.2f} |
+| kNN (k=20, cosine) | {r['knn']:.2f} |
+
+Other rows of the same run, fine-tune top-1 %:
+
+| row | top-1 % |
+|---|---|
+{others}
+Resolved pre-training config:
+
+```json
+{json.dumps(config, indent=2)}
+```
+"""
+    with open(os.path.join(args.out, "CARD.md"), "w") as f:
+        f.write(card)
+    print(f"shipped {target} and {os.path.join(args.out, 'CARD.md')}")
+
+
+if __name__ == "__main__":
+    main()
