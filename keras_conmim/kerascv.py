@@ -16,11 +16,11 @@ import keras
 import keras_cv
 
 from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.pyramid import build_pyramid, check_pyramid_args
+from keras_conmim.pyramid import PyramidBackboneMixin, build_pyramid
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ViTCVBackbone(keras_cv.models.Backbone):
+class ViTCVBackbone(PyramidBackboneMixin, keras_cv.models.Backbone):
     """`keras_conmim.ViT` plus the simple feature pyramid
     (`keras_conmim.pyramid`) as a Keras-CV backbone.
 
@@ -39,17 +39,9 @@ class ViTCVBackbone(keras_cv.models.Backbone):
         graph = build_pyramid(encoder, image_shape, min_level, max_level, pyramid_channels,
                               mean, std)
         super().__init__(inputs=graph.images, outputs=graph.grid, **kwargs)
-        # Off the output path: tracked here (weights) and found by get_layer.
-        self.pyramid_layers = graph.side_layers
+        self._keep_pyramid(graph, min_level, max_level, mean, std)
+        # Off the output path, so found by get_layer (below) from here.
         self._level_layers = {layer.name: layer for layer in graph.level_layers.values()}
-        self.encoder = graph.encoder
-        self.image_shape = tuple(graph.encoder.image_shape)
-        self.min_level = min_level
-        self.max_level = max_level
-        self.pyramid_channels = check_pyramid_args(encoder, min_level, max_level,
-                                                   pyramid_channels)
-        self.mean = tuple(mean) if mean is not None else None
-        self.std = tuple(std) if std is not None else None
         self.pyramid_level_inputs = {f"P{n}": f"P{n}" for n in graph.levels}
         self.embedding_dims = graph.channels
 
@@ -62,10 +54,7 @@ class ViTCVBackbone(keras_cv.models.Backbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
-                      image_shape=self.image_shape, min_level=self.min_level,
-                      max_level=self.max_level, pyramid_channels=self.pyramid_channels,
-                      mean=self.mean, std=self.std)
+        config.update(self._pyramid_config())
         return config
 
     @classmethod

@@ -22,13 +22,13 @@ import keras_hub
 import numpy as np
 
 from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.pyramid import build_pyramid, check_pyramid_args
+from keras_conmim.pyramid import PyramidBackboneMixin, build_pyramid
 
 LEVEL_NAMINGS = ("stride", "mit")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class ViTPyramidBackbone(keras_hub.models.FeaturePyramidBackbone):
+class ViTPyramidBackbone(PyramidBackboneMixin, keras_hub.models.FeaturePyramidBackbone):
     """A `keras_conmim.ViT` as a KerasHub `FeaturePyramidBackbone`.
 
     Input: float images `[B, H, W, C]` in 0..255 (normalised inside, as in
@@ -69,18 +69,8 @@ class ViTPyramidBackbone(keras_hub.models.FeaturePyramidBackbone):
         super().__init__(inputs=graph.images, outputs=graph.grid, dtype=dtype, **kwargs)
 
         # === Config ===
-        # The pyramid layers only feed pyramid_outputs, not `outputs`:
-        # assigning them here makes the model track (save, train) their weights.
-        self.pyramid_layers = graph.side_layers
-        self.encoder = graph.encoder
-        self.image_shape = tuple(graph.encoder.image_shape)
-        self.min_level = min_level
-        self.max_level = max_level
-        self.pyramid_channels = check_pyramid_args(encoder, min_level, max_level,
-                                                   pyramid_channels)
+        self._keep_pyramid(graph, min_level, max_level, mean, std)
         self.level_naming = level_naming
-        self.mean = tuple(mean) if mean is not None else None
-        self.std = tuple(std) if std is not None else None
         offset = min_level - 1 if level_naming == "mit" else 0
         self.pyramid_outputs = {f"P{n - offset}": t for n, t in graph.levels.items()}
         # SegFormerBackbone reads the width of each level from here.
@@ -88,11 +78,7 @@ class ViTPyramidBackbone(keras_hub.models.FeaturePyramidBackbone):
 
     def get_config(self):
         config = super().get_config()
-        config.update(encoder=keras.saving.serialize_keras_object(self.encoder),
-                      image_shape=self.image_shape, min_level=self.min_level,
-                      max_level=self.max_level, pyramid_channels=self.pyramid_channels,
-                      level_naming=self.level_naming,
-                      mean=self.mean, std=self.std)
+        config.update(self._pyramid_config(), level_naming=self.level_naming)
         return config
 
     @classmethod

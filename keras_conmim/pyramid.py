@@ -32,6 +32,29 @@ class PyramidGraph:
     encoder: ViT
     channels: list = field(default_factory=list)
     side_layers: list = field(default_factory=list)  # layers off the grid's path
+    pyramid_channels: list = None  # validated argument
+
+
+class PyramidBackboneMixin:
+    """What the KerasHub and Keras-CV adapters share: after the functional
+    model is built, keep the graph's side layers (so their weights are
+    tracked: they feed the pyramid, not `outputs`) and the config."""
+
+    def _keep_pyramid(self, graph, min_level, max_level, mean, std):
+        self.pyramid_layers = graph.side_layers
+        self.encoder = graph.encoder
+        self.image_shape = tuple(graph.encoder.image_shape)
+        self.min_level = min_level
+        self.max_level = max_level
+        self.pyramid_channels = graph.pyramid_channels
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+
+    def _pyramid_config(self):
+        return dict(encoder=keras.saving.serialize_keras_object(self.encoder),
+                    image_shape=self.image_shape, min_level=self.min_level,
+                    max_level=self.max_level, pyramid_channels=self.pyramid_channels,
+                    mean=self.mean, std=self.std)
 
 
 def check_pyramid_args(encoder, min_level, max_level, pyramid_channels):
@@ -100,4 +123,5 @@ def build_pyramid(encoder, image_shape=None, min_level=2, max_level=5, pyramid_c
         levels[n] = level_layers[n](x)
         side.append(level_layers[n])
     return PyramidGraph(images=images, grid=grid, levels=levels, level_layers=level_layers,
-                        encoder=encoder, channels=list(channels), side_layers=side)
+                        encoder=encoder, channels=list(channels), side_layers=side,
+                        pyramid_channels=pyramid_channels)

@@ -42,18 +42,14 @@ def build(encoder, image_shape, num_classes):
 def main(argv=None):
     p = downstream.parser(__doc__.splitlines()[0])
     args = downstream.check(p, p.parse_args(argv))
-    downstream.setup(args)
+    image_shape, train, test, num_classes, steps = downstream.prepare(args)
     import keras
     import numpy as np
 
     from keras_conmim.downstream_metrics import coco_map
 
-    probe = downstream.encoder_for("pretrained", args)
-    image_shape = (args.canvas_size, args.canvas_size, probe.image_shape[2])
-    train, test, num_classes = downstream.canvases(args, probe.image_shape)
     x = train["images"].astype("float32")
     y = {"boxes": train["boxes"], "labels": train["classes"]}
-    steps = args.steps_per_epoch or -(-len(x) // args.batch_size)
     results = {}
     for init in args.inits:
         keras.utils.set_random_seed(args.seed)

@@ -101,3 +101,14 @@ def optimizer(args, steps):
         0.0, decay_steps=max(steps - steps // 10, 1), warmup_target=args.lr,
         warmup_steps=max(steps // 10, 1), alpha=0.01)
     return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
+
+
+def prepare(args):
+    """Backend set up, then (canvas image shape, train canvases, test
+    canvases, number of item classes, steps per epoch)."""
+    setup(args)
+    probe = encoder_for("pretrained", args)
+    image_shape = (args.canvas_size, args.canvas_size, probe.image_shape[2])
+    train, test, num_classes = canvases(args, probe.image_shape)
+    steps = args.steps_per_epoch or -(-len(train["images"]) // args.batch_size)
+    return image_shape, train, test, num_classes, steps

@@ -47,18 +47,14 @@ def main(argv=None):
     p = downstream.parser(__doc__.splitlines()[0])
     p.add_argument("--head", choices=HEADS, default="deeplabv3")
     args = downstream.check(p, p.parse_args(argv))
-    downstream.setup(args)
+    image_shape, train, test, num_classes, steps = downstream.prepare(args)
     import keras
     import numpy as np
 
     from keras_conmim.downstream_metrics import mean_iou
 
-    probe = downstream.encoder_for("pretrained", args)
-    image_shape = (args.canvas_size, args.canvas_size, probe.image_shape[2])
-    train, test, num_classes = downstream.canvases(args, probe.image_shape)
     x = train["images"].astype("float32")
     y = train["masks"][..., None]
-    steps = args.steps_per_epoch or -(-len(x) // args.batch_size)
     results = {}
     for init in args.inits:
         keras.utils.set_random_seed(args.seed)
