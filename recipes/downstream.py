@@ -21,7 +21,8 @@ def parser(description):
                    default=os.environ.get("KERAS_BACKEND", "jax"))
     p.add_argument("--data", default="default",
                    help="items: default (packaged Fashion-MNIST slice) or idx:DIR")
-    p.add_argument("--canvas-size", type=int, default=56)
+    p.add_argument("--canvas-size", type=int, default=64,
+                   help="side of the canvases; a multiple of 32 (the coarsest pyramid stride)")
     p.add_argument("--max-items", type=int, default=3)
     p.add_argument("--train-canvases", type=int, default=2000)
     p.add_argument("--test-canvases", type=int, default=500)
@@ -46,6 +47,9 @@ def check(p, args):
                  "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.canvas_size % 32:
+        p.error(f"--canvas-size {args.canvas_size}: use a multiple of 32, the coarsest pyramid "
+                "stride (P5), so every level has an exact size")
     args.inits = inits
     return args
 

@@ -7,7 +7,7 @@ downstream recipes need no download. numpy only.
 import numpy as np
 
 
-def make_canvases(images, labels, count, canvas_size=56, max_items=3, threshold=32, seed=0):
+def make_canvases(images, labels, count, canvas_size=64, max_items=3, threshold=32, seed=0):
     """Paste 1..`max_items` random items on each of `count` canvases.
 
     Items do not overlap (placement is retried; an item that finds no free
