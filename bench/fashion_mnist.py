@@ -73,10 +73,19 @@ def main():
     p.add_argument("--quick", action="store_true", help="2 steps per epoch: a smoke test")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", action="store_true",
+                   help="only print the table and redraw the plot from --out/results.json "
+                   "(for a run that was stopped between rows)")
     p.add_argument("--finetune-flags", default="--mixup 0 --cutmix 0",
                    help="extra recipes/finetune.py flags for every row (default: no MixUp/CutMix, "
                    "which need long schedules)")
     args = p.parse_args()
+    if args.report:
+        with open(os.path.join(args.out, "results.json")) as fh:
+            report = json.load(fh)
+        print_table(report)
+        plot(report["rows"], os.path.join(args.out, "results.png"))
+        return
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in LABELS]
     if unknown:
@@ -141,13 +150,21 @@ def main():
         with open(os.path.join(args.out, "results.json"), "w") as fh:
             json.dump(report, fh, indent=2)
 
-    print(f"\nFashion-MNIST, vit_mini_p4_28, E={e} F={f}, batch {args.batch_size}, {machine}")
+    print_table(report)
+    plot(results, os.path.join(args.out, "results.png"))
+
+
+def print_table(report):
+    print(f"\nFashion-MNIST, vit_mini_p4_28, E={report['E']} F={report['F']}, "
+          f"batch {report['batch_size']}, {report['machine']}")
     print(f"{'row':<34} {'fine-tune':>9} {'linear':>7} {'kNN':>6} {'wall-clock':>11}")
-    for r in results:
+    for r in report["rows"]:
         lin = f"{r['linear']:.2f}" if "linear" in r else "-"
         knn = f"{r['knn']:.2f}" if "knn" in r else "-"
-        print(f"{r['label']:<34} {r['finetune_top1']:>9.2f} {lin:>7} {knn:>6} {r['wall_clock_s']:>10.0f}s")
-    plot(results, os.path.join(args.out, "results.png"))
+        print(f"{r['label']:<34} {r['finetune_top1']:>9.2f} {lin:>7} {knn:>6} "
+              f"{r['wall_clock_s']:>10.0f}s")
+    if not report.get("complete", True):
+        print("(stopped between rows: the rows above are all that ran)")
 
 
 def plot(results, path):
