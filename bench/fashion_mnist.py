@@ -73,6 +73,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="2 steps per epoch: a smoke test")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows --out/results.json already has (same E, F, batch, data, "
+                   "backend) and run only the missing ones: a stopped run continues")
     p.add_argument("--report", action="store_true",
                    help="only print the table and redraw the plot from --out/results.json "
                    "(for a run that was stopped between rows)")
@@ -106,8 +109,20 @@ def main():
     finetune_common = ["--warmup-epochs", str(min(1.0, f / 5)), *args.finetune_flags.split()]
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
-    results = []
+    results, done = [], {}
+    previous = os.path.join(args.out, "results.json")
+    if args.resume and os.path.isfile(previous):
+        with open(previous) as fh:
+            old = json.load(fh)
+        same = (old["E"], old["F"], old["batch_size"], old["data"], old["machine"], old["quick"])
+        if same != (e, f, args.batch_size, args.data, machine, args.quick):
+            p.error(f"--resume: {previous} was made with other settings {same}")
+        done = {r["row"]: r for r in old["rows"]}
     for row in rows:
+        if row in done:
+            results.append(done[row])
+            print(f"{row}: kept from {previous}", flush=True)
+            continue
         work = os.path.join(args.out, row)
         os.makedirs(work, exist_ok=True)
         entry = {"row": row, "label": LABELS[row], "pretrain_epochs": 0, "finetune_epochs": f}
