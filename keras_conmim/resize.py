@@ -92,12 +92,10 @@ def resize_encoder(encoder, image_shape, **overrides):
             raise ValueError(f"{encoder.name} has no weight for {new.path}")
         value = keras.ops.convert_to_numpy(old)
         name = old.path.split("/")[-1]
-        if tuple(old.shape) == tuple(new.shape) and old_grid == new_grid:
-            new.assign(value)
-        elif name == "relative_position_bias_table":
+        if old_grid != new_grid and name == "relative_position_bias_table":
             new.assign(resize_relative_position_table(value, old_grid, new_grid))
-        elif name == "pos_embed":
-            if encoder.position_embedding == "absolute":
+        elif old_grid != new_grid and name == "pos_embed":
+            if encoder.position_embedding == "absolute":  # sin-cos: the new ViT's own table
                 new.assign(resize_position_embedding(value, old_grid, new_grid))
         elif tuple(old.shape) == tuple(new.shape):
             new.assign(value)

@@ -80,28 +80,26 @@ def test_pyramid_backbone_preset_round_trip(tmp_path):
         np.testing.assert_allclose(to_numpy(theirs[key]), to_numpy(ours[key]), atol=1e-5)
 
 
-def test_deeplab_v3_segmenter_trains_on_the_pyramid():
+def _segmenter(head):
+    if head == "segformer":  # MiT names (finest = P1) and a distinct width per level
+        backbone = ViTPyramidBackbone(_encoder(), image_shape=(SIZE, SIZE, 1),
+                                      level_naming="mit", pyramid_channels=(8, 12, 16, 20))
+        assert sorted(backbone.pyramid_outputs) == ["P1", "P2", "P3", "P4"]
+        return keras_hub.models.SegFormerImageSegmenter(
+            backbone=keras_hub.models.SegFormerBackbone(image_encoder=backbone,
+                                                        projection_filters=16),
+            num_classes=3)
     backbone = ViTPyramidBackbone(_encoder(), image_shape=(SIZE, SIZE, 1))
-    model = keras_hub.models.DeepLabV3ImageSegmenter(
+    return keras_hub.models.DeepLabV3ImageSegmenter(
         backbone=keras_hub.models.DeepLabV3Backbone(
             image_encoder=backbone, spatial_pyramid_pooling_key="P4", upsampling_size=4,
             dilation_rates=[1, 2], low_level_feature_key="P2", image_shape=(SIZE, SIZE, 1)),
         num_classes=3)
-    x = _images()
-    assert model(x).shape == (2, SIZE, SIZE, 3)
-    model.compile(optimizer="adam", jit_compile=False,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    _trains(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
 
 
-def test_segformer_segmenter_trains_on_the_pyramid():
-    backbone = ViTPyramidBackbone(_encoder(), image_shape=(SIZE, SIZE, 1), level_naming="mit",
-                                  pyramid_channels=(8, 12, 16, 20))
-    assert sorted(backbone.pyramid_outputs) == ["P1", "P2", "P3", "P4"]
-    model = keras_hub.models.SegFormerImageSegmenter(
-        backbone=keras_hub.models.SegFormerBackbone(image_encoder=backbone,
-                                                    projection_filters=16),
-        num_classes=3)
+@pytest.mark.parametrize("head", ["deeplab_v3", "segformer"])
+def test_segmenters_train_on_the_pyramid(head):
+    model = _segmenter(head)
     x = _images()
     assert model(x).shape == (2, SIZE, SIZE, 3)
     model.compile(optimizer="adam", jit_compile=False,
