@@ -40,6 +40,7 @@ LABELS = {
     "absolute_position": "ConMIM, absolute positions",
     "scratch_f": "from scratch, F epochs",
     "scratch_ef": "from scratch, E + F epochs",
+    "random_init": "random init, frozen (probe reference)",
 }
 
 
@@ -127,6 +128,17 @@ def main():
         os.makedirs(work, exist_ok=True)
         entry = {"row": row, "label": LABELS[row], "pretrain_epochs": 0, "finetune_epochs": f}
         wall = 0.0
+        if row == "random_init":  # frozen features of the untrained encoder: no fine-tuning
+            probe, seconds = run(["recipes/linear_probe.py", "--backend", args.backend,
+                                  "--from-scratch", "--preset", "vit_mini_p4_28", "--seed",
+                                  str(args.seed), "--data", args.data,
+                                  "--probe-epochs", probe_epochs], os.path.join(work, "probe.log"))
+            entry.update(finetune_epochs=0, linear=percent(probe, "linear probe top-1"),
+                         knn=percent(probe.split("kNN", 1)[1], "top-1"), wall_clock_s=round(seconds, 1))
+            results.append(entry)
+            print(f"{row}: {entry}", flush=True)
+            write_report(args, machine, e, f, rows, results)
+            continue
         if row in PRETRAINED:
             flags, encoder_name = PRETRAINED[row]
             cmd = ["recipes/pretrain.py", *common, *quick, *flags, *pretrain_warmup, "--epochs", str(e),
@@ -157,16 +169,22 @@ def main():
         entry["wall_clock_s"] = round(wall + seconds, 1)
         results.append(entry)
         print(f"{row}: {entry}", flush=True)
-        # Written after every row, so a stopped run keeps what it measured.
-        report = {"machine": machine, "data": args.data, "E": e, "F": f,
-                  "batch_size": args.batch_size, "quick": args.quick,
-                  "command": " ".join(sys.argv), "complete": len(results) == len(rows),
-                  "rows": results}
-        with open(os.path.join(args.out, "results.json"), "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_report(args, machine, e, f, rows, results)
 
+    with open(os.path.join(args.out, "results.json")) as fh:
+        report = json.load(fh)
     print_table(report)
     plot(results, os.path.join(args.out, "results.png"))
+
+
+def write_report(args, machine, e, f, rows, results):
+    """results.json, written after every row so a stopped run keeps what it measured."""
+    report = {"machine": machine, "data": args.data, "E": e, "F": f,
+              "batch_size": args.batch_size, "quick": args.quick,
+              "command": " ".join(sys.argv), "complete": len(results) == len(rows),
+              "rows": results}
+    with open(os.path.join(args.out, "results.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
 
 
 def print_table(report):
@@ -176,7 +194,8 @@ def print_table(report):
     for r in report["rows"]:
         lin = f"{r['linear']:.2f}" if "linear" in r else "-"
         knn = f"{r['knn']:.2f}" if "knn" in r else "-"
-        print(f"{r['label']:<34} {r['finetune_top1']:>9.2f} {lin:>7} {knn:>6} "
+        top1 = f"{r['finetune_top1']:.2f}" if "finetune_top1" in r else "-"
+        print(f"{r['label']:<34} {top1:>9} {lin:>7} {knn:>6} "
               f"{r['wall_clock_s']:>10.0f}s")
     if not report.get("complete", True):
         print("(stopped between rows: the rows above are all that ran)")
@@ -186,6 +205,7 @@ def plot(results, path):
     """Horizontal bars of fine-tune top-1, drawn with PIL (no matplotlib)."""
     from PIL import Image, ImageDraw
 
+    results = [r for r in results if "finetune_top1" in r]
     width, bar_h, left = 720, 28, 260
     img = Image.new("RGB", (width, 40 + bar_h * len(results)), "white")
     draw = ImageDraw.Draw(img)

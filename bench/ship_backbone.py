@@ -33,8 +33,19 @@ def main():
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
     r = rows["conmim"]
-    others = "".join(
-        f"| {o['label']} | {o['finetune_top1']:.2f} |\n" for k, o in rows.items() if k != "conmim")
+    cell = lambda row, key: f"{row[key]:.2f}" if key in row else "-"  # noqa: E731
+    others = "".join(f"| {o['label']} | {cell(o, 'finetune_top1')} | {cell(o, 'linear')} | "
+                     f"{cell(o, 'knn')} |\n" for k, o in rows.items() if k != "conmim")
+    reference = ""
+    if "random_init" in rows:
+        ref = rows["random_init"]
+        weak = r["knn"] - ref["knn"] < 1
+        reference = (f"\nRead the frozen numbers against the same encoder at random init: linear "
+                     f"{ref['linear']:.2f}, kNN {ref['knn']:.2f} ({r['linear'] - ref['linear']:+.2f} "
+                     f"and {r['knn'] - ref['knn']:+.2f} for this backbone)."
+                     + (" By kNN its features are no better than random init's: at this budget it "
+                        "is a working artefact of the pipeline, not yet a useful starting point."
+                        if weak else "") + "\n")
     card = f"""# `{NAME}`
 
 ConMIM-pre-trained `vit_mini_p4_28` encoder (28x28 gray, patch 4, width 128, 6 layers, 4 heads,
@@ -63,11 +74,11 @@ Results on the 10,000 Fashion-MNIST test images (from `results.json` of that run
 | fine-tune {r['finetune_epochs']} epoch(s) (`recipes/finetune.py`) | {r['finetune_top1']:.2f} |
 | linear probe (frozen, mean-pooled) | {r['linear']:.2f} |
 | kNN (k=20, cosine) | {r['knn']:.2f} |
+{reference}
+Other rows of the same run, top-1 %:
 
-Other rows of the same run, fine-tune top-1 %:
-
-| row | top-1 % |
-|---|---|
+| row | fine-tune | linear | kNN |
+|---|---|---|---|
 {others}
 Resolved pre-training config:
 

@@ -2,6 +2,7 @@
 
     python recipes/linear_probe.py --encoder saved_models/teacher_encoder.keras
     python recipes/linear_probe.py --encoder saved_models/teacher_encoder.keras --backend torch --k 20
+    python recipes/linear_probe.py --from-scratch --preset vit_mini_p4_28    # random-init reference
 
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
 labels) or `--data idx:DIR` (the full IDX files), resized and channel-converted to the encoder's input. Features are
@@ -22,6 +23,10 @@ def main(argv=None):
                         default=os.path.join(ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"),
                         help="any keras_conmim .keras file holding a ViT (default: the shipped "
                         "backbone; a ConMIM file gives its teacher)")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="probe a random-init encoder instead (the reference every probe "
+                        "is read against): architecture from --preset, else from --encoder")
+    parser.add_argument("--preset", default=None, help="architecture for --from-scratch")
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                         default=os.environ.get("KERAS_BACKEND", "jax"))
     parser.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
@@ -30,8 +35,9 @@ def main(argv=None):
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.encoder):
-        parser.error(f"--encoder {args.encoder}: file not found")
+    if not (args.from_scratch and args.preset) and not os.path.isfile(args.encoder):
+        parser.error(f"--encoder {args.encoder}: file not found"
+                     + ("" if args.from_scratch else " (or pass --from-scratch --preset NAME)"))
     os.environ["KERAS_BACKEND"] = args.backend
     sys.path.insert(0, ROOT)
     import keras
@@ -40,10 +46,18 @@ def main(argv=None):
     from keras_conmim import evaluation
     from recipes.finetune import load_splits
 
+    keras.utils.set_random_seed(args.seed)
     try:
-        encoder = kc.load_encoder(args.encoder)
+        if args.from_scratch and args.preset:
+            encoder = kc.ViT.from_preset(args.preset)
+        else:
+            encoder = kc.load_encoder(args.encoder)
+            if args.from_scratch:  # same architecture, fresh weights
+                encoder = kc.ViT.from_config({**encoder.get_config(), "name": "vit"})
     except ValueError as e:
-        parser.error(f"--encoder {args.encoder}: {e}")
+        parser.error(f"--encoder {args.encoder} / --preset {args.preset}: {e}")
+    if not encoder.built:
+        encoder.build((None, *encoder.image_shape))
     train, test = load_splits(args.data, encoder.image_shape)
     train_f = evaluation.extract_features(encoder, train.images)
     test_f = evaluation.extract_features(encoder, test.images)
@@ -52,7 +66,8 @@ def main(argv=None):
     linear = evaluation.linear_probe(train_f, train.labels, test_f, test.labels,
                                      epochs=args.probe_epochs, seed=args.seed)
     print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
-          f"on {len(test)} test images ({args.encoder})")
+          f"on {len(test)} test images "
+          f"({'random init, ' + (args.preset or 'architecture of ' + args.encoder) if args.from_scratch else args.encoder})")
     return linear, knn
 
 
