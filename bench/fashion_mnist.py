@@ -40,7 +40,7 @@ LABELS = {
     "absolute_position": "ConMIM, absolute positions",
     "scratch_f": "from scratch, F epochs",
     "scratch_ef": "from scratch, E + F epochs",
-    "random_init": "random init, frozen (probe reference)",
+    "random_init": "random init, frozen probes only",
 }
 
 
@@ -61,7 +61,7 @@ def percent(line, key):
     return float(line.split(key, 1)[1].split("%", 1)[0].split()[-1])
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="jax")
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist",
@@ -83,7 +83,8 @@ def main():
     p.add_argument("--finetune-flags", default="--mixup 0 --cutmix 0",
                    help="extra recipes/finetune.py flags for every row (default: no MixUp/CutMix, "
                    "which need long schedules)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    args.command = " ".join(["bench/fashion_mnist.py", *(sys.argv[1:] if argv is None else argv)])
     if args.report:
         with open(os.path.join(args.out, "results.json")) as fh:
             report = json.load(fh)
@@ -181,7 +182,7 @@ def write_report(args, machine, e, f, rows, results):
     """results.json, written after every row so a stopped run keeps what it measured."""
     report = {"machine": machine, "data": args.data, "E": e, "F": f,
               "batch_size": args.batch_size, "quick": args.quick,
-              "command": " ".join(sys.argv), "complete": len(results) == len(rows),
+              "command": args.command, "complete": len(results) == len(rows),
               "rows": results}
     with open(os.path.join(args.out, "results.json"), "w") as fh:
         json.dump(report, fh, indent=2)

@@ -69,3 +69,17 @@ def test_finetune_recipe_runs(tmp_path):
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder", "nope.keras"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 2 and "pretrain.py" in missing.stderr
+
+
+def test_finetune_recipe_from_scratch_with_a_preset(tmp_path, capsys):
+    # In-process (the subprocess path is checked above): the --from-scratch
+    # branch that bench/fashion_mnist.py's scratch rows use.
+    from recipes import finetune
+
+    out = os.path.join(tmp_path, "scratch.keras")
+    finetune.main(["--backend", keras.backend.backend(), "--from-scratch", "--preset",
+                   "vit_mini_p4_28", "--encoder", "missing.keras", "--epochs", "1",
+                   "--steps-per-epoch", "1", "--batch-size", "8", "--output", out])
+    assert "fine-tuning from random init" in capsys.readouterr().out
+    model = keras.saving.load_model(out)
+    assert tuple(model(np.zeros((2, 28, 28, 1), "float32")).shape) == (2, 10)
