@@ -4,6 +4,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from keras_conmim.classifier import ViTClassifier, finetune_encoder
 from conftest import ROOT, randomize_weights, tiny_vit, to_numpy
@@ -71,6 +72,9 @@ def test_finetune_recipe_runs(tmp_path):
     assert missing.returncode == 2 and "pretrain.py" in missing.stderr
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="a backend-free branch of the recipe (how the encoder is built); the "
+                    "recipe itself runs on every backend above. Run once, on torch (CI time)")
 def test_finetune_recipe_from_scratch_with_a_preset(tmp_path, capsys):
     # In-process (the subprocess path is checked above): the --from-scratch
     # branch that bench/fashion_mnist.py's scratch rows use.
