@@ -130,12 +130,10 @@ def main(argv=None):
         entry = {"row": row, "label": LABELS[row], "pretrain_epochs": 0, "finetune_epochs": f}
         wall = 0.0
         if row == "random_init":  # frozen features of the untrained encoder: no fine-tuning
-            probe, seconds = run(["recipes/linear_probe.py", "--backend", args.backend,
-                                  "--from-scratch", "--preset", "vit_mini_p4_28", "--seed",
-                                  str(args.seed), "--data", args.data,
-                                  "--probe-epochs", probe_epochs], os.path.join(work, "probe.log"))
-            entry.update(finetune_epochs=0, linear=percent(probe, "linear probe top-1"),
-                         knn=percent(probe.split("kNN", 1)[1], "top-1"), wall_clock_s=round(seconds, 1))
+            linear, knn, seconds = frozen_probe(
+                args, probe_epochs, work, ["--from-scratch", "--preset", "vit_mini_p4_28",
+                                           "--seed", str(args.seed)])
+            entry.update(finetune_epochs=0, linear=linear, knn=knn, wall_clock_s=round(seconds, 1))
             results.append(entry)
             print(f"{row}: {entry}", flush=True)
             write_report(args, machine, e, f, rows, results)
@@ -150,11 +148,8 @@ def main(argv=None):
             _, seconds = run(cmd, os.path.join(work, "pretrain.log"))
             wall += seconds
             encoder = os.path.join(work, "pretrain", f"{encoder_name}.keras")
-            probe, seconds = run(["recipes/linear_probe.py", "--backend", args.backend,
-                                  "--encoder", encoder, "--data", args.data,
-                                  "--probe-epochs", probe_epochs], os.path.join(work, "probe.log"))
-            entry["linear"] = percent(probe, "linear probe top-1")
-            entry["knn"] = percent(probe.split("kNN", 1)[1], "top-1")
+            entry["linear"], entry["knn"], _ = frozen_probe(args, probe_epochs, work,
+                                                            ["--encoder", encoder])
             finetune = ["--encoder", encoder]
             entry["pretrain_epochs"] = e
         else:
@@ -176,6 +171,14 @@ def main(argv=None):
         report = json.load(fh)
     print_table(report)
     plot(results, os.path.join(args.out, "results.png"))
+
+
+def frozen_probe(args, probe_epochs, work, encoder_flags):
+    """recipes/linear_probe.py on the encoder `encoder_flags` name: (linear, kNN, seconds)."""
+    line, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
+                         "--data", args.data, "--probe-epochs", probe_epochs],
+                        os.path.join(work, "probe.log"))
+    return percent(line, "linear probe top-1"), percent(line.split("kNN", 1)[1], "top-1"), seconds
 
 
 def write_report(args, machine, e, f, rows, results):
