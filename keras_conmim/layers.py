@@ -35,9 +35,47 @@ def gelu(x):
     return ops.gelu(x, approximate=False)
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BoundedTruncatedNormal(keras.initializers.TruncatedNormal):
+    """Normal(`mean`, `stddev`) truncated to `mean +- bound * stddev`.
+
+    The release initialises with timm's `trunc_normal_(t, std=s, a=-s, b=s)`:
+    a cut at ONE standard deviation (values in `[-s, s]`, effective std
+    ~0.54 s), where Keras' `TruncatedNormal` cuts at two (~0.88 s). Sampled
+    by the inverse CDF, as timm does: `u ~ U(Phi(-b), Phi(b))`,
+    `x = mean + stddev * Phi^-1(u)`.
+
+    Args:
+        mean: float. Defaults to `0.0`.
+        stddev: float. Standard deviation of the untruncated normal.
+            Defaults to `0.02`.
+        bound: float. Truncation point in units of `stddev`. Defaults to `1.0`
+            (the release).
+        seed: int, `keras.random.SeedGenerator` or None.
+    """
+
+    def __init__(self, mean=0.0, stddev=0.02, bound=1.0, seed=None):
+        super().__init__(mean=mean, stddev=stddev, seed=seed)
+        if not bound > 0:
+            raise ValueError(f"bound must be > 0 (in standard deviations), received {bound}.")
+        self.bound = float(bound)
+
+    def __call__(self, shape, dtype=None):
+        half = 0.5 * math.erf(self.bound / math.sqrt(2.0))  # Phi(b) - 1/2
+        u = keras.random.uniform(shape, minval=-2.0 * half, maxval=2.0 * half,
+                                 seed=self.seed, dtype="float32")  # 2u - 1
+        x = ops.erfinv(u) * math.sqrt(2.0)
+        x = ops.clip(x, -self.bound, self.bound) * self.stddev + self.mean
+        return ops.cast(x, dtype or keras.config.floatx())
+
+    def get_config(self):
+        return {**super().get_config(), "bound": self.bound}
+
+
 def trunc_normal(stddev=0.02):
-    """The release's `trunc_normal_(std=0.02)` init."""
-    return keras.initializers.TruncatedNormal(stddev=stddev)
+    """The release's init, `trunc_normal_(std=stddev, a=-stddev, b=stddev)`:
+    truncated at one standard deviation (see `BoundedTruncatedNormal`)."""
+    return BoundedTruncatedNormal(stddev=stddev, bound=1.0)
 
 
 def relative_position_index(grid_size):
@@ -122,17 +160,15 @@ class PatchEmbedding(keras.layers.Layer):
         self.patch_size = patch_size
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        fan_in = channels * self.patch_size**2
-        bound = 1.0 / math.sqrt(fan_in)
-        # PyTorch's default Conv2d init, which the release leaves untouched.
+        # The release's `_init_weights` covers the patch Conv2d too: the same
+        # truncated normal as every Linear, bias 0.
         self.conv = keras.layers.Conv2D(
             self.hidden_dim,
             self.patch_size,
             strides=self.patch_size,
             padding="valid",
-            kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
-            bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+            kernel_initializer=trunc_normal(),
+            bias_initializer="zeros",
             dtype=self.dtype_policy,
             name="proj",
         )

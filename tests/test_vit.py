@@ -52,16 +52,72 @@ def test_mask_token_replaces_masked_patches_only():
     assert np.abs(c - a).max() > 1e-3
 
 
-def test_release_init():
-    vit = tiny_vit(num_layers=3, hidden_dim=64, mlp_dim=128, num_heads=2)
+# timm's trunc_normal_(std=s, a=-s, b=s): a standard normal cut at +-1 has
+# std sqrt(1 - 2 phi(1) / (Phi(1) - Phi(-1))) = 0.5396.
+ONE_STD_CUT = 0.5396
+
+
+def _check_release_truncated(values, std, name):
+    values = np.asarray(values, "float64").ravel()
+    assert np.abs(values).max() <= std * (1 + 1e-5), (name, np.abs(values).max(), std)
+    # Filled to the bound, not inside a narrower one; centred; the cut's std.
+    assert np.abs(values).max() > 0.95 * std, name
+    assert abs(values.mean()) < 0.1 * std, name
+    assert abs(values.std() / (ONE_STD_CUT * std) - 1) < 0.08, (name, values.std() / std)
+
+
+def test_release_init_every_weight_group():
+    """modeling_pretrain.py's `_init_weights` + `fix_init_weight`: every
+    Linear, the patch Conv2d, CLS and mask tokens and the projector's Linears
+    are N(0, 0.02) cut at one std, biases 0; LayerNorm 1/0; the shared bias
+    table 0; LayerScale 0.1; the output projections of block l (from 1) are
+    divided by sqrt(2 l)."""
+    num_layers = 4
+    vit = kc.ViT(image_shape=(32, 32, 3), patch_size=4, num_layers=num_layers, num_heads=4,
+                 hidden_dim=64, mlp_dim=256)
     w = weights_by_name(vit)
-    assert np.all(w["rel_pos_bias/relative_position_bias_table"] == 0)
-    np.testing.assert_allclose(w["blocks_0/gamma_1"], 0.1)
-    for i in range(3):
-        # Output projections of block l (1-based) have std 0.02 / sqrt(2 l).
-        std = w[f"blocks_{i}/attn/proj_kernel"].std()
-        assert abs(std / (0.02 / np.sqrt(2 * (i + 1))) - 1) < 0.25, (i, std)
-    assert abs(w["blocks_0/attn/qkv_kernel"].std() / 0.02 - 1) < 0.15
+    _check_release_truncated(w["patch_embed/proj/kernel"], 0.02, "patch conv")
+    np.testing.assert_array_equal(w["patch_embed/proj/bias"], 0)
+    # Tokens have only 64 values each: the bound is what they must meet.
+    for name in ("cls_token", "mask_token"):
+        assert np.abs(w[name]).max() <= 0.02 and w[name].std() > 0, name
+    np.testing.assert_array_equal(w["rel_pos_bias/relative_position_bias_table"], 0)
+    for i in range(num_layers):
+        scaled = 0.02 / np.sqrt(2.0 * (i + 1))
+        b = f"blocks_{i}"
+        _check_release_truncated(w[f"{b}/attn/qkv_kernel"], 0.02, f"{b} qkv")
+        _check_release_truncated(w[f"{b}/fc1/kernel"], 0.02, f"{b} fc1")
+        _check_release_truncated(w[f"{b}/attn/proj_kernel"], scaled, f"{b} proj")
+        _check_release_truncated(w[f"{b}/fc2/kernel"], scaled, f"{b} fc2")
+        for bias in ("attn/q_bias", "attn/v_bias", "attn/proj_bias", "fc1/bias", "fc2/bias",
+                     "norm1/beta", "norm2/beta"):
+            np.testing.assert_array_equal(w[f"{b}/{bias}"], 0)
+        for gamma in ("norm1/gamma", "norm2/gamma"):
+            np.testing.assert_array_equal(w[f"{b}/{gamma}"], 1)
+        np.testing.assert_allclose(w[f"{b}/gamma_1"], 0.1)
+        np.testing.assert_allclose(w[f"{b}/gamma_2"], 0.1)
+    np.testing.assert_array_equal(w["norm/gamma"], 1)
+    np.testing.assert_array_equal(w["norm/beta"], 0)
+
+    head = kc.ProjectionHead(256, 64)
+    head.build((None, 65, 64))
+    for i, dense in enumerate(head.dense_layers):
+        assert not dense.use_bias
+        _check_release_truncated(to_numpy(dense.kernel), 0.02, f"projector dense_{i}")
+
+
+def test_bounded_truncated_normal():
+    from keras_conmim.layers import BoundedTruncatedNormal
+
+    values = to_numpy(BoundedTruncatedNormal(stddev=1.0, bound=2.0, seed=3)((200, 500)))
+    assert np.abs(values).max() <= 2.0
+    assert abs(values.std() - 0.8796) < 0.01  # the std of a normal cut at +-2
+    init = BoundedTruncatedNormal(mean=1.0, stddev=0.5, bound=1.0, seed=7)
+    again = keras.initializers.deserialize(keras.initializers.serialize(init))
+    assert again.get_config() == init.get_config()
+    np.testing.assert_array_equal(to_numpy(init((8, 8))), to_numpy(again((8, 8))))
+    with pytest.raises(ValueError, match="bound"):
+        BoundedTruncatedNormal(bound=0)
 
 
 def test_drop_path_only_in_training():
