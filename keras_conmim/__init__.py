@@ -16,6 +16,25 @@ from keras_conmim.vit import ViT
 
 __version__ = "0.1.0"
 
+# Subpackages reachable as attributes (`kc.data.from_idx`, `kc.evaluation`),
+# imported on first use: kerashub / kerascv pull in KerasHub / Keras-CV, export
+# pulls in TensorFlow or ONNX tools only when called.
+SUBMODULES = ("callbacks", "classifier", "convert", "data", "downstream_metrics", "evaluation",
+              "export", "kerascv", "kerashub", "layers", "losses", "masking", "optimizers",
+              "presets", "projector", "pyramid", "resize", "saving", "train_step", "views", "vit")
+
+
+def __getattr__(name):
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"keras_conmim.{name}")
+    raise AttributeError(f"module 'keras_conmim' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBMODULES))
+
 __all__ = [
     "BlockMasking", "ConMIM", "LayerDecayAdamW", "PRESETS", "PairedViews",
     "ProjectionHead", "RandomUnitMasking", "ViT", "get_mask_generator",

@@ -15,6 +15,7 @@ from keras_conmim.layers import (
 from keras_conmim.presets import get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
+MASK_TOKEN_POSITIONS = ("none", "sincos")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -53,6 +54,17 @@ class ViT(keras.Model):
             release's fine-tuned models drop it (they mean-pool, then apply
             `fc_norm`); imported fine-tuned checkpoints set it to False.
             Defaults to `True`.
+        mask_token_position: str. `"none"` (the release): every masked patch
+            enters as the same `mask_token`. `"sincos"`: the mask token at
+            patch j is `mask_token + scale * sincos_j`, a fixed 2D sin-cos
+            code (no weights). With relative positions only, identical mask
+            tokens stay identical through every block until the bias table
+            has grown, which holds short runs at chance; the code breaks that
+            symmetry from step 0. Only masked tokens carry it, so the teacher
+            (which sees no mask) gets no absolute position to match.
+            Defaults to `"none"`.
+        mask_token_position_scale: float. `scale` above. Defaults to `0.02`
+            (the init std of the tokens).
 
     Example:
 
@@ -78,6 +90,8 @@ class ViT(keras.Model):
         layer_norm_epsilon=1e-6,
         use_mask_token=True,
         use_final_norm=True,
+        mask_token_position="none",
+        mask_token_position_scale=0.02,
         **kwargs,
     ):
         kwargs.setdefault("name", "vit")
@@ -85,6 +99,10 @@ class ViT(keras.Model):
         image_shape = tuple(int(s) for s in image_shape)
         _validate(image_shape, patch_size, num_layers, num_heads, hidden_dim,
                   position_embedding, drop_path_rate)
+        if mask_token_position not in MASK_TOKEN_POSITIONS:
+            raise ValueError(
+                f"Unknown mask_token_position {mask_token_position!r}. Valid: "
+                f"{', '.join(MASK_TOKEN_POSITIONS)}.")
         self.image_shape = image_shape
         self.patch_size = patch_size
         self.num_layers = num_layers
@@ -98,9 +116,15 @@ class ViT(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.use_mask_token = use_mask_token
         self.use_final_norm = use_final_norm
+        self.mask_token_position = mask_token_position
+        self.mask_token_position_scale = float(mask_token_position_scale)
 
         self.grid_size = (image_shape[0] // patch_size, image_shape[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self._mask_position_code = None
+        if mask_token_position == "sincos":
+            self._mask_position_code = self.mask_token_position_scale * (
+                sincos_position_embedding(self.grid_size, hidden_dim)[None])
         relative = position_embedding == "relative"
         per_block_bias = relative and not use_shared_relative_position_bias
         p = self.dtype_policy
@@ -138,6 +162,8 @@ class ViT(keras.Model):
         self.build((None,) + image_shape)
 
     def build(self, input_shape):
+        if self.built:  # built in __init__; building again is a no-op, as for Keras' layers
+            return
         self.patch_embedding.build(input_shape)
         self.cls_token = self.add_weight(
             shape=(1, 1, self.hidden_dim), initializer=trunc_normal(), name="cls_token"
@@ -184,7 +210,11 @@ class ViT(keras.Model):
                     "use_mask_token=False. Build it with use_mask_token=True."
                 )
             m = ops.cast(ops.expand_dims(patch_mask, -1), x.dtype)
-            x = x * (1 - m) + ops.cast(self.mask_token, x.dtype) * m
+            mask_token = ops.cast(self.mask_token, x.dtype)
+            if self._mask_position_code is not None:
+                mask_token = mask_token + ops.convert_to_tensor(
+                    self._mask_position_code, dtype=x.dtype)
+            x = x * (1 - m) + mask_token * m
         cls = ops.broadcast_to(
             ops.cast(self.cls_token, x.dtype), (ops.shape(x)[0], 1, self.hidden_dim)
         )
@@ -272,6 +302,8 @@ class ViT(keras.Model):
             layer_norm_epsilon=self.layer_norm_epsilon,
             use_mask_token=self.use_mask_token,
             use_final_norm=self.use_final_norm,
+            mask_token_position=self.mask_token_position,
+            mask_token_position_scale=self.mask_token_position_scale,
         )
         return config
 
