@@ -8,9 +8,10 @@ from scratch, the pixel-regression baseline and the ablations?
 
 Every row uses the same encoder preset (vit_mini_p4_28), seed and fine-tune
 recipe (recipes/finetune.py); pre-trained rows pre-train E epochs with
-recipes/pretrain.py (random units, crop scale from 0.35) and fine-tune F;
-the scratch rows train the same classifier F and E + F epochs. Linear probe
-and kNN (recipes/linear_probe.py) read the encoder a row fine-tunes from.
+recipes/pretrain.py (the preset's recipe) and fine-tune F; the scratch rows
+train the same classifier F and E + F epochs. Linear probe and kNN
+(recipes/linear_probe.py) read the encoder a row fine-tunes from, and for
+teacher rows the student as well (columns S-linear, S-kNN).
 Writes `results.json` and `results.png` into --out and prints one table;
 nothing in it is typed in.
 """
@@ -24,6 +25,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from recipes.linear_probe import parse_result  # noqa: E402  (no keras import)
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),
@@ -142,7 +145,7 @@ def main(argv=None):
             flags, encoder_name = PRETRAINED[row]
             cmd = ["recipes/pretrain.py", *common, *quick, *flags, *pretrain_warmup, "--epochs", str(e),
                    "--output", os.path.join(work, "pretrain"), "--no-resume",
-                   "--crop-scale-min", "0.35", "--view-grid-every", str(max(e, 1))]
+                   "--view-grid-every", str(max(e, 1))]
             if pretrain_data:
                 cmd += ["--data", f"idx:{pretrain_data}"]
             _, seconds = run(cmd, os.path.join(work, "pretrain.log"))
@@ -150,6 +153,10 @@ def main(argv=None):
             encoder = os.path.join(work, "pretrain", f"{encoder_name}.keras")
             entry["linear"], entry["knn"], _ = frozen_probe(args, probe_epochs, work,
                                                             ["--encoder", encoder])
+            if encoder_name == "teacher_encoder":  # the student too: on short runs it leads
+                student = os.path.join(work, "pretrain", "student_encoder.keras")
+                entry["student_linear"], entry["student_knn"], _ = frozen_probe(
+                    args, probe_epochs, work, ["--encoder", student])
             finetune = ["--encoder", encoder]
             entry["pretrain_epochs"] = e
         else:
@@ -178,7 +185,7 @@ def frozen_probe(args, probe_epochs, work, encoder_flags):
     line, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
                          "--data", args.data, "--probe-epochs", probe_epochs],
                         os.path.join(work, "probe.log"))
-    return percent(line, "linear probe top-1"), percent(line.split("kNN", 1)[1], "top-1"), seconds
+    return (*parse_result(line), seconds)
 
 
 def write_report(args, machine, e, f, rows, results):
@@ -194,13 +201,12 @@ def write_report(args, machine, e, f, rows, results):
 def print_table(report):
     print(f"\nFashion-MNIST, vit_mini_p4_28, E={report['E']} F={report['F']}, "
           f"batch {report['batch_size']}, {report['machine']}")
-    print(f"{'row':<34} {'fine-tune':>9} {'linear':>7} {'kNN':>6} {'wall-clock':>11}")
+    print(f"{'row':<34} {'fine-tune':>9} {'linear':>7} {'kNN':>6} {'S-linear':>8} {'S-kNN':>6} "
+          f"{'wall-clock':>11}")
     for r in report["rows"]:
-        lin = f"{r['linear']:.2f}" if "linear" in r else "-"
-        knn = f"{r['knn']:.2f}" if "knn" in r else "-"
-        top1 = f"{r['finetune_top1']:.2f}" if "finetune_top1" in r else "-"
-        print(f"{r['label']:<34} {top1:>9} {lin:>7} {knn:>6} "
-              f"{r['wall_clock_s']:>10.0f}s")
+        cell = lambda key: f"{r[key]:.2f}" if key in r else "-"  # noqa: E731
+        print(f"{r['label']:<34} {cell('finetune_top1'):>9} {cell('linear'):>7} {cell('knn'):>6} "
+              f"{cell('student_linear'):>8} {cell('student_knn'):>6} {r['wall_clock_s']:>10.0f}s")
     if not report.get("complete", True):
         print("(stopped between rows: the rows above are all that ran)")
 

@@ -26,18 +26,18 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOMETRIC_OFF = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
-# name: (what it changes, overrides of view / model / run settings)
+# name: (what it changes, recipes/pretrain.py flags, PairedViews overrides)
 VARIANTS = {
-    "random": ("untrained encoder", {}),
-    "base": ("bench settings: crop 0.35-1, strong teacher view, lr 5e-4", {}),
-    "weak_teacher": ("no photometric perturbation of the teacher view", {"views": PHOTOMETRIC_OFF}),
-    "no_crop": ("no random resized crop (flip only)", {"views": {"crop_scale": (1.0, 1.0)}}),
-    "wide_crop": ("crop 0.08-1 (the spec's ImageNet range)", {"views": {"crop_scale": (0.08, 1.0)}}),
-    "lr_2e-3": ("peak lr 2e-3", {"run": {"lr": 2e-3}}),
-    "momentum_0.99": ("teacher momentum 0.99 -> 0.999", {"model": {"base_momentum": 0.99,
-                                                                   "final_momentum": 0.999}}),
-    "block_mask": ("block-wise masking", {"run": {"mask": "block"}}),
-    "temperature_0.2": ("InfoNCE temperature 0.2", {"model": {"temperature": 0.2}}),
+    "random": ("untrained encoder", [], {}),
+    "base": ("the preset's recipe (crop 0.35-1, strong teacher view)", [], {}),
+    "weak_teacher": ("no photometric perturbation of the teacher view", [], PHOTOMETRIC_OFF),
+    "no_crop": ("no random resized crop (flip only)", ["--crop-scale-min", "1.0"], {}),
+    "wide_crop": ("crop 0.08-1 (the spec's ImageNet range)", ["--crop-scale-min", "0.08"], {}),
+    "lr_2e-3": ("peak lr 2e-3", ["--lr", "2e-3"], {}),
+    "momentum_0.99": ("teacher momentum 0.99 -> 0.999",
+                      ["--base-momentum", "0.99", "--final-momentum", "0.999"], {}),
+    "block_mask": ("block-wise masking", ["--mask", "block"], {}),
+    "temperature_0.2": ("InfoNCE temperature 0.2", ["--temperature", "0.2"], {}),
 }
 
 
@@ -71,25 +71,19 @@ def parse_args(argv=None):
     return args
 
 
-def build(kc, keras, name, steps, args):
-    overrides = VARIANTS[name][1]
-    run = {"lr": 5e-4, "mask": "random", **overrides.get("run", {})}
+def build(name, steps, args):
+    """recipes/pretrain.py's model for the preset's recipe plus the variant's
+    change, with a schedule of `steps` steps (a fifth of them warmup)."""
+    import keras
+
+    from recipes.pretrain import build_model, resolve_config
+
+    _, flags, views = VARIANTS[name]
+    config, _, _ = resolve_config(["--preset", "vit_mini_p4_28", "--epochs", "1",
+                                   "--warmup-epochs", "0.2", "--seed", str(args.seed), *flags])
+    config["views"] = {**config["views"], **views}
     keras.utils.set_random_seed(args.seed)
-    preset = kc.PRESETS["vit_mini_p4_28"]
-    encoder = kc.ViT.from_preset("vit_mini_p4_28")
-    views = {"crop_scale": (0.35, 1.0), **overrides.get("views", {})}
-    model = kc.ConMIM(
-        encoder, projector=kc.ProjectionHead(**preset["projector"]),
-        mask_generator=kc.get_mask_generator(run["mask"], encoder.grid_size, seed=args.seed),
-        views=kc.PairedViews(encoder.image_shape[:2], seed=args.seed + 1, **views),
-        total_steps=steps, seed=args.seed, **overrides.get("model", {}))
-    warmup = steps // 5
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps - warmup, alpha=1e-5 / run["lr"],
-        warmup_target=run["lr"], warmup_steps=warmup)
-    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.05, beta_1=0.9,
-                                                   beta_2=0.98, epsilon=1e-8))
-    return model
+    return build_model(config, steps)
 
 
 def probe(evaluation, encoder, bank, queries):
@@ -107,7 +101,6 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    import keras_conmim as kc
     from keras_conmim import data, evaluation
     from recipes.finetune import load_splits
 
@@ -129,7 +122,7 @@ def main(argv=None):
             step = int(keras.ops.convert_to_numpy(model.step_counter))
             row = {"variant": name, "change": f"saved model at step {step}"}
         else:
-            model = build(kc, keras, name, args.steps, args)
+            model = build(name, args.steps, args)
             row = {"variant": name, "change": VARIANTS[name][0]}
             if name == "random":
                 model.encoder(keras.ops.zeros((1, 28, 28, 1)))

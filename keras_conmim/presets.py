@@ -1,9 +1,78 @@
-"""Architecture presets, as data. No weights: ConMIM's authors published none.
+"""Architecture presets and their recipes, as data. No weights: ConMIM's
+authors published none.
 
 Each entry holds the `ViT` arguments (`config`), the projection head that fits
-that width (`projector`), and a one-line description. Code never branches on
-a preset's name; it only reads these dicts.
+that width (`projector`), its pre-training recipe (`pretrain`: the values
+`recipes/pretrain.py` uses unless a flag or config file overrides them) and a
+one-line description. Code never branches on a preset's name; it only reads
+these dicts.
+
+The 224 px presets carry the release's numbers (spec, and the release's
+README: lr 5e-4, warmup 5 epochs, cosine to 1e-5, AdamW wd 0.05, random 2x2
+units at 75%, momentum 0.996 -> 1, tau 0.1, crop 0.08-1, the strong view's
+ImageNet strengths; ViT-L: lr 7.5e-4, warmup 10, clip 1.0). The small-image
+recipes were chosen by measurement on Fashion-MNIST (README, "Recipes per
+preset").
 """
+
+# PairedViews arguments of the spec's strong teacher view (its defaults).
+IMAGENET_VIEWS = dict(jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+                      grayscale_prob=0.2, blur_prob=0.1, blur_sigma=(0.1, 2.0), solarize_prob=0.2)
+# The spec's calibration on 28-32 px grayscale: no colour terms, lighter blur.
+# Normalisation stays the package's one contract (ImageNet mean / std, their
+# channel average for gray; `normalize_images`), which every probe, fine-tune
+# and export of the encoder assumes; the calibration's Fashion-MNIST mean /
+# std (0.286 / 0.353) is an affine change of the input the patch embedding
+# absorbs.
+FASHION_MNIST_VIEWS = dict(jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0,
+                           grayscale_prob=0.0, blur_prob=0.1, blur_sigma=(0.1, 1.0),
+                           solarize_prob=0.2)
+
+
+def release_recipe(epochs, lr=5e-4, warmup_epochs=5, clip_norm=None):
+    """The release's ImageNet pre-training recipe (224 px, patch 16).
+
+    The global batch is 2048 (the release's ViT-L command: 64 per device on
+    32 GPUs; the spec gives 64 per device for the others and BEiT, which the
+    release builds on, used 2048)."""
+    return dict(epochs=epochs, batch_size=2048, lr=lr, min_lr=1e-5, warmup_epochs=warmup_epochs,
+                weight_decay=0.05, clip_norm=clip_norm, mask="random", mask_ratio=0.75,
+                mask_unit=2, mask_token_position="none", temperature=0.1, base_momentum=0.996,
+                final_momentum=1.0, crop_scale_min=0.08, resize="crop", views=dict(IMAGENET_VIEWS))
+
+
+def release_finetune():
+    """The release's ImageNet fine-tuning command (ViT-B, its README; the only
+    size it publishes): 100 epochs, batch 1024, lr 4e-3, warmup 20, layer
+    decay 0.65, drop path 0.1, wd 0.05, MixUp 0.8, CutMix 1.0, label
+    smoothing 0.1, RandAugment m9 (two ops, magnitude 0.9)."""
+    return dict(epochs=100, batch_size=1024, lr=4e-3, min_lr=1e-6, warmup_epochs=20,
+                weight_decay=0.05, layer_decay=0.65, drop_path=0.1, label_smoothing=0.1,
+                mixup=0.8, cutmix=1.0, randaugment_ops=2, randaugment_factor=0.9)
+
+
+# Small images: the release's recipe scaled down to minutes (the fine-tuning
+# issue measures it further).
+SMALL_IMAGE_FINETUNE = dict(
+    epochs=10, batch_size=64, lr=1e-3, min_lr=1e-6, warmup_epochs=1.0, weight_decay=0.05,
+    layer_decay=0.65, drop_path=0.1, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
+    randaugment_ops=2, randaugment_factor=0.5)
+
+# The spec's calibration setting (the release's model and loss on
+# Fashion-MNIST padded to 32 px): the reference the package is measured against.
+RELEASE_CALIBRATION_RECIPE = dict(
+    epochs=3, batch_size=128, lr=5e-4, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05,
+    clip_norm=None, mask="random", mask_ratio=0.75, mask_unit=2, mask_token_position="none",
+    temperature=0.1, base_momentum=0.996, final_momentum=1.0, crop_scale_min=0.35,
+    resize="center", views=dict(FASHION_MNIST_VIEWS))
+
+# Small images, short runs (minutes to hours on a CPU): measured on the
+# packaged Fashion-MNIST slice and the full 60k (README, "Recipes per preset").
+SMALL_IMAGE_RECIPE = dict(
+    epochs=2, batch_size=64, lr=5e-4, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05,
+    clip_norm=None, mask="random", mask_ratio=0.75, mask_unit=2, mask_token_position="none",
+    temperature=0.1, base_momentum=0.996, final_momentum=1.0, crop_scale_min=0.35,
+    resize="crop", views=dict(FASHION_MNIST_VIEWS))
 
 PRESETS = {
     # Small-image presets for CPU work and tests (28-64 px).
@@ -13,6 +82,18 @@ PRESETS = {
         "config": dict(image_shape=(28, 28, 1), patch_size=4, num_layers=6,
                        num_heads=4, hidden_dim=128, mlp_dim=512),
         "projector": dict(hidden_dim=512, output_dim=128),
+        "pretrain": SMALL_IMAGE_RECIPE,
+        "finetune": SMALL_IMAGE_FINETUNE,
+    },
+    "vit_mini_p4_32": {
+        "description": "The spec's calibration: the release's architecture on 32 px "
+        "grayscale (Fashion-MNIST padded from 28), patch 4, width 128, 6 layers, "
+        "4 heads, with the release-setting recipe.",
+        "config": dict(image_shape=(32, 32, 1), patch_size=4, num_layers=6,
+                       num_heads=4, hidden_dim=128, mlp_dim=512),
+        "projector": dict(hidden_dim=512, output_dim=128),
+        "pretrain": RELEASE_CALIBRATION_RECIPE,
+        "finetune": SMALL_IMAGE_FINETUNE,
     },
     "vit_tiny_p4_32": {
         "description": "32 px RGB (CIFAR-size), patch 4, ViT-Tiny width 192, "
@@ -20,6 +101,8 @@ PRESETS = {
         "config": dict(image_shape=(32, 32, 3), patch_size=4, num_layers=6,
                        num_heads=3, hidden_dim=192, mlp_dim=768),
         "projector": dict(hidden_dim=1024, output_dim=256),
+        "pretrain": dict(SMALL_IMAGE_RECIPE, views=dict(IMAGENET_VIEWS)),
+        "finetune": SMALL_IMAGE_FINETUNE,
     },
     "vit_small_p8_64": {
         "description": "64 px RGB, patch 8, ViT-Small width 384, 12 layers, "
@@ -27,6 +110,8 @@ PRESETS = {
         "config": dict(image_shape=(64, 64, 3), patch_size=8, num_layers=12,
                        num_heads=6, hidden_dim=384, mlp_dim=1536),
         "projector": dict(hidden_dim=2048, output_dim=256),
+        "pretrain": dict(SMALL_IMAGE_RECIPE, views=dict(IMAGENET_VIEWS)),
+        "finetune": SMALL_IMAGE_FINETUNE,
     },
     # The paper's sizes at 224/16 (Tiny is the usual smallest ViT).
     "vit_tiny_p16_224": {
@@ -34,18 +119,24 @@ PRESETS = {
         "config": dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12,
                        num_heads=3, hidden_dim=192, mlp_dim=768),
         "projector": dict(hidden_dim=4096, output_dim=256),
+        "pretrain": release_recipe(epochs=300),
+        "finetune": release_finetune(),
     },
     "vit_small_p16_224": {
         "description": "ViT-S/16 at 224 px: 384 wide, 12 layers, 6 heads.",
         "config": dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12,
                        num_heads=6, hidden_dim=384, mlp_dim=1536),
         "projector": dict(hidden_dim=4096, output_dim=256),
+        "pretrain": release_recipe(epochs=300),
+        "finetune": release_finetune(),
     },
     "vit_base_p16_224": {
         "description": "ViT-B/16 at 224 px: 768 wide, 12 layers, 12 heads.",
         "config": dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12,
                        num_heads=12, hidden_dim=768, mlp_dim=3072),
         "projector": dict(hidden_dim=4096, output_dim=256),
+        "pretrain": release_recipe(epochs=800),
+        "finetune": release_finetune(),
     },
     "vit_large_p16_224": {
         "description": "ViT-L/16 at 224 px: 1024 wide, 24 layers, 16 heads, "
@@ -54,6 +145,8 @@ PRESETS = {
                        num_heads=16, hidden_dim=1024, mlp_dim=4096,
                        layer_scale_init_value=1e-5),
         "projector": dict(hidden_dim=4096, output_dim=256),
+        "pretrain": release_recipe(epochs=800, lr=7.5e-4, warmup_epochs=10, clip_norm=1.0),
+        "finetune": release_finetune(),
     },
 }
 

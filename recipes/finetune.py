@@ -35,26 +35,33 @@ def parse_args(argv=None):
     p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                    default=os.environ.get("KERAS_BACKEND", "jax"))
     p.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
-    p.add_argument("--epochs", type=int, default=10)
+    # The recipe: None = the preset's fine-tuning recipe (presets.py), printed
+    # with where each value came from.
+    p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--layer-decay", type=float, default=0.65)
-    p.add_argument("--drop-path", type=float, default=0.1)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--mixup", type=float, default=0.8, help="MixUp alpha (0: off)")
-    p.add_argument("--cutmix", type=float, default=1.0, help="CutMix factor (0: off)")
-    p.add_argument("--randaugment-ops", type=int, default=2, help="0: off")
-    p.add_argument("--randaugment-factor", type=float, default=0.5)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--min-lr", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--layer-decay", type=float, default=None)
+    p.add_argument("--drop-path", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--mixup", type=float, default=None, help="MixUp alpha (0: off)")
+    p.add_argument("--cutmix", type=float, default=None, help="CutMix factor (0: off)")
+    p.add_argument("--randaugment-ops", type=int, default=None, help="0: off")
+    p.add_argument("--randaugment-factor", type=float, default=None)
     p.add_argument("--output", default=os.path.join(ROOT, "saved_models", "classifier.keras"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-        p.error("--epochs and --batch-size must be >= 1 and --lr > 0")
-    if not 0 < args.layer_decay <= 1:
+    if args.preset is not None and args.preset not in _presets():
+        p.error(f"--preset {args.preset!r}: choose one of {', '.join(_presets())}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr is not None and args.lr <= 0:
+        p.error("--lr must be > 0")
+    if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         p.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
     if not args.from_scratch and not os.path.isfile(args.encoder):
         p.error(f"--encoder {args.encoder}: file not found. Pre-train first "
@@ -64,11 +71,58 @@ def parse_args(argv=None):
     return args
 
 
-def load_splits(spec, image_shape):
+FINETUNE_KEYS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay",
+                 "layer_decay", "drop_path", "label_smoothing", "mixup", "cutmix",
+                 "randaugment_ops", "randaugment_factor")
+
+
+def _presets():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_conmim_presets", os.path.join(ROOT, "keras_conmim", "presets.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PRESETS
+
+
+ARCHITECTURE_KEYS = ("image_shape", "patch_size", "num_layers", "num_heads", "hidden_dim")
+
+
+def preset_for(encoder_config):
+    """The preset whose architecture the encoder has, or None."""
+    for name, preset in _presets().items():
+        if all(tuple(_as_tuple(encoder_config.get(k))) == tuple(_as_tuple(preset["config"][k]))
+               for k in ARCHITECTURE_KEYS):
+            return name
+    return None
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def apply_recipe(args, preset):
+    """Fill every recipe value the flags left unset from `preset`'s fine-tuning
+    recipe (the small-image recipe when the architecture is no preset's).
+    Returns the printable description, a line per value with its source."""
+    presets = _presets()
+    name = preset if preset in presets else "vit_mini_p4_28"
+    recipe = presets[name]["finetune"]
+    lines = [f"fine-tuning recipe ({preset or 'no preset matches the encoder: ' + name + ' values'}):"]
+    for key in FINETUNE_KEYS:
+        given = getattr(args, key) is not None
+        if not given:
+            setattr(args, key, recipe[key])
+        lines.append(f"  {key:<20} {getattr(args, key)}{'   <- flag' if given else ''}")
+    return "\n".join(lines)
+
+
+def load_splits(spec, image_shape, resize="crop"):
     from keras_conmim import data
 
     h, w, c = image_shape
-    kwargs = dict(image_size=(h, w), channels="rgb" if c == 3 else "gray")
+    kwargs = dict(image_size=(h, w), channels="rgb" if c == 3 else "gray", resize=resize)
     if spec == "default":
         return data.load_default("train", **kwargs), data.load_default("test", **kwargs)
     kind, _, folder = spec.partition(":")
@@ -157,6 +211,7 @@ def main(argv=None):
             encoder = kc.ViT.from_config({**config, "name": "vit"})
     else:
         encoder = load_encoder(args.encoder)
+    print(apply_recipe(args, args.preset or preset_for(encoder.get_config())), flush=True)
     encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     train, test = load_splits(args.data, encoder.image_shape)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1

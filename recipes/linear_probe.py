@@ -30,6 +30,9 @@ def main(argv=None):
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                         default=os.environ.get("KERAS_BACKEND", "jax"))
     parser.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
+    parser.add_argument("--resize", choices=("crop", "pad", "center"), default="crop",
+                        help="how images reach the encoder's size (center: pad 28 -> 32 px, "
+                        "as the vit_mini_p4_32 recipe does)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--probe-epochs", type=int, default=100)
@@ -58,7 +61,7 @@ def main(argv=None):
         parser.error(f"--encoder {args.encoder} / --preset {args.preset}: {e}")
     if not encoder.built:
         encoder.build((None, *encoder.image_shape))
-    train, test = load_splits(args.data, encoder.image_shape)
+    train, test = load_splits(args.data, encoder.image_shape, args.resize)
     train_f = evaluation.extract_features(encoder, train.images)
     test_f = evaluation.extract_features(encoder, test.images)
     knn = evaluation.knn_accuracy(train_f, train.labels, test_f, test.labels,
@@ -68,6 +71,14 @@ def main(argv=None):
     print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
           f"on {len(test)} test images "
           f"({'random init, ' + (args.preset or 'architecture of ' + args.encoder) if args.from_scratch else args.encoder})")
+    return linear, knn
+
+
+def parse_result(line):
+    """(linear, kNN) top-1 in % from the last line `main` prints (for scripts
+    that run this recipe as a subprocess)."""
+    linear = float(line.split("linear probe top-1", 1)[1].split("%", 1)[0])
+    knn = float(line.split("kNN", 1)[1].split("top-1", 1)[1].split("%", 1)[0])
     return linear, knn
 
 

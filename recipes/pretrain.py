@@ -25,30 +25,43 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("jax", "tensorflow", "torch")
 MASKS = ("random", "block")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+RESIZE_POLICIES = ("crop", "pad", "center")
+# PairedViews arguments a recipe's `views` may set (crop scale and symmetry
+# have their own options).
+VIEW_ARGS = ("crop_ratio", "flip_prob", "interpolation", "jitter_prob", "brightness", "contrast",
+             "saturation", "hue", "grayscale_prob", "blur_prob", "blur_sigma", "solarize_prob",
+             "mean", "std")
 
-# name: (type, default, help). The config file uses the same names.
+# name: (type, default, help). The config file uses the same names. A default
+# of RECIPE means "from the preset's pre-training recipe" (presets.py).
+RECIPE = "preset"
 OPTIONS = {
     "backend": (str, None, f"one of {', '.join(BACKENDS)} (default: $KERAS_BACKEND or jax)"),
-    "preset": (str, "vit_mini_p4_28", "encoder preset (architecture; no weights)"),
+    "preset": (str, "vit_mini_p4_28", "encoder preset: architecture and its pre-training recipe"),
     "image_size": (int, None, "override the preset's image size"),
     "patch_size": (int, None, "override the preset's patch size"),
     "data": (str, "default", "default | idx:PATH | dir:PATH | tfds:NAME"),
-    "epochs": (int, 2, "epochs to train in total"),
+    "resize": (str, RECIPE, "crop | pad | center: how images reach the model's size"),
+    "epochs": (int, RECIPE, "epochs to train in total"),
     "steps_per_epoch": (int, None, "default: one pass over the data"),
-    "batch_size": (int, 64, "images per step"),
-    "lr": (float, 5e-4, "peak learning rate (AdamW, betas 0.9/0.98)"),
-    "min_lr": (float, 1e-5, "end of the cosine"),
-    "warmup_epochs": (float, 0.5, "linear warmup, then per-step cosine"),
-    "weight_decay": (float, 0.05, "not on biases, norms, tokens, position tables"),
-    "clip_norm": (float, None, "global gradient-norm clipping"),
-    "mask": (str, "random", f"one of {', '.join(MASKS)}"),
+    "batch_size": (int, RECIPE, "images per step"),
+    "lr": (float, RECIPE, "peak learning rate (AdamW, betas 0.9/0.98)"),
+    "min_lr": (float, RECIPE, "end of the cosine"),
+    "warmup_epochs": (float, RECIPE, "linear warmup, then per-step cosine"),
+    "weight_decay": (float, RECIPE, "not on biases, norms, tokens, position tables"),
+    "clip_norm": (float, RECIPE, "global gradient-norm clipping (none: off)"),
+    "mask": (str, RECIPE, f"one of {', '.join(MASKS)}"),
+    "mask_ratio": (float, RECIPE, "fraction of units (random) or patches (block) masked"),
+    "mask_unit": (int, RECIPE, "random masks: unit side in patches"),
+    "mask_token_position": (str, RECIPE, "none (release) | sincos: position code on mask tokens"),
+    "temperature": (float, RECIPE, "InfoNCE temperature"),
     "objective": (str, "contrast", "contrast (ConMIM) or pixel (SimMIM baseline)"),
-    "base_momentum": (float, 0.996, "teacher momentum at step 0 (0 with final 0: no momentum)"),
-    "final_momentum": (float, 1.0, "teacher momentum at the last step"),
+    "base_momentum": (float, RECIPE, "teacher momentum at step 0 (0 with final 0: no momentum)"),
+    "final_momentum": (float, RECIPE, "teacher momentum at the last step"),
     "position_embedding": (str, None, "override: relative, absolute or sincos"),
     "symmetric_views": (bool, False, "strong perturbation on both views (ablation)"),
-    "crop_scale_min": (float, 0.08, "smallest random-resized-crop area fraction"),
-    "mask_ratio": (float, None, "default: 0.75 (random), 75/196 (block)"),
+    "crop_scale_min": (float, RECIPE, "smallest random-resized-crop area fraction"),
+    "views": (dict, RECIPE, "PairedViews arguments (config file only): view strengths"),
     "precision": (str, "float32", f"one of {', '.join(PRECISIONS)}"),
     "output": (str, os.path.join(ROOT, "saved_models"), "run directory"),
     "keep_checkpoints": (int, 3, "how many checkpoints to keep"),
@@ -56,6 +69,7 @@ OPTIONS = {
     "view_grid_every": (int, 5, "epochs between pictures of the views"),
     "seed": (int, 0, "seed for weights, data order, views and masks"),
 }
+RECIPE_KEYS = tuple(k for k, (_, default, _) in OPTIONS.items() if default == RECIPE)
 
 
 def _load_presets():
@@ -89,7 +103,9 @@ def _read_config_file(path):
 
 
 def resolve_config(argv=None):
-    """defaults < --config file < flags given on the command line."""
+    """defaults < the preset's recipe < --config file < flags given on the
+    command line. Returns (config, resume, sources): sources names where each
+    recipe value came from ("preset", "file" or "flag")."""
     parser = argparse.ArgumentParser(description="ConMIM pre-training.")
     parser.add_argument("--config", help="YAML or JSON file with any of the options below")
     parser.add_argument("--no-resume", action="store_true",
@@ -98,19 +114,54 @@ def resolve_config(argv=None):
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        elif kind is dict:
+            continue
+        elif name == "clip_norm":
+            parser.add_argument(flag, type=_float_or_none, default=None,
+                                help=f"{text} (default: {default})")
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
     args = parser.parse_args(argv)
+    from_file = _read_config_file(args.config) if args.config else {}
+    from_flags = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
     config = {name: default for name, (_, default, _) in OPTIONS.items()}
-    if args.config:
-        config.update(_read_config_file(args.config))
-    config.update({k: v for k, v in vars(args).items() if k in OPTIONS and v is not None})
+    config.update(from_file)
+    config.update(from_flags)
+    presets = _load_presets()
+    if config["preset"] not in presets:
+        parser.error(f"invalid configuration:\n  preset={config['preset']!r}: choose one of "
+                     f"{', '.join(presets)}")
+    recipe = presets[config["preset"]]["pretrain"]
+    sources = {}
+    for key in RECIPE_KEYS:
+        if key in from_flags:
+            sources[key] = "flag"
+        elif key in from_file:
+            sources[key] = "file"
+        else:
+            config[key] = recipe[key]
+            sources[key] = "preset"
+    if config["clip_norm"] == "none":
+        config["clip_norm"] = None
     if config["backend"] is None:
         config["backend"] = os.environ.get("KERAS_BACKEND", "jax")
     errors = validate(config)
     if errors:
         parser.error("\n  ".join(["invalid configuration:"] + errors))
-    return config, not args.no_resume
+    return config, not args.no_resume, sources
+
+
+def _float_or_none(text):
+    return None if text.lower() == "none" else float(text)
+
+
+def describe_recipe(config, sources):
+    """The recipe values of `config`, one line each, with where they came from."""
+    lines = [f"pre-training recipe ({config['preset']}):"]
+    for key in RECIPE_KEYS:
+        origin = "" if sources.get(key) == "preset" else f"   <- {sources.get(key)}"
+        lines.append(f"  {key:<20} {json.dumps(config[key])}{origin}")
+    return "\n".join(lines)
 
 
 def validate(config):
@@ -148,7 +199,20 @@ def validate(config):
     if config["warmup_epochs"] < 0 or config["weight_decay"] < 0:
         errors.append("warmup_epochs and weight_decay must be >= 0")
     if config["clip_norm"] is not None and not config["clip_norm"] > 0:
-        errors.append(f"clip_norm={config['clip_norm']}: must be > 0 (or unset)")
+        errors.append(f"clip_norm={config['clip_norm']}: must be > 0 (or none)")
+    choice("resize", RESIZE_POLICIES)
+    choice("mask_token_position", ("none", "sincos"))
+    if not isinstance(config["mask_unit"], int) or config["mask_unit"] < 1:
+        errors.append(f"mask_unit={config['mask_unit']!r}: must be an integer >= 1")
+    if not config["temperature"] > 0:
+        errors.append(f"temperature={config['temperature']}: must be > 0")
+    views = config["views"]
+    if not isinstance(views, dict):
+        errors.append(f"views={views!r}: must be a mapping of PairedViews arguments")
+    else:
+        bad = sorted(set(views) - set(VIEW_ARGS))
+        if bad:
+            errors.append(f"views: unknown keys {bad}; valid: {', '.join(VIEW_ARGS)}")
     ratio = config["mask_ratio"]
     if ratio is not None and not 0 < ratio < 1:
         errors.append(f"mask_ratio={ratio}: must be in (0, 1), exclusive")
@@ -166,8 +230,51 @@ def validate(config):
     return errors
 
 
+def build_model(config, steps_per_epoch):
+    """The ConMIM model and its optimizer, compiled, from a resolved config
+    (`resolve_config`): the one place a recipe's values become a model. The
+    total schedule is epochs x steps_per_epoch."""
+    import keras
+
+    import keras_conmim as kc
+
+    preset = kc.PRESETS[config["preset"]]
+    vit_args = {k: config[k] for k in ("patch_size", "position_embedding") if config.get(k)}
+    size = config.get("image_size") or preset["config"]["image_shape"][0]
+    vit_args["image_shape"] = (size, size, preset["config"]["image_shape"][-1])
+    vit_args["mask_token_position"] = config["mask_token_position"]
+    total = steps_per_epoch * config["epochs"]
+    encoder = kc.ViT.from_preset(config["preset"], **vit_args)
+    mask_kwargs = {"mask_ratio": config["mask_ratio"]} if config["mask_ratio"] else {}
+    if config["mask"] == "random":
+        mask_kwargs["unit_size"] = config["mask_unit"]
+    views = dict(config["views"])
+    for key in ("crop_ratio", "blur_sigma", "mean", "std"):
+        if views.get(key) is not None:
+            views[key] = tuple(views[key])
+    model = kc.ConMIM(
+        encoder, projector=kc.ProjectionHead(**preset["projector"]),
+        mask_generator=kc.get_mask_generator(
+            config["mask"], encoder.grid_size, seed=config["seed"], **mask_kwargs),
+        views=kc.PairedViews(encoder.image_shape[:2], crop_scale=(config["crop_scale_min"], 1.0),
+                             symmetric=bool(config.get("symmetric_views")),
+                             seed=config["seed"] + 1, **views),
+        temperature=config["temperature"],
+        base_momentum=config["base_momentum"], final_momentum=config["final_momentum"],
+        objective=config.get("objective", "contrast"), total_steps=total, seed=config["seed"])
+    warmup = min(int(config["warmup_epochs"] * steps_per_epoch), total - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config["lr"],
+        decay_steps=total - warmup, alpha=config["min_lr"] / config["lr"],
+        warmup_target=config["lr"] if warmup else None, warmup_steps=warmup)
+    model.compile(optimizer=keras.optimizers.AdamW(
+        schedule, weight_decay=config["weight_decay"], beta_1=0.9, beta_2=0.98,
+        epsilon=1e-8, global_clipnorm=config["clip_norm"]))
+    return model
+
+
 def main(argv=None):
-    config, resume = resolve_config(argv)
+    config, resume, sources = resolve_config(argv)
     os.environ["KERAS_BACKEND"] = config["backend"]
     sys.path.insert(0, ROOT)
     import keras
@@ -178,48 +285,30 @@ def main(argv=None):
     from keras_conmim.data import parse_data_spec
     from keras_conmim.saving import save_atomic
 
+    print(describe_recipe(config, sources), flush=True)
     print("resolved config:\n" + json.dumps(config, indent=2), flush=True)
     output = config["output"]
     ckpt_dir = os.path.join(output, "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+        json.dump({**config, "recipe_sources": sources}, f, indent=2)
 
     keras.utils.set_random_seed(config["seed"])
     keras.config.set_dtype_policy(config["precision"])
     preset = kc.PRESETS[config["preset"]]
-    vit_args = {k: config[k] for k in ("patch_size", "position_embedding") if config[k]}
     size = config["image_size"] or preset["config"]["image_shape"][0]
     channels = preset["config"]["image_shape"][-1]
-    vit_args["image_shape"] = (size, size, channels)
 
-    source = parse_data_spec(config["data"], size, "rgb" if channels == 3 else "gray")
+    source = parse_data_spec(config["data"], size, "rgb" if channels == 3 else "gray",
+                             resize=config["resize"])
     batch = config["batch_size"]
     steps = config["steps_per_epoch"] or source.steps_per_epoch(batch)
     if steps < 1:
         raise SystemExit(f"error: batch_size={batch} is larger than the {len(source)} images.")
-    total = steps * config["epochs"]
 
     model, path = (cb.load_latest_checkpoint(ckpt_dir) if resume else (None, None))
     if model is None:
-        mask_kwargs = {"mask_ratio": config["mask_ratio"]} if config["mask_ratio"] else {}
-        encoder = kc.ViT.from_preset(config["preset"], **vit_args)
-        model = kc.ConMIM(
-            encoder, projector=kc.ProjectionHead(**preset["projector"]),
-            mask_generator=kc.get_mask_generator(
-                config["mask"], encoder.grid_size, seed=config["seed"], **mask_kwargs),
-            views=kc.PairedViews(encoder.image_shape[:2], crop_scale=(config["crop_scale_min"], 1.0),
-                                 symmetric=config["symmetric_views"], seed=config["seed"] + 1),
-            base_momentum=config["base_momentum"], final_momentum=config["final_momentum"],
-            objective=config["objective"], total_steps=total, seed=config["seed"])
-        warmup = min(int(config["warmup_epochs"] * steps), total - 1)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else config["lr"],
-            decay_steps=total - warmup, alpha=config["min_lr"] / config["lr"],
-            warmup_target=config["lr"] if warmup else None, warmup_steps=warmup)
-        model.compile(optimizer=keras.optimizers.AdamW(
-            schedule, weight_decay=config["weight_decay"], beta_1=0.9, beta_2=0.98,
-            epsilon=1e-8, global_clipnorm=config["clip_norm"]))
+        model = build_model(config, steps)
         done = 0
     else:
         done = int(keras.ops.convert_to_numpy(model.step_counter))

@@ -58,7 +58,11 @@ def test_rows_run_the_right_recipes_and_fill_the_table(tmp_path, capsys):
     assert [_flag(c, "--epochs") for c in finetune] == ["1", "4", "1"]  # scratch: E + F
     assert "--from-scratch" in finetune[1] and _flag(finetune[0], "--encoder").endswith(
         os.path.join("conmim", "pretrain", "teacher_encoder.keras"))
-    assert "--from-scratch" in probes[-1] and len(probes) == 3
+    # teacher and student of each teacher row, then the random-init reference
+    assert "--from-scratch" in probes[-1] and len(probes) == 5
+    assert _flag(probes[1], "--encoder").endswith(
+        os.path.join("conmim", "pretrain", "student_encoder.keras"))
+    assert "--crop-scale-min" not in pretrain[0]  # the preset's recipe decides
 
     with open(os.path.join(tmp_path, "results.json")) as f:
         report = json.load(f)
@@ -66,6 +70,7 @@ def test_rows_run_the_right_recipes_and_fill_the_table(tmp_path, capsys):
     rows = {r["row"]: r for r in report["rows"]}
     assert rows["conmim"]["finetune_top1"] == 60.25 and rows["conmim"]["knn"] == 52.72
     assert rows["conmim"]["linear"] == 48.72 and rows["conmim"]["wall_clock_s"] == 20.0  # probe time not counted
+    assert rows["conmim"]["student_knn"] == 52.72 and rows["conmim"]["student_linear"] == 48.72
     assert rows["scratch_ef"]["finetune_epochs"] == 4 and "knn" not in rows["scratch_ef"]
     assert "finetune_top1" not in rows["random_init"] and rows["random_init"]["knn"] == 52.72
     out = capsys.readouterr().out

@@ -40,7 +40,11 @@ def test_recipe_runs_and_writes_models(tmp_path):
         header = f.readline().strip().split(",")
     assert {"loss", "lookup_accuracy", "momentum", "learning_rate", "images_per_second"} <= set(header)
     with open(os.path.join(out, "config.json")) as f:
-        assert json.load(f)["mask"] == "block"
+        config = json.load(f)
+    assert config["mask"] == "block" and config["recipe_sources"]["mask"] == "flag"
+    assert config["recipe_sources"]["lr"] == "preset"
+    assert "pre-training recipe (vit_mini_p4_28):" in result.stdout
+    assert 'mask                 "block"   <- flag' in result.stdout
     try:
         import tensorboard  # noqa: F401
         import tensorflow  # noqa: F401

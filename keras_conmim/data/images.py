@@ -6,7 +6,7 @@ this module is where an image of any size and mode becomes one.
 
 import numpy as np
 
-RESIZE_POLICIES = ("crop", "pad")
+RESIZE_POLICIES = ("crop", "pad", "center")
 CHANNEL_POLICIES = ("keep", "rgb", "gray")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -51,12 +51,17 @@ def resize_image(image, size, policy="crop"):
 
     `"crop"`: scale the shorter side to fit, then center crop (the usual
     evaluation resize). `"pad"`: scale the longer side to fit, then pad with
-    zeros around the center (nothing is cut off).
+    zeros around the center (nothing is cut off). `"center"`: no scaling:
+    zero-pad around the center where the image is smaller, center-crop where
+    it is larger (Fashion-MNIST's 28 px padded to 32, as in the spec's
+    calibration).
     """
     h, w = image.shape[:2]
     th, tw = size
     if (h, w) == (th, tw):
         return image
+    if policy == "center":
+        return _center(image, th, tw)
     Image = _pil()
     scale = max(th / h, tw / w) if policy == "crop" else min(th / h, tw / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -71,6 +76,16 @@ def resize_image(image, size, policy="crop"):
     out = np.zeros((th, tw, channels), "uint8")
     top, left = (th - nh) // 2, (tw - nw) // 2
     out[top: top + nh, left: left + nw] = resized
+    return out
+
+
+def _center(image, th, tw):
+    h, w, channels = image.shape
+    out = np.zeros((th, tw, channels), "uint8")
+    src_y, src_x = max(0, (h - th) // 2), max(0, (w - tw) // 2)
+    dst_y, dst_x = max(0, (th - h) // 2), max(0, (tw - w) // 2)
+    ch, cw = min(h, th), min(w, tw)
+    out[dst_y: dst_y + ch, dst_x: dst_x + cw] = image[src_y: src_y + ch, src_x: src_x + cw]
     return out
 
 

@@ -301,16 +301,17 @@ def from_tfds(name, split="train", data_dir=None, download=True, image_size=None
     return from_arrays(x, np.array(ys) if len(ys) == len(xs) else None)
 
 
-def parse_data_spec(spec, image_size, channels="keep"):
+def parse_data_spec(spec, image_size, channels="keep", resize="crop"):
     """The recipe's `--data`: `default`, `idx:PATH`, `dir:PATH` or `tfds:NAME`."""
     kind, _, arg = spec.partition(":")
+    kwargs = dict(image_size=image_size, channels=channels, resize=resize)
     if kind == "default" and not arg:
-        return load_default(image_size=image_size, channels=channels)
+        return load_default(**kwargs)
     if kind == "idx" and arg:
-        return from_idx(arg, image_size=image_size, channels=channels)
+        return from_idx(arg, **kwargs)
     if kind == "dir" and arg:
-        return from_directory(arg, image_size, channels=channels)
+        return from_directory(arg, **kwargs)
     if kind == "tfds" and arg:
-        return from_tfds(arg, image_size=image_size, channels=channels)
+        return from_tfds(arg, **kwargs)
     raise ValueError(
         f"Unknown --data {spec!r}. Use one of: default, idx:PATH, dir:PATH, tfds:NAME.")

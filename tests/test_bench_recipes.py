@@ -1,0 +1,96 @@
+"""bench/short_run.py and bench/release_setting.py end to end on tiny budgets
+(the scripts only orchestrate the recipes, whose own tests run on every
+backend; these run once, on torch)."""
+
+import importlib.util
+import json
+import os
+
+import keras
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="orchestration of the recipes (tested on every backend); run once, on torch")
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
+    short_run = _script("short_run")
+    argv = ["--backend", "torch", "--epochs", "2", "--steps-per-epoch", "2",
+            "--variants", "release,sincos", "--extra=--image-size 16 --batch-size 8",
+            "--out", str(tmp_path), "--probe"]
+    short_run.main(argv)
+    with open(os.path.join(tmp_path, "short_run.json")) as f:
+        report = json.load(f)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert set(rows) == {"release", "sincos"}
+    for row in rows.values():
+        assert len(row["lookup_by_epoch"]) == 2 and row["chance"] == 6.25  # 1/16 patches
+        assert row["batch_size"] == 8 and 0 <= row["teacher_knn"] <= 100
+    assert "--mask-token-position sincos" in rows["sincos"]["flags"]
+    out = capsys.readouterr().out
+    assert "release" in out and "x chance" in out and "T kNN / lin" in out
+    # --resume keeps the rows; other settings are refused
+    short_run.main([*argv, "--resume"])
+    with pytest.raises(SystemExit):
+        short_run.main([*argv[:-1], "--resume"])  # without --probe
+    assert "other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        short_run.main(["--variants", "release,bigger"])
+    assert "bigger" in capsys.readouterr().err
+
+
+def test_release_setting_probes_teacher_student_and_random_init(tmp_path, capsys):
+    bench = _script("release_setting")
+    bench.main(["--backend", "torch", "--data", "default", "--epochs", "1",
+                "--steps-per-epoch", "2", "--probe-epochs", "1", "--out", str(tmp_path)])
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        report = json.load(f)
+    assert set(report["probes"]) == {"teacher_encoder", "student_encoder", "random_init"}
+    assert report["recipe"]["resize"] == "center" and report["recipe"]["mask_unit"] == 2
+    assert report["recipe"]["mask_token_position"] == "none"  # the release's layout
+    assert len(report["lookup_by_epoch"]) == 1
+    out = capsys.readouterr().out
+    assert "teacher kNN gain over random init" in out and "chance 1.56" in out
+    bench.main(["--report", "--out", str(tmp_path)])
+    assert "random init" in capsys.readouterr().out
+
+
+def test_ship_backbone_ships_the_encoder_with_better_probes(tmp_path):
+    import keras_conmim as kc
+    from conftest import tiny_vit
+
+    ship = _script("ship_backbone")
+    pretrain = os.path.join(tmp_path, "results", "conmim", "pretrain")
+    os.makedirs(pretrain)
+    teacher, student = tiny_vit(name="teacher"), tiny_vit(hidden_dim=32, name="student")
+    teacher.save(os.path.join(pretrain, "teacher_encoder.keras"))
+    student.save(os.path.join(pretrain, "student_encoder.keras"))
+    with open(os.path.join(pretrain, "config.json"), "w") as f:
+        json.dump({"backend": "torch", "preset": "vit_mini_p4_28", "epochs": 3}, f)
+    row = {"row": "conmim", "label": "ConMIM E + fine-tune F", "pretrain_epochs": 3,
+           "finetune_epochs": 1, "finetune_top1": 80.0, "knn": 60.0, "linear": 61.0,
+           "student_knn": 65.0, "student_linear": 66.0}
+    report = {"command": "bench/fashion_mnist.py", "machine": "x86_64", "rows": [
+        row, {"row": "random_init", "label": "random init", "knn": 52.0, "linear": 44.0}]}
+    with open(os.path.join(tmp_path, "results", "results.json"), "w") as f:
+        json.dump(report, f)
+    out = os.path.join(tmp_path, "shipped")
+    os.makedirs(out)
+    ship.main(["--results", os.path.join(tmp_path, "results"), "--out", out])
+    shipped = kc.load_encoder(os.path.join(out, ship.NAME))
+    assert shipped.hidden_dim == 32  # the student: better kNN and linear
+    with open(os.path.join(out, "CARD.md")) as f:
+        card = f.read()
+    assert "student (its frozen probes beat" in card and "| 65.00 |" in card
+    ship.main(["--results", os.path.join(tmp_path, "results"), "--out", out, "--encoder", "teacher"])
+    assert kc.load_encoder(os.path.join(out, ship.NAME)).hidden_dim == 16
