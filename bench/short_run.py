@@ -51,6 +51,12 @@ VARIANTS = {
                                        "--batch-size", "32"],
     "sincos_unit1_crop_1.0_batch_32": [*SINCOS, "--mask-unit", "1", "--crop-scale-min", "1.0",
                                        "--batch-size", "32"],
+    "sincos_unit1_crop_0.8_batch_32_momentum_0.99": [
+        *SINCOS, "--mask-unit", "1", "--crop-scale-min", "0.8", "--batch-size", "32",
+        "--base-momentum", "0.99"],
+    "sincos_unit1_crop_1.0_batch_32_momentum_0.99": [
+        *SINCOS, "--mask-unit", "1", "--crop-scale-min", "1.0", "--batch-size", "32",
+        "--base-momentum", "0.99"],
 }
 
 
@@ -67,16 +73,21 @@ def main(argv=None):
     p.add_argument("--extra", default="", help="flags added to every variant")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "short_run"))
     p.add_argument("--resume", action="store_true", help="keep rows --out/short_run.json has")
+    p.add_argument("--report", action="store_true", help="only reprint --out/short_run.json")
     p.add_argument("--probe", action="store_true",
                    help="also kNN / linear probe (recipes/linear_probe.py, --data's test split) "
                    "of each run's teacher and student")
     args = p.parse_args(argv)
+    out_json = os.path.join(args.out, "short_run.json")
+    if args.report:
+        with open(out_json) as f:
+            print_table(json.load(f))
+        return
     names = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     os.makedirs(args.out, exist_ok=True)
-    out_json = os.path.join(args.out, "short_run.json")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
     settings = {"machine": machine, "preset": args.preset, "data": args.data,
                 "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "extra": args.extra,
@@ -125,15 +136,22 @@ def main(argv=None):
             json.dump({"settings": settings, "command": " ".join(
                 ["python", "bench/short_run.py", *(sys.argv[1:] if argv is None else argv)]),
                 "rows": rows}, f, indent=2)
-    print(f"\n{args.preset}, {args.epochs} epochs of {args.data}, {machine}")
-    print(f"{'variant':<32} {'lookup % by epoch':<28} {'x chance':>8} {'seconds':>8}"
-          + ("  T kNN / lin   S kNN / lin" if args.probe else ""))
-    for r in rows:
+    with open(out_json) as f:
+        print_table(json.load(f))
+
+
+def print_table(report):
+    settings = report["settings"]
+    print(f"\n{settings['preset']}, {settings['epochs']} epochs of {settings['data']}, "
+          f"{settings['machine']}")
+    print(f"{'variant':<46} {'lookup % by epoch':<26} {'x chance':>8} {'seconds':>7}"
+          + ("  T kNN / lin   S kNN / lin" if settings.get("probe") else ""))
+    for r in report["rows"]:
         probes = (f"  {r['teacher_knn']:5.2f} / {r['teacher_linear']:5.2f}"
                   f"  {r['student_knn']:5.2f} / {r['student_linear']:5.2f}"
                   if "teacher_knn" in r else "")
-        print(f"{r['variant']:<32} {' '.join(f'{a:.2f}' for a in r['lookup_by_epoch']):<28} "
-              f"{r['times_chance']:>8.2f} {r['seconds']:>8.0f}" + probes)
+        print(f"{r['variant']:<46} {' '.join(f'{a:.2f}' for a in r['lookup_by_epoch']):<26} "
+              f"{r['times_chance']:>8.2f} {r['seconds']:>7.0f}" + probes)
 
 
 def _probe(args, encoder):

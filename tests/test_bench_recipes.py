@@ -41,6 +41,7 @@ def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
     assert "release" in out and "x chance" in out and "T kNN / lin" in out
     # --resume keeps the rows; other settings are refused
     short_run.main([*argv, "--resume"])
+    short_run.main(["--report", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         short_run.main([*argv[:-1], "--resume"])  # without --probe
     assert "other settings" in capsys.readouterr().err
