@@ -113,9 +113,9 @@ def test_config_file_and_flag_override(tmp_path):
     path = os.path.join(tmp_path, "run.yaml")
     with open(path, "w") as f:
         f.write("lr: 0.001\nepochs: 7\nmask: block\n")
-    config, resume = recipe.resolve_config(["--config", path, "--epochs", "3"])
+    config, resume, sources = recipe.resolve_config(["--config", path, "--epochs", "3"])
     assert config["lr"] == 0.001 and config["epochs"] == 3 and config["mask"] == "block"
-    assert resume
+    assert resume and sources["epochs"] == "flag" and sources["lr"] == "file"
     json_path = os.path.join(tmp_path, "run.json")
     with open(json_path, "w") as f:
         json.dump({"learning_rate": 1}, f)
