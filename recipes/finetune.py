@@ -6,7 +6,11 @@ scaled down), or train the same classifier from scratch.
     python recipes/finetune.py --from-scratch --preset vit_mini_p4_28
     python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --epochs 30
 
-Recipe: mean-pooled tokens + LayerNorm + head (initialised x0.001); the
+Recipe values (epochs, batch, lr, warmup, decay, drop path, mixing,
+RandAugment) come from the preset's fine-tuning recipe (`PRESETS[name]
+["finetune"]`: --preset, or the preset whose architecture the encoder has)
+unless a flag sets them; the run prints them. The model: mean-pooled tokens +
+LayerNorm + head (initialised x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
 (0.65: patch embedding/CLS lowest, head and final norm at 1); drop path 0.1;
 RandAugment, then MixUp or CutMix (one of the two per batch) with label
