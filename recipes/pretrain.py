@@ -152,7 +152,9 @@ def resolve_config(argv=None):
 
 
 def _float_or_none(text):
-    return None if text.lower() == "none" else float(text)
+    # "none" stays a string until the recipe is merged, so that the flag
+    # still overrides a preset's value (None would read as "not given").
+    return "none" if text.lower() == "none" else float(text)
 
 
 def describe_recipe(config, sources):

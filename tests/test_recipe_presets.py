@@ -35,6 +35,9 @@ def test_224_presets_keep_the_release_numbers(name):
                                    blur_sigma=(0.1, 2.0), solarize_prob=0.2)
     large, _, _ = pretrain.resolve_config(["--preset", "vit_large_p16_224"])
     assert (large["lr"], large["warmup_epochs"], large["clip_norm"]) == (7.5e-4, 10, 1.0)
+    large, _, sources = pretrain.resolve_config(["--preset", "vit_large_p16_224",
+                                                 "--clip-norm", "none"])
+    assert large["clip_norm"] is None and sources["clip_norm"] == "flag"
 
 
 def test_flags_and_config_file_override_the_preset(tmp_path):
