@@ -21,26 +21,13 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recipes.linear_probe import parse_result  # noqa: E402  (no keras import)
+from bench.fashion_mnist import run  # noqa: E402  (no keras import)
+from recipes.linear_probe import parse_result  # noqa: E402
 PRESET = "vit_mini_p4_32"
-
-
-def run(cmd, log):
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run([sys.executable, *cmd], stdout=f, stderr=subprocess.STDOUT,
-                              cwd=ROOT, text=True)
-    with open(log) as f:
-        lines = [line for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
-    if done.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n" + "\n".join(lines[-20:]))
-    return lines[-1], time.perf_counter() - start
 
 
 def probe(args, encoder_flags, log):

@@ -24,7 +24,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recipes.linear_probe import parse_result  # noqa: E402  (no keras import)
+from bench.fashion_mnist import run  # noqa: E402  (no keras import)
+from recipes.linear_probe import parse_result  # noqa: E402
 # The release's layout and numbers, with the small-image views and crop.
 RELEASE = ["--mask-token-position", "none", "--mask-unit", "2", "--mask-ratio", "0.75",
            "--lr", "5e-4", "--warmup-epochs", "0.5", "--batch-size", "64",
@@ -156,12 +157,10 @@ def print_table(report):
 
 def _probe(args, encoder):
     """(kNN, linear) top-1 % of a saved encoder's frozen features."""
-    run = subprocess.run([sys.executable, "recipes/linear_probe.py", "--backend", args.backend,
-                          "--encoder", encoder, "--data", args.data, "--probe-epochs", "30"],
-                         cwd=ROOT, capture_output=True, text=True)
-    if run.returncode:
-        raise SystemExit(f"probe of {encoder} failed:\n{run.stderr[-3000:]}")
-    linear, knn = parse_result(run.stdout.strip().splitlines()[-1])
+    line, _ = run(["recipes/linear_probe.py", "--backend", args.backend, "--encoder", encoder,
+                   "--data", args.data, "--probe-epochs", "30"],
+                  encoder + ".probe.log")
+    linear, knn = parse_result(line)
     return knn, linear
 
 

@@ -24,6 +24,8 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from recipes.pretrain import load_presets as _presets  # noqa: E402  (no keras import)
 
 
 def parse_args(argv=None):
@@ -78,16 +80,6 @@ def parse_args(argv=None):
 FINETUNE_KEYS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay",
                  "layer_decay", "drop_path", "label_smoothing", "mixup", "cutmix",
                  "randaugment_ops", "randaugment_factor")
-
-
-def _presets():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_conmim_presets", os.path.join(ROOT, "keras_conmim", "presets.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PRESETS
 
 
 ARCHITECTURE_KEYS = ("image_shape", "patch_size", "num_layers", "num_heads", "hidden_dim")

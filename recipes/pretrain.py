@@ -16,6 +16,7 @@ checkpoint, exactly where it stopped (`--no-resume` starts over).
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -72,9 +73,11 @@ OPTIONS = {
 RECIPE_KEYS = tuple(k for k, (_, default, _) in OPTIONS.items() if default == RECIPE)
 
 
-def _load_presets():
-    # Read the preset table without importing keras: the backend must be set
-    # before keras is imported, and bad flags should fail at once.
+@functools.lru_cache(maxsize=None)
+def load_presets():
+    """The preset table, read without importing keras (the backend must be set
+    before keras is imported, and bad flags should fail at once); read once
+    per process. recipes/finetune.py uses it too."""
     path = os.path.join(ROOT, "keras_conmim", "presets.py")
     spec = importlib.util.spec_from_file_location("_conmim_presets", path)
     module = importlib.util.module_from_spec(spec)
@@ -127,7 +130,7 @@ def resolve_config(argv=None):
     config = {name: default for name, (_, default, _) in OPTIONS.items()}
     config.update(from_file)
     config.update(from_flags)
-    presets = _load_presets()
+    presets = load_presets()
     if config["preset"] not in presets:
         parser.error(f"invalid configuration:\n  preset={config['preset']!r}: choose one of "
                      f"{', '.join(presets)}")
@@ -170,7 +173,7 @@ def validate(config):
     """Every impossible value, named with its valid range; nothing trains
     until this list is empty."""
     errors = []
-    presets = _load_presets()
+    presets = load_presets()
 
     def choice(name, valid):
         if config[name] not in valid:
