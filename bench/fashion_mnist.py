@@ -1,19 +1,25 @@
-"""Fashion-MNIST benchmark: does ConMIM pre-training help, against training
-from scratch, the pixel-regression baseline and the ablations?
+"""Fashion-MNIST benchmark: what does ConMIM pre-training buy, against
+training from scratch, the pixel-regression baseline, random init and the raw
+pixels, with all labels and with few?
 
     apt-get install -y dataset-fashion-mnist
-    python bench/fashion_mnist.py --pretrain-epochs 8 --finetune-epochs 8     # CPU, hours
-    python bench/fashion_mnist.py --scale 10 --batch-size 256                 # a GPU
+    python bench/fashion_mnist.py --backend torch --pretrain-epochs 3 --finetune-epochs 1,5,15
+    python bench/fashion_mnist.py ... --resume        # a stopped run continues, cell by cell
     python bench/fashion_mnist.py --data default --quick                     # smoke test, minutes
 
-Every row uses the same encoder preset (vit_mini_p4_28), seed and fine-tune
-recipe (recipes/finetune.py); pre-trained rows pre-train E epochs with
-recipes/pretrain.py (the preset's recipe) and fine-tune F; the scratch rows
-train the same classifier F and E + F epochs. Linear probe and kNN
-(recipes/linear_probe.py) read the encoder a row fine-tunes from, and for
-teacher rows the student as well (columns S-linear, S-kNN).
-Writes `results.json` and `results.png` into --out and prints one table;
-nothing in it is typed in.
+Every row uses the same encoder preset (vit_mini_p4_28) and seed.
+Pre-trained rows pre-train E epochs with recipes/pretrain.py (the preset's
+recipe) and fine-tune with the preset's fine-tuning recipe; the scratch rows
+train the same classifier from random init with the preset's own from-scratch
+recipe (no layer decay). Both recipes are scaled to each run's length and
+label count by recipes/finetune.py (keras_conmim.finetune_budget).
+Fine-tuning cells: every F of --finetune-epochs with all labels, and every
+count of --labels-per-class at the largest F (few-label runs take at least
+300 steps, finetune_budget.MIN_STEPS). Frozen probes (recipes/linear_probe.py,
+linear + kNN) at every label count: the encoder a row fine-tunes from, the
+student too for teacher rows (S-linear, S-kNN), random init, and the raw
+pixels. Writes `results.json` (after every cell) and `results.png` into
+--out and prints the tables; nothing in them is typed in.
 """
 
 import argparse
@@ -26,7 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recipes.linear_probe import parse_result  # noqa: E402  (no keras import)
+from recipes.linear_probe import parse_label_counts, parse_results  # noqa: E402  (no keras import)
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),
@@ -36,15 +42,18 @@ PRETRAINED = {
     "absolute_position": (["--position-embedding", "absolute"], "teacher_encoder"),
 }
 LABELS = {
-    "conmim": "ConMIM E + fine-tune F",
-    "pixel": "pixel regression (SimMIM) E + F",
+    "conmim": "ConMIM E + fine-tune",
+    "pixel": "pixel regression (SimMIM) E + fine-tune",
     "no_momentum": "ConMIM, no momentum teacher",
     "symmetric_views": "ConMIM, symmetric views",
     "absolute_position": "ConMIM, absolute positions",
-    "scratch_f": "from scratch, F epochs",
+    "scratch": "from scratch (own recipe)",
     "scratch_ef": "from scratch, E + F epochs",
     "random_init": "random init, frozen probes only",
+    "raw_pixels": "raw pixels, probes only",
 }
+DEFAULT_ROWS = "conmim,pixel,scratch,random_init,raw_pixels"
+PROBE_ONLY = ("random_init", "raw_pixels")
 
 
 def run(cmd, log):
@@ -69,163 +78,264 @@ def main(argv=None):
     p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="jax")
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist",
                    help="idx:DIR with the four Fashion-MNIST files, or default (packaged slice)")
-    p.add_argument("--pretrain-epochs", type=int, default=8)
-    p.add_argument("--finetune-epochs", type=int, default=8)
-    p.add_argument("--scale", type=float, default=1.0, help="multiplies both epoch counts")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--rows", default=",".join(LABELS), help=f"subset of {','.join(LABELS)}")
+    p.add_argument("--pretrain-epochs", type=int, default=3)
+    p.add_argument("--finetune-epochs", default="1,5,15",
+                   help="comma-separated fine-tuning lengths F (all labels at each)")
+    p.add_argument("--labels-per-class", default="10,100,all",
+                   help="label counts (fine-tuned at the largest F, probed at each)")
+    p.add_argument("--batch-size", type=int, default=128, help="pre-training batch")
+    p.add_argument("--probe-epochs", type=int, default=30)
+    p.add_argument("--rows", default=DEFAULT_ROWS, help=f"subset of {','.join(LABELS)}")
     p.add_argument("--quick", action="store_true", help="2 steps per epoch: a smoke test")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
-                   help="keep the rows --out/results.json already has (same E, F, batch, data, "
-                   "backend) and run only the missing ones: a stopped run continues")
+                   help="keep the cells --out/results.json already has (same settings), run "
+                   "only the missing ones, and let pre-training continue from its checkpoints")
     p.add_argument("--report", action="store_true",
-                   help="only print the table and redraw the plot from --out/results.json "
-                   "(for a run that was stopped between rows)")
-    p.add_argument("--finetune-flags", default="--mixup 0 --cutmix 0",
-                   help="extra recipes/finetune.py flags for every row (default: no MixUp/CutMix, "
-                   "which need long schedules)")
+                   help="only print the tables and redraw the plot from --out/results.json")
+    p.add_argument("--finetune-flags", default="",
+                   help="extra recipes/finetune.py flags for every fine-tuning run")
     args = p.parse_args(argv)
     args.command = " ".join(["bench/fashion_mnist.py", *(sys.argv[1:] if argv is None else argv)])
     if args.report:
         with open(os.path.join(args.out, "results.json")) as fh:
             report = json.load(fh)
         print_table(report)
-        plot(report["rows"], os.path.join(args.out, "results.png"))
+        plot(report, os.path.join(args.out, "results.png"))
         return
     rows = args.rows.split(",")
     unknown = [r for r in rows if r not in LABELS]
     if unknown:
         p.error(f"unknown rows {unknown}; valid: {', '.join(LABELS)}")
+    try:
+        f_list = [int(x) for x in args.finetune_epochs.split(",")]
+        if min(f_list) < 1:
+            raise ValueError
+    except ValueError:
+        p.error(f"--finetune-epochs {args.finetune_epochs!r}: positive integers, e.g. 1,5,15")
+    try:
+        counts = parse_label_counts(args.labels_per_class)
+    except ValueError as e:
+        p.error(f"--labels-per-class {args.labels_per_class!r}: {e}")
     kind, _, folder = args.data.partition(":")
     if kind == "idx" and not os.path.isfile(os.path.join(folder, "train-images-idx3-ubyte.gz")):
         p.error(f"no Fashion-MNIST IDX files in {folder}: apt-get install -y dataset-fashion-mnist "
                 "or pass --data default")
-    e = max(1, round(args.pretrain_epochs * args.scale))
-    f = max(1, round(args.finetune_epochs * args.scale))
+    e = args.pretrain_epochs
     os.makedirs(args.out, exist_ok=True)
-    common = ["--backend", args.backend, "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    common = ["--backend", args.backend, "--seed", str(args.seed)]
     quick = ["--steps-per-epoch", "2"] if args.quick else []
     pretrain_data = (os.path.join(folder, "train-images-idx3-ubyte.gz") if kind == "idx" else None)
-    probe_epochs = "3" if args.quick else "100"
-    # Short schedules: warm up over a fifth of the run, at most one epoch.
+    probe_epochs = "3" if args.quick else str(args.probe_epochs)
+    # Short schedules: warm up over a fifth of the run, at most half an epoch.
     pretrain_warmup = ["--warmup-epochs", str(min(0.5, e / 5))]
-    finetune_common = ["--warmup-epochs", str(min(1.0, f / 5)), *args.finetune_flags.split()]
+    labels_flag = ",".join("all" if c is None else str(c) for c in counts)
+    cells = [(f, "all") for f in f_list] + [(max(f_list), str(c)) for c in counts if c is not None]
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
-    results, done = [], {}
+    settings = {"machine": machine, "data": args.data, "E": e, "F": f_list,
+                "labels_per_class": labels_flag, "batch_size": args.batch_size,
+                "probe_epochs": int(probe_epochs), "quick": args.quick,
+                "finetune_flags": args.finetune_flags}
+    done = {}
     previous = os.path.join(args.out, "results.json")
     if args.resume and os.path.isfile(previous):
         with open(previous) as fh:
             old = json.load(fh)
-        same = (old["E"], old["F"], old["batch_size"], old["data"], old["machine"], old["quick"])
-        if same != (e, f, args.batch_size, args.data, machine, args.quick):
-            p.error(f"--resume: {previous} was made with other settings {same}")
+        same = {k: old.get(k) for k in settings}
+        if same != settings:
+            p.error(f"--resume: {previous} was made with other settings {same}; these are "
+                    f"{settings}")
         done = {r["row"]: r for r in old["rows"]}
+    results = dict(done)  # rows not asked for this time stay in the report
+
+    def save():
+        write_report(args, settings, rows, results, cells)
+
+    starts = {}  # row -> recipes/finetune.py flags naming its starting point
+
     for row in rows:
-        if row in done:
-            results.append(done[row])
-            print(f"{row}: kept from {previous}", flush=True)
-            continue
+        entry = done.get(row) or {"row": row, "label": LABELS[row], "pretrain_epochs": 0,
+                                  "finetune": {}, "probes": {}, "wall_clock_s": {}}
+        results[row] = entry
         work = os.path.join(args.out, row)
         os.makedirs(work, exist_ok=True)
-        entry = {"row": row, "label": LABELS[row], "pretrain_epochs": 0, "finetune_epochs": f}
-        wall = 0.0
-        if row == "random_init":  # frozen features of the untrained encoder: no fine-tuning
-            linear, knn, seconds = frozen_probe(
-                args, probe_epochs, work, ["--from-scratch", "--preset", "vit_mini_p4_28",
-                                           "--seed", str(args.seed)])
-            entry.update(finetune_epochs=0, linear=linear, knn=knn, wall_clock_s=round(seconds, 1))
-            results.append(entry)
-            print(f"{row}: {entry}", flush=True)
-            write_report(args, machine, e, f, rows, results)
+        if row in PROBE_ONLY:
+            if not entry["probes"]:
+                flags = (["--raw-pixels"] if row == "raw_pixels" else
+                         ["--from-scratch", "--preset", "vit_mini_p4_28"])
+                entry["probes"], entry["wall_clock_s"]["probes"] = frozen_probe(
+                    args, probe_epochs, labels_flag, work, flags)
+                save()
+            print(f"{row}: {entry['probes']}", flush=True)
             continue
         if row in PRETRAINED:
             flags, encoder_name = PRETRAINED[row]
-            cmd = ["recipes/pretrain.py", *common, *quick, *flags, *pretrain_warmup, "--epochs", str(e),
-                   "--output", os.path.join(work, "pretrain"), "--no-resume",
-                   "--view-grid-every", str(max(e, 1))]
-            if pretrain_data:
-                cmd += ["--data", f"idx:{pretrain_data}"]
-            _, seconds = run(cmd, os.path.join(work, "pretrain.log"))
-            wall += seconds
-            encoder = os.path.join(work, "pretrain", f"{encoder_name}.keras")
-            entry["linear"], entry["knn"], _ = frozen_probe(args, probe_epochs, work,
-                                                            ["--encoder", encoder])
-            if encoder_name == "teacher_encoder":  # the student too: on short runs it leads
-                student = os.path.join(work, "pretrain", "student_encoder.keras")
-                entry["student_linear"], entry["student_knn"], _ = frozen_probe(
-                    args, probe_epochs, work, ["--encoder", student])
-            finetune = ["--encoder", encoder]
-            entry["pretrain_epochs"] = e
+            pretrain_dir = os.path.join(work, "pretrain")
+            encoder = os.path.join(pretrain_dir, f"{encoder_name}.keras")
+            if "pretrain" not in entry["wall_clock_s"]:
+                cmd = ["recipes/pretrain.py", *common, "--batch-size", str(args.batch_size),
+                       *quick, *flags, *pretrain_warmup, "--epochs", str(e),
+                       "--output", pretrain_dir, "--view-grid-every", str(max(e, 1)),
+                       *([] if args.resume else ["--no-resume"])]
+                if pretrain_data:
+                    cmd += ["--data", f"idx:{pretrain_data}"]
+                _, entry["wall_clock_s"]["pretrain"] = run(cmd, os.path.join(work, "pretrain.log"))
+                entry["pretrain_epochs"] = e
+                save()
+            if not entry["probes"]:
+                probes, entry["wall_clock_s"]["probes"] = frozen_probe(
+                    args, probe_epochs, labels_flag, work, ["--encoder", encoder])
+                if encoder_name == "teacher_encoder":  # the student too: on short runs it leads
+                    student, _ = frozen_probe(
+                        args, probe_epochs, labels_flag, work,
+                        ["--encoder", os.path.join(pretrain_dir, "student_encoder.keras")])
+                    for n, values in student.items():
+                        probes[n].update(student_linear=values["linear"], student_knn=values["knn"])
+                entry["probes"] = probes
+                save()
+            starts[row] = ["--encoder", encoder]
         else:
-            finetune = ["--from-scratch", "--preset", "vit_mini_p4_28"]
-            if row == "scratch_ef":
-                entry["finetune_epochs"] = e + f
-        line, seconds = run(["recipes/finetune.py", *common, *quick, *finetune, *finetune_common,
-                             "--data", args.data,
-                             "--epochs", str(entry["finetune_epochs"]),
-                             "--output", os.path.join(work, "classifier.keras")],
-                            os.path.join(work, "finetune.log"))
-        entry["finetune_top1"] = percent(line, "test top-1")
-        entry["wall_clock_s"] = round(wall + seconds, 1)
-        results.append(entry)
-        print(f"{row}: {entry}", flush=True)
-        write_report(args, machine, e, f, rows, results)
+            starts[row] = ["--from-scratch", "--preset", "vit_mini_p4_28"]
 
-    with open(os.path.join(args.out, "results.json")) as fh:
+    # Fine-tuning, cheapest cells first and each cell across the rows, so a
+    # run stopped early still holds whole columns: few labels, then F ascending.
+    for f, labels in sorted(cells, key=lambda c: (c[1] == "all", c[0])):
+        for row, start in starts.items():
+            entry = results[row]
+            if row == "scratch_ef" and labels != "all":
+                continue  # the equal-compute row: all labels only
+            epochs = f + e if row == "scratch_ef" else f
+            key = f"F={epochs}/{labels}"
+            if key in entry["finetune"]:
+                continue
+            work = os.path.join(args.out, row)
+            log = os.path.join(work, f"finetune_F{epochs}_{labels}.log")
+            line, seconds = run(["recipes/finetune.py", *common, *quick, *start,
+                                 *args.finetune_flags.split(), "--data", args.data,
+                                 "--epochs", str(epochs),
+                                 *([] if labels == "all" else ["--labels-per-class", labels]),
+                                 "--output", os.path.join(work, "classifier.keras")], log)
+            entry["finetune"][key] = {"epochs": epochs, "labels": labels,
+                                      "top1": percent(line, "test top-1"),
+                                      "recipe": recipe_lines(log)}
+            entry["wall_clock_s"][key] = round(seconds, 1)
+            save()
+            print(f"{row} {key}: {entry['finetune'][key]['top1']:.2f}", flush=True)
+
+    with open(previous) as fh:
         report = json.load(fh)
     print_table(report)
-    plot(results, os.path.join(args.out, "results.png"))
+    plot(report, os.path.join(args.out, "results.png"))
 
 
-def frozen_probe(args, probe_epochs, work, encoder_flags):
-    """recipes/linear_probe.py on the encoder `encoder_flags` name: (linear, kNN, seconds)."""
-    line, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
-                         "--data", args.data, "--probe-epochs", probe_epochs],
-                        os.path.join(work, "probe.log"))
-    return (*parse_result(line), seconds)
+def recipe_lines(log):
+    """The scaled recipe recipes/finetune.py printed (its values and sources)."""
+    with open(log) as f:
+        lines = f.read().replace("\r", "\n").splitlines()
+    out, inside = {}, False
+    for line in lines:
+        if line.endswith("):") and "recipe (" in line:
+            inside = True
+            continue
+        if inside and line.startswith("  "):
+            key, _, rest = line.strip().partition(" ")
+            out[key] = rest.strip()
+        elif inside:
+            break
+    return out
 
 
-def write_report(args, machine, e, f, rows, results):
-    """results.json, written after every row so a stopped run keeps what it measured."""
-    report = {"machine": machine, "data": args.data, "E": e, "F": f,
-              "batch_size": args.batch_size, "quick": args.quick,
-              "command": args.command, "complete": len(results) == len(rows),
-              "rows": results}
-    with open(os.path.join(args.out, "results.json"), "w") as fh:
+def frozen_probe(args, probe_epochs, labels_flag, work, flags):
+    """recipes/linear_probe.py at every label count: ({labels: {linear, knn}}, seconds)."""
+    log = os.path.join(work, "probe.log")
+    _, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *flags,
+                      "--data", args.data, "--probe-epochs", probe_epochs,
+                      "--labels-per-class", labels_flag, "--seed", str(args.seed)], log)
+    with open(log) as f:
+        results = parse_results(f.read().splitlines())
+    return ({str(n): {"linear": lin, "knn": knn} for n, (lin, knn) in results.items()},
+            round(seconds, 1))
+
+
+def write_report(args, settings, rows, results, cells):
+    """results.json, written after every cell so a stopped run keeps what it measured."""
+    complete = all(
+        (r["probes"] if r["row"] in PROBE_ONLY else
+         all(f"F={f + (settings['E'] if r['row'] == 'scratch_ef' else 0)}/{n}"
+             in r["finetune"] for f, n in cells if r["row"] != "scratch_ef" or n == "all"))
+        for r in results.values()) and set(rows) <= set(results)
+    report = {**settings, "command": args.command, "complete": complete,
+              "rows": list(results.values())}
+    tmp = os.path.join(args.out, "results.json.partial")
+    with open(tmp, "w") as fh:
         json.dump(report, fh, indent=2)
+    os.replace(tmp, os.path.join(args.out, "results.json"))
 
 
 def print_table(report):
-    print(f"\nFashion-MNIST, vit_mini_p4_28, E={report['E']} F={report['F']}, "
-          f"batch {report['batch_size']}, {report['machine']}")
-    print(f"{'row':<34} {'fine-tune':>9} {'linear':>7} {'kNN':>6} {'S-linear':>8} {'S-kNN':>6} "
-          f"{'wall-clock':>11}")
-    for r in report["rows"]:
-        cell = lambda key: f"{r[key]:.2f}" if key in r else "-"  # noqa: E731
-        print(f"{r['label']:<34} {cell('finetune_top1'):>9} {cell('linear'):>7} {cell('knn'):>6} "
-              f"{cell('student_linear'):>8} {cell('student_knn'):>6} {r['wall_clock_s']:>10.0f}s")
+    rows = report["rows"]
+    f_list = report["F"]
+    counts = report["labels_per_class"].split(",")
+    few = [n for n in counts if n != "all"]
+    print(f"\nFashion-MNIST, vit_mini_p4_28, E={report['E']} pre-training epochs "
+          f"(batch {report['batch_size']}), {report['machine']}")
+    print("\nFine-tune top-1 % on the 10,000 test images: all labels at F epochs; "
+          f"N labels per class at F={max(f_list)} (at least 300 steps)")
+    head = [f"F={f}" for f in f_list] + [f"{n}/class" for n in few]
+    print(f"{'row':<40}" + "".join(f"{h:>9}" for h in head))
+    for r in rows:
+        if r["row"] in PROBE_ONLY:
+            continue
+        extra = report["E"] if r["row"] == "scratch_ef" else 0
+        keys = [f"F={f + extra}/all" for f in f_list] + [f"F={max(f_list)}/{n}" for n in few]
+        cells = [f"{r['finetune'][k]['top1']:.2f}" if k in r["finetune"] else "-" for k in keys]
+        print(f"{r['label']:<40}" + "".join(f"{c:>9}" for c in cells))
+    print("\nFrozen features, top-1 % by labels per class (linear probe / kNN k=20; "
+          "S- = the student of a teacher row)")
+    print(f"{'row':<40}" + "".join(f"{n + (' /class' if n != 'all' else ''):>18}" for n in counts))
+    for r in rows:
+        for prefix, name in (("", r["label"]), ("student_", "  S- (student)")):
+            if not any(f"{prefix}linear" in v for v in r["probes"].values()):
+                continue
+            cells = []
+            for n in counts:
+                v = r["probes"].get(n, {})
+                cells.append(f"{v[prefix + 'linear']:.2f} / {v[prefix + 'knn']:.2f}"
+                             if prefix + "linear" in v else "-")
+            print(f"{name:<40}" + "".join(f"{c:>18}" for c in cells))
+    total = sum(sum(r["wall_clock_s"].values()) for r in rows)
+    print(f"\nwall-clock, all cells: {total / 60:.0f} min")
     if not report.get("complete", True):
-        print("(stopped between rows: the rows above are all that ran)")
+        print("(stopped: the cells above are all that ran; --resume continues)")
 
 
-def plot(results, path):
-    """Horizontal bars of fine-tune top-1, drawn with PIL (no matplotlib)."""
+def plot(report, path):
+    """Grouped bars of fine-tune top-1 per F (all labels), drawn with PIL."""
     from PIL import Image, ImageDraw
 
-    results = [r for r in results if "finetune_top1" in r]
-    width, bar_h, left = 720, 28, 260
-    img = Image.new("RGB", (width, 40 + bar_h * len(results)), "white")
+    rows = [r for r in report["rows"] if r["finetune"]]
+    f_list = report["F"]
+    width, bar_h, left = 760, 16, 300
+    colors = [(70, 110, 190), (220, 140, 50), (90, 160, 90), (160, 80, 160)]
+    group = bar_h * len(f_list) + 10
+    img = Image.new("RGB", (width, 50 + group * max(1, len(rows))), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((10, 10), "Fashion-MNIST fine-tune top-1 (%)", fill="black")
-    for i, r in enumerate(results):
-        y = 35 + i * bar_h
-        length = int((width - left - 60) * r["finetune_top1"] / 100)
-        draw.text((10, y + 6), r["label"], fill="black")
-        draw.rectangle([left, y + 4, left + length, y + bar_h - 4], fill=(70, 110, 190))
-        draw.text((left + length + 6, y + 6), f"{r['finetune_top1']:.2f}", fill="black")
+    draw.text((10, 10), "Fashion-MNIST fine-tune top-1 (%), all labels; bars: "
+              + ", ".join(f"F={f}" for f in f_list), fill="black")
+    for i, r in enumerate(rows):
+        y0 = 35 + i * group
+        draw.text((10, y0 + 4), r["label"], fill="black")
+        extra = report["E"] if r["row"] == "scratch_ef" else 0
+        for j, f in enumerate(f_list):
+            cell = r["finetune"].get(f"F={f + extra}/all")
+            if cell is None:
+                continue
+            y = y0 + j * bar_h
+            length = int((width - left - 60) * cell["top1"] / 100)
+            draw.rectangle([left, y + 2, left + length, y + bar_h - 2], fill=colors[j % 4])
+            draw.text((left + length + 6, y + 2), f"{cell['top1']:.2f}", fill="black")
     img.save(path)
 
 

@@ -3,9 +3,12 @@ authors published none.
 
 Each entry holds the `ViT` arguments (`config`), the projection head that fits
 that width (`projector`), its pre-training recipe (`pretrain`: the values
-`recipes/pretrain.py` uses unless a flag or config file overrides them) and a
-one-line description. Code never branches on a preset's name; it only reads
-these dicts.
+`recipes/pretrain.py` uses unless a flag or config file overrides them), its
+fine-tuning recipe (`finetune`, for a pre-trained encoder) and its
+from-scratch recipe (`scratch`, the same classifier from random init), both
+read by `recipes/finetune.py` and scaled to each run's length and label
+count by `keras_conmim.finetune_budget`, and a one-line description. Code
+never branches on a preset's name; it only reads these dicts.
 
 The 224 px presets carry the release's numbers (spec, and the release's
 README: lr 5e-4, warmup 5 epochs, cosine to 1e-5, AdamW wd 0.05, random 2x2
@@ -51,12 +54,25 @@ def release_finetune():
                 mixup=0.8, cutmix=1.0, randaugment_ops=2, randaugment_factor=0.9)
 
 
+def deit_recipe():
+    """Training a ViT from random init on ImageNet: DeiT's recipe (the one the
+    MIM papers compare against): 300 epochs, batch 1024, lr 5e-4 x 1024 / 512,
+    warmup 5, wd 0.05, drop path 0.1, MixUp 0.8, CutMix 1.0, label smoothing
+    0.1, RandAugment m9; no layer decay (nothing pre-trained to keep)."""
+    return dict(epochs=300, batch_size=1024, lr=1e-3, min_lr=1e-5, warmup_epochs=5,
+                weight_decay=0.05, layer_decay=1.0, drop_path=0.1, label_smoothing=0.1,
+                mixup=0.8, cutmix=1.0, randaugment_ops=2, randaugment_factor=0.9)
+
+
 # Small images: the release's recipe scaled down to minutes (the fine-tuning
 # issue measures it further).
 SMALL_IMAGE_FINETUNE = dict(
     epochs=10, batch_size=64, lr=1e-3, min_lr=1e-6, warmup_epochs=1.0, weight_decay=0.05,
     layer_decay=0.65, drop_path=0.1, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
     randaugment_ops=2, randaugment_factor=0.5)
+# From random init: the same, without layer decay (it would freeze the patch
+# embedding of an untrained model at 0.65^7 = 5% of the lr).
+SMALL_IMAGE_SCRATCH = dict(SMALL_IMAGE_FINETUNE, layer_decay=1.0)
 
 # The spec's calibration setting (the release's model and loss on
 # Fashion-MNIST padded to 32 px): the reference the package is measured against.
@@ -88,6 +104,7 @@ PRESETS = {
         "projector": dict(hidden_dim=512, output_dim=128),
         "pretrain": SMALL_IMAGE_RECIPE,
         "finetune": SMALL_IMAGE_FINETUNE,
+        "scratch": SMALL_IMAGE_SCRATCH,
     },
     "vit_mini_p4_32": {
         "description": "The spec's calibration: the release's architecture on 32 px "
@@ -98,6 +115,7 @@ PRESETS = {
         "projector": dict(hidden_dim=512, output_dim=128),
         "pretrain": RELEASE_CALIBRATION_RECIPE,
         "finetune": SMALL_IMAGE_FINETUNE,
+        "scratch": SMALL_IMAGE_SCRATCH,
     },
     "vit_tiny_p4_32": {
         "description": "32 px RGB (CIFAR-size), patch 4, ViT-Tiny width 192, "
@@ -107,6 +125,7 @@ PRESETS = {
         "projector": dict(hidden_dim=1024, output_dim=256),
         "pretrain": dict(SMALL_IMAGE_RECIPE, views=dict(IMAGENET_VIEWS)),
         "finetune": SMALL_IMAGE_FINETUNE,
+        "scratch": SMALL_IMAGE_SCRATCH,
     },
     "vit_small_p8_64": {
         "description": "64 px RGB, patch 8, ViT-Small width 384, 12 layers, "
@@ -116,6 +135,7 @@ PRESETS = {
         "projector": dict(hidden_dim=2048, output_dim=256),
         "pretrain": dict(SMALL_IMAGE_RECIPE, views=dict(IMAGENET_VIEWS)),
         "finetune": SMALL_IMAGE_FINETUNE,
+        "scratch": SMALL_IMAGE_SCRATCH,
     },
     # The paper's sizes at 224/16 (Tiny is the usual smallest ViT).
     "vit_tiny_p16_224": {
@@ -125,6 +145,7 @@ PRESETS = {
         "projector": dict(hidden_dim=4096, output_dim=256),
         "pretrain": release_recipe(epochs=300),
         "finetune": release_finetune(),
+        "scratch": deit_recipe(),
     },
     "vit_small_p16_224": {
         "description": "ViT-S/16 at 224 px: 384 wide, 12 layers, 6 heads.",
@@ -133,6 +154,7 @@ PRESETS = {
         "projector": dict(hidden_dim=4096, output_dim=256),
         "pretrain": release_recipe(epochs=300),
         "finetune": release_finetune(),
+        "scratch": deit_recipe(),
     },
     "vit_base_p16_224": {
         "description": "ViT-B/16 at 224 px: 768 wide, 12 layers, 12 heads.",
@@ -141,6 +163,7 @@ PRESETS = {
         "projector": dict(hidden_dim=4096, output_dim=256),
         "pretrain": release_recipe(epochs=800),
         "finetune": release_finetune(),
+        "scratch": deit_recipe(),
     },
     "vit_large_p16_224": {
         "description": "ViT-L/16 at 224 px: 1024 wide, 24 layers, 16 heads, "
@@ -151,6 +174,7 @@ PRESETS = {
         "projector": dict(hidden_dim=4096, output_dim=256),
         "pretrain": release_recipe(epochs=800, lr=7.5e-4, warmup_epochs=10, clip_norm=1.0),
         "finetune": release_finetune(),
+        "scratch": deit_recipe(),
     },
 }
 

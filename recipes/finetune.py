@@ -1,15 +1,23 @@
 """Fine-tune a pre-trained encoder into a classifier (the release's recipe,
-scaled down), or train the same classifier from scratch.
+scaled to the run), or train the same classifier from scratch.
 
     python recipes/finetune.py            # the shipped backbone, packaged data
     python recipes/finetune.py --encoder saved_models/teacher_encoder.keras
     python recipes/finetune.py --from-scratch --preset vit_mini_p4_28
     python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --epochs 30
+    python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --labels-per-class 100
 
 Recipe values (epochs, batch, lr, warmup, decay, drop path, mixing,
-RandAugment) come from the preset's fine-tuning recipe (`PRESETS[name]
-["finetune"]`: --preset, or the preset whose architecture the encoder has)
-unless a flag sets them; the run prints them. The model: mean-pooled tokens +
+RandAugment) come from the preset's recipe (`PRESETS[name]["finetune"]` for a
+pre-trained encoder, `["scratch"]` with --from-scratch: --preset, or the
+preset whose architecture the encoder has), then are scaled to the run's
+length and number of labelled images (`keras_conmim.finetune_budget`: small
+batch and at least --min-steps steps with few labels, MixUp / CutMix / drop
+path / RandAugment magnitude ramped up with the number of epochs, warm-up at
+most a fifth of the run; --fixed-recipe turns the scaling off). A flag's value
+is never scaled; the run prints every value and where it came from.
+`--labels-per-class N` fine-tunes on a class-balanced subset of N images per
+class (seeded by --seed; the test split stays whole). The model: mean-pooled tokens +
 LayerNorm + head (initialised x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
 (0.65: patch embedding/CLS lowest, head and final norm at 1); drop path 0.1;
@@ -35,12 +43,21 @@ def parse_args(argv=None):
                    help="pre-trained .keras file (default: the shipped Fashion-MNIST backbone); "
                    "a ConMIM model or checkpoint gives its EMA teacher, as the release does")
     p.add_argument("--from-scratch", action="store_true",
-                   help="random init instead of --encoder (same architecture and recipe)")
+                   help="random init instead of --encoder (same architecture; the preset's "
+                   "from-scratch recipe, without layer decay)")
     p.add_argument("--preset", default=None,
                    help="architecture for --from-scratch without an --encoder file")
     p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                    default=os.environ.get("KERAS_BACKEND", "jax"))
     p.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
+    p.add_argument("--labels-per-class", type=int, default=None,
+                   help="fine-tune on N labelled images per class (class-balanced, seeded by "
+                   "--seed); default: every training image")
+    p.add_argument("--min-steps", type=int, default=None,
+                   help="few labels: raise the epochs until the run has this many steps "
+                   "(default finetune_budget.MIN_STEPS; 0: off)")
+    p.add_argument("--fixed-recipe", action="store_true",
+                   help="use the preset's recipe as written, not scaled to the run")
     # The recipe: None = the preset's fine-tuning recipe (presets.py), printed
     # with where each value came from.
     p.add_argument("--epochs", type=int, default=None)
@@ -65,6 +82,10 @@ def parse_args(argv=None):
     for name in ("epochs", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.labels_per_class is not None and args.labels_per_class < 1:
+        p.error("--labels-per-class must be >= 1")
+    if args.min_steps is not None and args.min_steps < 0:
+        p.error("--min-steps must be >= 0")
     if args.lr is not None and args.lr <= 0:
         p.error("--lr must be > 0")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
@@ -98,19 +119,36 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
-def apply_recipe(args, preset):
-    """Fill every recipe value the flags left unset from `preset`'s fine-tuning
-    recipe (the small-image recipe when the architecture is no preset's).
-    Returns the printable description, a line per value with its source."""
+def apply_recipe(args, preset, num_labelled=None):
+    """Fill every recipe value the flags left unset from `preset`'s recipe
+    (`"scratch"` with --from-scratch, else `"finetune"`; the small-image
+    recipes when the architecture is no preset's), scaled to a run on
+    `num_labelled` images unless --fixed-recipe. Returns the printable
+    description, a line per value with its source."""
+    from keras_conmim.finetune_budget import MIN_STEPS, budget_recipe
+
     presets = _presets()
     name = preset if preset in presets else "vit_mini_p4_28"
-    recipe = presets[name]["finetune"]
-    lines = [f"fine-tuning recipe ({preset or 'no preset matches the encoder: ' + name + ' values'}):"]
+    kind = "scratch" if args.from_scratch else "finetune"
+    recipe = presets[name][kind]
+    given = {key for key in FINETUNE_KEYS if getattr(args, key) is not None}
+    values = {key: getattr(args, key) if key in given else recipe[key] for key in FINETUNE_KEYS}
+    changes = {}
+    if num_labelled is not None and not args.fixed_recipe:
+        min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
+        try:
+            values, changes = budget_recipe(values, num_labelled, fixed=given, min_steps=min_steps,
+                                            steps_per_epoch=args.steps_per_epoch)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+    label = "from-scratch" if args.from_scratch else "fine-tuning"
+    lines = [f"{label} recipe ({preset or 'no preset matches the encoder: ' + name + ' values'}"
+             f"{', as written' if args.fixed_recipe else ''}):"]
     for key in FINETUNE_KEYS:
-        given = getattr(args, key) is not None
-        if not given:
-            setattr(args, key, recipe[key])
-        lines.append(f"  {key:<20} {getattr(args, key)}{'   <- flag' if given else ''}")
+        setattr(args, key, values[key])
+        source = ("   <- flag" if key in given and key not in changes else
+                  f"   <- scaled: {changes[key]} (recipe {recipe[key]})" if key in changes else "")
+        lines.append(f"  {key:<20} {values[key]}{source}")
     return "\n".join(lines)
 
 
@@ -207,9 +245,15 @@ def main(argv=None):
             encoder = kc.ViT.from_config({**config, "name": "vit"})
     else:
         encoder = load_encoder(args.encoder)
-    print(apply_recipe(args, args.preset or preset_for(encoder.get_config())), flush=True)
-    encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     train, test = load_splits(args.data, encoder.image_shape)
+    if args.labels_per_class is not None:
+        try:
+            train = train.labelled_subset(args.labels_per_class, seed=args.seed)
+        except ValueError as e:
+            raise SystemExit(f"error: --labels-per-class: {e}")
+    print(apply_recipe(args, args.preset or preset_for(encoder.get_config()), len(train)),
+          flush=True)
+    encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     model = ViTClassifier(encoder, num_classes)
 
@@ -228,7 +272,9 @@ def main(argv=None):
                                                             label_smoothing=args.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     start = "random init" if args.from_scratch else args.encoder
-    print(f"fine-tuning from {start}: backend={args.backend} train={len(train)} test={len(test)} "
+    print(f"fine-tuning from {start}: backend={args.backend} train={len(train)}"
+          f"{'' if args.labels_per_class is None else f' ({args.labels_per_class} per class)'} "
+          f"test={len(test)} "
           f"classes={num_classes} epochs={args.epochs} steps/epoch={steps}", flush=True)
     model.fit(make_batches(train, num_classes, args), epochs=args.epochs, steps_per_epoch=steps,
               verbose=1)

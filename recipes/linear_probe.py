@@ -7,7 +7,16 @@
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
 labels) or `--data idx:DIR` (the full IDX files), resized and channel-converted to the encoder's input. Features are
 the mean-pooled patch tokens (`ViT.pool`), normalised as in pre-training.
-Prints one line with both accuracies.
+Prints one line with both accuracies per label count.
+
+    python recipes/linear_probe.py --raw-pixels --data idx:/usr/share/datasets/fashion-mnist
+    python recipes/linear_probe.py --encoder E.keras --labels-per-class 10,100,all
+
+`--raw-pixels` probes the pixels themselves (scaled to [0, 1], flattened):
+the baseline a learned feature must beat. `--labels-per-class` gives the
+bank / probe's training set as N images per class (class-balanced, seeded by
+--seed; the test split stays whole); features are extracted once for all the
+counts. With few labels the probe trains at least 300 steps.
 """
 
 import argparse
@@ -27,6 +36,12 @@ def main(argv=None):
                         help="probe a random-init encoder instead (the reference every probe "
                         "is read against): architecture from --preset, else from --encoder")
     parser.add_argument("--preset", default=None, help="architecture for --from-scratch")
+    parser.add_argument("--raw-pixels", action="store_true",
+                        help="no encoder: probe the pixels (flattened, in [0, 1]); the image "
+                        "size is --preset's (default vit_mini_p4_28)")
+    parser.add_argument("--labels-per-class", default="all",
+                        help="comma-separated label counts per class, 'all' for every "
+                        "training image (e.g. 10,100,all)")
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                         default=os.environ.get("KERAS_BACKEND", "jax"))
     parser.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
@@ -38,40 +53,102 @@ def main(argv=None):
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if not (args.from_scratch and args.preset) and not os.path.isfile(args.encoder):
+    try:
+        counts = parse_label_counts(args.labels_per_class)
+    except ValueError as e:
+        parser.error(f"--labels-per-class {args.labels_per_class!r}: {e}")
+    if args.raw_pixels and args.from_scratch:
+        parser.error("--raw-pixels probes no encoder: drop --from-scratch")
+    if args.raw_pixels:
+        args.preset = args.preset or "vit_mini_p4_28"
+    elif not (args.from_scratch and args.preset) and not os.path.isfile(args.encoder):
         parser.error(f"--encoder {args.encoder}: file not found"
                      + ("" if args.from_scratch else " (or pass --from-scratch --preset NAME)"))
     os.environ["KERAS_BACKEND"] = args.backend
     sys.path.insert(0, ROOT)
     import keras
+    import numpy as np
 
     import keras_conmim as kc
     from keras_conmim import evaluation
     from recipes.finetune import load_splits
 
     keras.utils.set_random_seed(args.seed)
-    try:
-        if args.from_scratch and args.preset:
-            encoder = kc.ViT.from_preset(args.preset)
+    if args.raw_pixels:
+        if args.preset not in kc.PRESETS:
+            parser.error(f"--preset {args.preset!r}: choose one of {', '.join(kc.PRESETS)}")
+        image_shape = kc.PRESETS[args.preset]["config"]["image_shape"]
+        train, test = load_splits(args.data, image_shape, args.resize)
+        pixels = lambda images: images.reshape(len(images), -1).astype("float32") / 255.0  # noqa: E731
+        train_f, test_f = pixels(train.images), pixels(test.images)
+        what = f"raw pixels, {'x'.join(map(str, image_shape))}"
+    else:
+        try:
+            if args.from_scratch and args.preset:
+                encoder = kc.ViT.from_preset(args.preset)
+            else:
+                encoder = kc.load_encoder(args.encoder)
+                if args.from_scratch:  # same architecture, fresh weights
+                    encoder = kc.ViT.from_config({**encoder.get_config(), "name": "vit"})
+        except ValueError as e:
+            parser.error(f"--encoder {args.encoder} / --preset {args.preset}: {e}")
+        if not encoder.built:
+            encoder.build((None, *encoder.image_shape))
+        train, test = load_splits(args.data, encoder.image_shape, args.resize)
+        train_f = evaluation.extract_features(encoder, train.images)
+        test_f = evaluation.extract_features(encoder, test.images)
+        what = ('random init, ' + (args.preset or 'architecture of ' + args.encoder)
+                if args.from_scratch else args.encoder)
+    results = {}
+    for count in counts:
+        if count is None:
+            index = np.arange(len(train))
         else:
-            encoder = kc.load_encoder(args.encoder)
-            if args.from_scratch:  # same architecture, fresh weights
-                encoder = kc.ViT.from_config({**encoder.get_config(), "name": "vit"})
-    except ValueError as e:
-        parser.error(f"--encoder {args.encoder} / --preset {args.preset}: {e}")
-    if not encoder.built:
-        encoder.build((None, *encoder.image_shape))
-    train, test = load_splits(args.data, encoder.image_shape, args.resize)
-    train_f = evaluation.extract_features(encoder, train.images)
-    test_f = evaluation.extract_features(encoder, test.images)
-    knn = evaluation.knn_accuracy(train_f, train.labels, test_f, test.labels,
-                                  k=args.k, temperature=args.temperature)
-    linear = evaluation.linear_probe(train_f, train.labels, test_f, test.labels,
-                                     epochs=args.probe_epochs, seed=args.seed)
-    print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
-          f"on {len(test)} test images "
-          f"({'random init, ' + (args.preset or 'architecture of ' + args.encoder) if args.from_scratch else args.encoder})")
-    return linear, knn
+            try:
+                index = kc.data.class_balanced_indices(train.labels, count, seed=args.seed)
+            except ValueError as e:
+                parser.error(f"--labels-per-class {count}: {e}")
+        knn = evaluation.knn_accuracy(train_f[index], train.labels[index], test_f, test.labels,
+                                      k=args.k, temperature=args.temperature)
+        steps = -(-len(index) // 256)  # the probe's batch
+        epochs = max(args.probe_epochs, -(-MIN_PROBE_STEPS // steps))
+        linear = evaluation.linear_probe(train_f[index], train.labels[index], test_f, test.labels,
+                                         epochs=epochs, seed=args.seed)
+        results["all" if count is None else count] = (linear, knn)
+        print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
+              f"on {len(test)} test images ({what}) "
+              f"[labels: {'all' if count is None else f'{count} per class'}]", flush=True)
+    return results if len(counts) > 1 else results[next(iter(results))]
+
+
+MIN_PROBE_STEPS = 300
+
+
+def parse_label_counts(text):
+    """'10,100,all' -> [10, 100, None] (None: every training image)."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            counts.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            counts.append(int(part))
+        else:
+            raise ValueError(f"{part!r} is not a positive count or 'all'")
+    if not counts:
+        raise ValueError("no label count given")
+    return counts
+
+
+def parse_results(lines):
+    """{labels: (linear, kNN)} from the lines `main` prints, labels being
+    'all' or an int count per class."""
+    out = {}
+    for line in lines:
+        if line.startswith("linear probe top-1"):
+            tag = line.rsplit("[labels: ", 1)[1].split("]")[0] if "[labels: " in line else "all"
+            out["all" if tag == "all" else int(tag.split()[0])] = parse_result(line)
+    return out
 
 
 def parse_result(line):

@@ -19,10 +19,17 @@ pytestmark = pytest.mark.skipif(
 LAST_LINES = {
     "recipes/pretrain.py": "done: 99.0 images/s, final loss 3.5, lookup accuracy 0.05 (chance "
                            "0.0204), saved to /x",
-    "recipes/linear_probe.py": "linear probe top-1 48.72%, kNN (k=20) top-1 52.72% on 10000 test "
-                               "images (/x)",
     "recipes/finetune.py": "done: test top-1 60.25% on 10000 images, saved to /x",
 }
+RECIPE = "fine-tuning recipe (vit_mini_p4_28):\n  epochs               15   <- flag\n  mixup 0.2\n"
+
+
+def _probe_lines(cmd):
+    counts = cmd[cmd.index("--labels-per-class") + 1].split(",")
+    linear = 48.72 if "--raw-pixels" not in cmd else 80.0
+    return "\n".join(f"linear probe top-1 {linear}%, kNN (k=20) top-1 52.72% on 10000 test "
+                     f"images (/x) [labels: {'all' if n == 'all' else n + ' per class'}]"
+                     for n in counts)
 
 
 def _bench(calls):
@@ -33,7 +40,11 @@ def _bench(calls):
 
     def run(cmd, log):
         calls.append(cmd)
-        return LAST_LINES[cmd[0]], 10.0
+        text = (_probe_lines(cmd) if cmd[0] == "recipes/linear_probe.py" else
+                RECIPE + LAST_LINES[cmd[0]])
+        with open(log, "w") as f:
+            f.write(text + "\n")
+        return text.splitlines()[-1], 10.0
 
     module.run = run
     return module
@@ -43,47 +54,81 @@ def _flag(cmd, name):
     return cmd[cmd.index(name) + 1]
 
 
-def test_rows_run_the_right_recipes_and_fill_the_table(tmp_path, capsys):
+def test_rows_run_the_right_recipes_and_fill_the_tables(tmp_path, capsys):
     calls = []
     bench = _bench(calls)
     argv = ["--backend", "torch", "--data", "default", "--pretrain-epochs", "3",
-            "--finetune-epochs", "1", "--out", str(tmp_path)]
-    bench.main([*argv, "--rows", "conmim,scratch_ef,no_momentum,random_init"])
+            "--finetune-epochs", "1,5", "--labels-per-class", "10,all", "--out", str(tmp_path)]
+    bench.main([*argv, "--rows", "conmim,scratch,scratch_ef,no_momentum,random_init,raw_pixels"])
 
     pretrain = [c for c in calls if c[0] == "recipes/pretrain.py"]
     finetune = [c for c in calls if c[0] == "recipes/finetune.py"]
     probes = [c for c in calls if c[0] == "recipes/linear_probe.py"]
     assert len(pretrain) == 2 and all(_flag(c, "--epochs") == "3" for c in pretrain)
+    assert all("--no-resume" in c for c in pretrain)  # a fresh run starts over
     assert _flag(pretrain[1], "--base-momentum") == "0"
-    assert [_flag(c, "--epochs") for c in finetune] == ["1", "4", "1"]  # scratch: E + F
-    assert "--from-scratch" in finetune[1] and _flag(finetune[0], "--encoder").endswith(
+    assert "--crop-scale-min" not in pretrain[0]  # the preset's recipe decides
+    # cells: 10 per class at the largest F, then F=1, F=5 with all labels,
+    # each across the rows (cheapest first: a stopped run holds whole columns)
+    cells = [(_flag(c, "--epochs"), c[c.index("--labels-per-class") + 1]
+              if "--labels-per-class" in c else "all") for c in finetune]
+    assert cells[0] == ("5", "10") and cells[-1] == ("5", "all") and ("8", "all") in cells
+    conmim = [cell for cell, c in zip(cells, finetune)
+              if "--encoder" in c and os.path.join("conmim", "pretrain") in _flag(c, "--encoder")]
+    assert conmim == [("5", "10"), ("1", "all"), ("5", "all")]
+    assert _flag(finetune[0], "--encoder").endswith(
         os.path.join("conmim", "pretrain", "teacher_encoder.keras"))
-    # teacher and student of each teacher row, then the random-init reference
-    assert "--from-scratch" in probes[-1] and len(probes) == 5
+    scratch = [c for c in finetune if "--from-scratch" in c]
+    assert len(scratch) == 3 + 2  # scratch: 3 cells; scratch_ef: all labels only, E + F epochs
+    scratch_ef = [_flag(c, "--epochs") for c in scratch if "--labels-per-class" not in c]
+    assert scratch_ef == ["1", "4", "5", "8"]  # scratch F=1, scratch_ef 1 + 3, scratch 5, 5 + 3
+    # teacher and student of each teacher row, then the random-init reference and raw pixels
+    assert len(probes) == 6 and all(_flag(c, "--labels-per-class") == "10,all" for c in probes)
     assert _flag(probes[1], "--encoder").endswith(
         os.path.join("conmim", "pretrain", "student_encoder.keras"))
-    assert "--crop-scale-min" not in pretrain[0]  # the preset's recipe decides
+    assert "--from-scratch" in probes[4] and "--raw-pixels" in probes[5]
 
     with open(os.path.join(tmp_path, "results.json")) as f:
         report = json.load(f)
-    assert report["complete"] and (report["E"], report["F"]) == (3, 1)
+    assert report["complete"] and (report["E"], report["F"]) == (3, [1, 5])
     rows = {r["row"]: r for r in report["rows"]}
-    assert rows["conmim"]["finetune_top1"] == 60.25 and rows["conmim"]["knn"] == 52.72
-    assert rows["conmim"]["linear"] == 48.72 and rows["conmim"]["wall_clock_s"] == 20.0  # probe time not counted
-    assert rows["conmim"]["student_knn"] == 52.72 and rows["conmim"]["student_linear"] == 48.72
-    assert rows["scratch_ef"]["finetune_epochs"] == 4 and "knn" not in rows["scratch_ef"]
-    assert "finetune_top1" not in rows["random_init"] and rows["random_init"]["knn"] == 52.72
+    conmim = rows["conmim"]
+    assert conmim["finetune"]["F=5/10"]["top1"] == 60.25
+    assert conmim["finetune"]["F=1/all"]["recipe"]["epochs"] == "15   <- flag"
+    assert conmim["probes"]["all"] == {"linear": 48.72, "knn": 52.72, "student_linear": 48.72,
+                                       "student_knn": 52.72}
+    assert set(conmim["probes"]) == {"10", "all"}
+    assert rows["raw_pixels"]["probes"]["10"]["linear"] == 80.0
+    assert not rows["raw_pixels"]["finetune"] and not rows["scratch"]["probes"]
     out = capsys.readouterr().out
-    assert "ConMIM E + fine-tune F" in out and "random init, frozen probes only" in out
+    assert "ConMIM E + fine-tune" in out and "raw pixels, probes only" in out
+    assert "10/class" in out and "48.72 / 52.72" in out
     assert os.path.isfile(os.path.join(tmp_path, "results.png"))
 
-    calls.clear()  # --resume: rows already there are kept, only the new one runs
-    bench.main([*argv, "--rows", "conmim,scratch_ef,no_momentum,random_init,scratch_f", "--resume"])
-    assert [c[0] for c in calls] == ["recipes/finetune.py"]
+    calls.clear()  # --resume: cells already there are kept, only the new row runs
+    bench.main([*argv, "--rows", "conmim,scratch,scratch_ef,no_momentum,random_init,raw_pixels,"
+                "pixel", "--resume"])
+    assert [c[0] for c in calls] == ["recipes/pretrain.py", "recipes/linear_probe.py",
+                                     "recipes/finetune.py", "recipes/finetune.py",
+                                     "recipes/finetune.py"]
+    assert all("pixel" in _flag(c, "--encoder") for c in calls[2:])
+    assert "--no-resume" not in calls[0]  # a stopped pre-training continues from its checkpoint
+    calls.clear()  # a cell lost from results.json is run again, alone
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        report = json.load(f)
+    del report["rows"][0]["finetune"]["F=5/all"]
+    report["complete"] = False
+    with open(os.path.join(tmp_path, "results.json"), "w") as f:
+        json.dump(report, f)
+    bench.main([*argv, "--rows", "conmim", "--resume"])
+    assert len(calls) == 1 and _flag(calls[0], "--epochs") == "5"
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        kept = json.load(f)  # rows not asked for this time stay in the report
+    assert len(kept["rows"]) == 7 and kept["complete"]
     calls.clear()  # other settings: --resume refuses instead of mixing two runs in one table
     with pytest.raises(SystemExit):
         bench.main([*argv[:-4], "--finetune-epochs", "2", "--out", str(tmp_path), "--rows",
-                    "scratch_f", "--resume"])
+                    "scratch", "--resume"])
     assert not calls and "was made with other settings" in capsys.readouterr().err
     bench.main(["--report", "--out", str(tmp_path)])
-    assert "from scratch, F epochs" in capsys.readouterr().out
+    assert "from scratch (own recipe)" in capsys.readouterr().out

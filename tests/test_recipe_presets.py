@@ -153,17 +153,35 @@ def test_center_resize_pads_without_scaling():
     assert source.batch(np.arange(2)).shape == (2, 32, 32, 1)
 
 
-def test_finetune_takes_the_preset_recipe_unless_a_flag_overrides():
+def test_finetune_takes_the_preset_recipe_unless_a_flag_overrides(tmp_path):
     from recipes import finetune
 
-    args = finetune.parse_args(["--from-scratch", "--preset", "vit_base_p16_224", "--lr", "1e-3"])
+    args = finetune.parse_args(["--from-scratch", "--preset", "vit_base_p16_224", "--lr", "1e-3",
+                                "--fixed-recipe"])
     text = finetune.apply_recipe(args, "vit_base_p16_224")
-    assert (args.epochs, args.batch_size, args.warmup_epochs, args.layer_decay) == (100, 1024, 20, 0.65)
+    # from random init: the preset's own recipe (DeiT's), no layer decay
+    assert (args.epochs, args.batch_size, args.warmup_epochs, args.layer_decay) == (300, 1024, 5, 1.0)
     assert (args.mixup, args.cutmix, args.drop_path, args.label_smoothing) == (0.8, 1.0, 0.1, 0.1)
     assert args.lr == 1e-3 and "lr                   0.001   <- flag" in text
+    assert text.startswith("from-scratch recipe (vit_base_p16_224, as written)")
+    path = os.path.join(tmp_path, "enc.keras")
+    kc.ViT.from_preset("vit_mini_p4_28").save(path)
+    args = finetune.parse_args(["--encoder", path, "--fixed-recipe"])
+    finetune.apply_recipe(args, "vit_base_p16_224")  # pre-trained: the release's recipe
+    assert (args.epochs, args.batch_size, args.warmup_epochs, args.layer_decay) == (100, 1024, 20, 0.65)
     vit = kc.ViT.from_preset("vit_mini_p4_28")
     assert finetune.preset_for(vit.get_config()) == "vit_mini_p4_28"
     assert finetune.preset_for({**vit.get_config(), "hidden_dim": 64}) is None
     args = finetune.parse_args(["--from-scratch", "--preset", "vit_mini_p4_28"])
     assert "no preset matches" in finetune.apply_recipe(args, None)
-    assert args.epochs == kc.PRESETS["vit_mini_p4_28"]["finetune"]["epochs"]
+    assert args.epochs == kc.PRESETS["vit_mini_p4_28"]["scratch"]["epochs"]
+
+
+def test_every_preset_has_finetune_and_scratch_recipes():
+    from recipes import finetune
+
+    for name, preset in kc.PRESETS.items():
+        for kind in ("finetune", "scratch"):
+            assert set(preset[kind]) == set(finetune.FINETUNE_KEYS), (name, kind)
+        assert preset["scratch"]["layer_decay"] == 1.0, name  # nothing pre-trained to keep
+        assert preset["finetune"]["layer_decay"] < 1.0, name

@@ -92,6 +92,46 @@ class ImageSource:
     def steps_per_epoch(self, batch_size):
         return len(self) // batch_size
 
+    def subset(self, indices):
+        """A new `ImageSource` holding only `indices` (images or paths, and
+        their labels), in that order."""
+        indices = np.asarray(indices, "int64")
+        images = self.images[indices] if self.images is not None else None
+        paths = [self.paths[i] for i in indices] if self.paths is not None else None
+        labels = self.labels[indices] if self.labels is not None else None
+        return ImageSource(self.image_size, images=images, paths=paths, labels=labels,
+                           resize=self.resize, channels=self.channels,
+                           class_names=self.class_names)
+
+    def labelled_subset(self, per_class, seed=0):
+        """`subset(class_balanced_indices(labels, per_class, seed))`: the
+        few-label split of a semi-supervised evaluation."""
+        if self.labels is None:
+            raise ValueError("This source has no labels: a labelled subset needs them.")
+        return self.subset(class_balanced_indices(self.labels, per_class, seed))
+
+
+def class_balanced_indices(labels, per_class, seed=0):
+    """`per_class` indices of every class in `labels`, drawn without
+    replacement from (seed) alone, sorted. The same (labels, per_class, seed)
+    always give the same subset, on every backend and machine.
+
+    Raises `ValueError` naming the class when one has fewer than `per_class`
+    examples."""
+    labels = np.asarray(labels).astype("int64")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, received {per_class}.")
+    classes, counts = np.unique(labels, return_counts=True)
+    short = [(int(c), int(n)) for c, n in zip(classes, counts) if n < per_class]
+    if short:
+        raise ValueError(
+            f"{per_class} labels per class asked for, but class(es) "
+            + ", ".join(f"{c} ({n} images)" for c, n in short)
+            + f" have fewer. Use at most {int(counts.min())} per class.")
+    rng = np.random.default_rng([seed, per_class])
+    chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
+    return np.sort(np.concatenate(chosen))
+
     def dataset(self, batch_size, seed=0, start_step=0, shuffle=True, backend="auto",
                 prefetch=4, workers=2):
         """Endless uint8 batches from global step `start_step` on.

@@ -1,0 +1,89 @@
+"""Fine-tuning recipes that follow the run's budget: its length and how
+many labelled images it has.
+
+A preset's fine-tuning recipe (`PRESETS[name]["finetune"]`, or `["scratch"]`
+for a random init) is written for its full schedule: the release's 100
+ImageNet epochs, or SMALL_IMAGE_FINETUNE's. `budget_recipe` adapts it to the
+run actually asked for, by fixed rules (values a user sets are never
+changed; `recipes/finetune.py` passes them in `fixed`):
+
+1. **Few labels, small batch.** The batch is at most a quarter of the
+   labelled images (at least MIN_BATCH), so an epoch has several steps; the
+   learning rate follows the batch linearly.
+2. **Few labels, enough steps.** A run shorter than `min_steps` optimizer
+   steps (MIN_STEPS unless given; 0 turns the rule off) gets more epochs
+   until it has them: 15 epochs of 100 images is 60 steps, too few for any
+   model to fit. This rule applies to a given epoch count too: it is what
+   `min_steps` is for.
+3. **Short runs, less regularisation.** MixUp / CutMix, drop path and the
+   RandAugment magnitude exist for long schedules (they slow fitting to win
+   later). They are scaled by `ramp = clip((epochs - SHORT) / (LONG - SHORT),
+   0, 1)` from 0 at SHORT epochs (passes over the labelled images) to the
+   recipe's value at LONG; RandAugment keeps at least half its magnitude.
+4. **Warm-up** is at most a fifth of the run (the release warms up 20 of 100).
+
+Pure Python: no keras import.
+"""
+
+import math
+
+SHORT_EPOCHS = 5
+LONG_EPOCHS = 50
+MIN_STEPS = 300
+MIN_BATCH = 8
+
+RULES = {
+    "batch_size": "at most a quarter of the labelled images",
+    "lr": "linear in the batch size",
+    "epochs": "at least min_steps optimizer steps",
+    "mixup": "x ramp (run length)",
+    "cutmix": "x ramp (run length)",
+    "drop_path": "x ramp (run length)",
+    "randaugment_factor": "x (0.5 + 0.5 ramp)",
+    "warmup_epochs": "at most a fifth of the run",
+}
+
+
+def ramp(epochs):
+    """0 for runs of SHORT_EPOCHS or fewer, 1 from LONG_EPOCHS, linear between."""
+    return min(1.0, max(0.0, (epochs - SHORT_EPOCHS) / (LONG_EPOCHS - SHORT_EPOCHS)))
+
+
+def budget_recipe(recipe, num_labelled, fixed=(), min_steps=MIN_STEPS, steps_per_epoch=None):
+    """`recipe` (a dict with the FINETUNE keys, `epochs` = the run's length)
+    scaled to a run on `num_labelled` images.
+
+    Returns `(scaled, changes)`: the new dict and `{key: rule}` for every
+    value a rule changed. Keys in `fixed` are left as given (except `epochs`,
+    raised to `min_steps` steps). `steps_per_epoch`: the run's, when it is not
+    one pass over the labelled images.
+    """
+    if num_labelled < 1:
+        raise ValueError(f"num_labelled must be >= 1, received {num_labelled}.")
+    out = dict(recipe)
+    fixed = set(fixed)
+
+    def set_value(key, value):
+        if key not in fixed and value != out[key]:
+            out[key] = value
+
+    batch = max(MIN_BATCH, num_labelled // 4)
+    if out["batch_size"] > batch and "batch_size" not in fixed:
+        if "lr" not in fixed:
+            out["lr"] = out["lr"] * batch / out["batch_size"]
+        out["batch_size"] = batch
+    if out["batch_size"] > num_labelled:
+        raise ValueError(
+            f"batch_size={out['batch_size']} is larger than the {num_labelled} labelled images: "
+            "pass a smaller --batch-size or more --labels-per-class.")
+    steps_per_epoch = steps_per_epoch or num_labelled // out["batch_size"]
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, received {min_steps}.")
+    out["epochs"] = max(out["epochs"], math.ceil(min_steps / steps_per_epoch))
+    r = ramp(out["epochs"])
+    for key in ("mixup", "cutmix", "drop_path"):
+        set_value(key, round(recipe[key] * r, 4))
+    set_value("randaugment_factor", round(recipe["randaugment_factor"] * (0.5 + 0.5 * r), 4))
+    set_value("warmup_epochs", min(recipe["warmup_epochs"], round(out["epochs"] / 5, 4)))
+    changes = {k: RULES[k] for k in out if out[k] != recipe[k]}
+    return out, changes

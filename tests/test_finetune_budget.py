@@ -1,0 +1,103 @@
+"""The fine-tuning recipe's scaling rules (keras_conmim.finetune_budget), the
+class-balanced label subset, and recipes/finetune.py's use of both."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_conmim as kc
+from keras_conmim import finetune_budget as fb
+from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
+
+RELEASE = kc.PRESETS["vit_base_p16_224"]["finetune"]
+SMALL = kc.PRESETS["vit_mini_p4_28"]["finetune"]
+
+
+def test_a_long_run_on_many_labels_keeps_the_recipe():
+    scaled, changes = fb.budget_recipe(RELEASE, num_labelled=1_281_167)
+    assert scaled == RELEASE and changes == {}  # the release's own run: nothing to scale
+
+
+def test_short_runs_drop_the_long_schedule_regularisers():
+    one = dict(SMALL, epochs=1)
+    scaled, changes = fb.budget_recipe(one, num_labelled=60_000)
+    assert (scaled["mixup"], scaled["cutmix"], scaled["drop_path"]) == (0, 0, 0)
+    assert scaled["randaugment_factor"] == SMALL["randaugment_factor"] / 2
+    assert scaled["warmup_epochs"] == 0.2  # a fifth of the run
+    assert (scaled["batch_size"], scaled["lr"], scaled["epochs"]) == (64, SMALL["lr"], 1)
+    assert set(changes) == {"mixup", "cutmix", "drop_path", "randaugment_factor", "warmup_epochs"}
+    # halfway along the ramp: half the values
+    mid = (fb.SHORT_EPOCHS + fb.LONG_EPOCHS) / 2
+    scaled, _ = fb.budget_recipe(dict(SMALL, epochs=mid), num_labelled=60_000)
+    assert scaled["mixup"] == pytest.approx(SMALL["mixup"] / 2)
+    assert scaled["randaugment_factor"] == pytest.approx(SMALL["randaugment_factor"] * 0.75)
+    assert fb.ramp(fb.SHORT_EPOCHS) == 0 and fb.ramp(fb.LONG_EPOCHS) == fb.ramp(1000) == 1
+
+
+def test_few_labels_get_a_small_batch_and_enough_steps():
+    scaled, changes = fb.budget_recipe(dict(SMALL, epochs=15), num_labelled=100)
+    assert scaled["batch_size"] == 25 and scaled["lr"] == pytest.approx(SMALL["lr"] * 25 / 64)
+    assert scaled["epochs"] == 75 and 75 * (100 // 25) >= fb.MIN_STEPS  # 300 steps
+    assert scaled["mixup"] == SMALL["mixup"]  # 75 passes: a long run, full regularisation
+    assert changes["epochs"] == fb.RULES["epochs"]
+    scaled, _ = fb.budget_recipe(dict(SMALL, epochs=15), num_labelled=1000)
+    assert scaled["batch_size"] == 64 and scaled["epochs"] == 20  # 15 steps/epoch -> 300
+    scaled, _ = fb.budget_recipe(dict(SMALL, epochs=15), num_labelled=100, min_steps=0)
+    assert scaled["epochs"] == 15  # the rule off
+    scaled, _ = fb.budget_recipe(dict(SMALL, epochs=1), num_labelled=100, min_steps=100,
+                                 steps_per_epoch=2)
+    assert scaled["epochs"] == 50  # a run of 2 steps per epoch (e.g. --steps-per-epoch)
+    assert fb.budget_recipe(SMALL, num_labelled=10)[0]["batch_size"] == fb.MIN_BATCH
+
+
+def test_fixed_values_are_never_scaled_and_bad_budgets_fail():
+    scaled, changes = fb.budget_recipe(dict(SMALL, epochs=1), num_labelled=100,
+                                       fixed={"mixup", "batch_size", "lr", "epochs"})
+    assert scaled["mixup"] == SMALL["mixup"] and scaled["batch_size"] == 64
+    assert scaled["lr"] == SMALL["lr"] and "mixup" not in changes
+    assert scaled["epochs"] == 300  # min_steps still applies to a given epoch count
+    with pytest.raises(ValueError, match="larger than the 50 labelled images"):
+        fb.budget_recipe(dict(SMALL, batch_size=64), num_labelled=50, fixed={"batch_size"})
+    with pytest.raises(ValueError, match="num_labelled"):
+        fb.budget_recipe(SMALL, num_labelled=0)
+    with pytest.raises(ValueError, match="min_steps"):
+        fb.budget_recipe(SMALL, num_labelled=100, min_steps=-1)
+
+
+def test_label_subset_is_class_balanced_seeded_and_reproducible():
+    labels = np.repeat(np.arange(10), 40)[np.random.default_rng(3).permutation(400)]
+    a = kc.data.class_balanced_indices(labels, 7, seed=0)
+    assert np.array_equal(a, kc.data.class_balanced_indices(labels, 7, seed=0))
+    assert not np.array_equal(a, kc.data.class_balanced_indices(labels, 7, seed=1))
+    assert len(np.unique(a)) == 70 and np.all(np.bincount(labels[a]) == 7)
+    # a larger subset is drawn afresh, not a superset by accident of the seed stream
+    assert np.all(np.bincount(labels[kc.data.class_balanced_indices(labels, 40)]) == 40)
+    with pytest.raises(ValueError, match=r"class\(es\) 3 \(5 images\).*at most 5 per class"):
+        kc.data.class_balanced_indices(np.concatenate([labels[labels != 3], [3] * 5]), 6)
+    source = kc.data.load_default("train")
+    subset = source.labelled_subset(10, seed=0)
+    assert len(subset) == 100 and np.all(np.bincount(subset.labels) == 10)
+    index = kc.data.class_balanced_indices(source.labels, 10, seed=0)
+    np.testing.assert_array_equal(subset.images, source.images[index])
+    with pytest.raises(ValueError, match="no labels"):
+        kc.data.from_arrays(source.images[:4]).labelled_subset(1)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="recipe plumbing (which images, which recipe values); the model "
+                    "computation is the same on every backend and tested there. Run once, on torch")
+def test_finetune_recipe_on_a_labelled_subset(tmp_path, capsys):
+    from recipes import finetune
+
+    out = os.path.join(tmp_path, "cls.keras")
+    argv = ["--backend", "torch", "--from-scratch", "--preset", "vit_mini_p4_28",
+            "--labels-per-class", "8", "--epochs", "1", "--output", out]
+    finetune.main([*argv, "--min-steps", "3"])
+    text = capsys.readouterr().out
+    assert "train=80 (8 per class)" in text and "steps/epoch=4" in text  # batch 80 // 4 = 20
+    assert "batch_size           20   <- scaled" in text and "epochs=1 " in text
+    assert "layer_decay          1.0\n" in text  # the from-scratch recipe
+    with pytest.raises(SystemExit, match="at most 400 per class"):
+        finetune.main([*argv[:-2], "--labels-per-class", "401", "--output", out])
