@@ -10,6 +10,8 @@ import math
 import keras
 from keras import ops
 
+from keras_conmim.distribute import global_batch_uniform
+
 from keras_conmim.layers import PACKAGE, SeedStateMixin
 
 
@@ -80,7 +82,7 @@ class RandomUnitMasking(_MaskGenerator):
 
     def sample(self, batch_size, seed=None):
         seed = self.seed_generator if seed is None else seed
-        noise = keras.random.uniform((batch_size, self.num_units), seed=seed)
+        noise = global_batch_uniform((batch_size, self.num_units), seed=seed)
         # Rank of each unit's noise: the k lowest are masked -> exactly k units.
         ranks = ops.argsort(ops.argsort(noise, axis=-1), axis=-1)
         units = ops.cast(ranks < self.num_masked_units, "int32")
@@ -145,7 +147,7 @@ class BlockMasking(_MaskGenerator):
         seed = self.seed_generator if seed is None else seed
         gh, gw = self.grid_size
         target = float(self.num_masked)
-        rand = keras.random.uniform((self.num_attempts, batch_size, 4), seed=seed)
+        rand = global_batch_uniform((self.num_attempts, batch_size, 4), seed=seed, batch_axis=1)
         rows = ops.reshape(ops.arange(gh, dtype="float32"), (1, gh, 1))
         cols = ops.reshape(ops.arange(gw, dtype="float32"), (1, 1, gw))
         log_lo, log_hi = math.log(self.min_aspect), -math.log(self.min_aspect)

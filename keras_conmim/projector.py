@@ -3,13 +3,16 @@
 import keras
 from keras import ops
 
+from keras_conmim.distribute import cross_replica_mean
 from keras_conmim.layers import PACKAGE, trunc_normal
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TokenBatchNorm(keras.layers.Layer):
     """BatchNorm over every axis but the last, with batch statistics whenever
-    `training=True` -- also when the layer is frozen.
+    `training=True` -- also when the layer is frozen. Under data parallelism
+    the statistics are the global batch's (SyncBN; see
+    `keras_conmim.distribute`).
 
     Keras' `BatchNormalization` switches to moving statistics once its layer
     is non-trainable; the EMA teacher is non-trainable yet must normalise with
@@ -43,9 +46,12 @@ class TokenBatchNorm(keras.layers.Layer):
     def call(self, x, training=None):
         x32 = ops.cast(x, "float32")
         if training:
+            # Statistics of the global batch: under tf.distribute each
+            # replica's are averaged (SyncBN, keras_conmim.distribute); JAX
+            # computes them over the global array anyway.
             axes = tuple(range(len(x.shape) - 1))
-            mean = ops.mean(x32, axis=axes)
-            variance = ops.mean(ops.square(x32 - mean), axis=axes)
+            mean = cross_replica_mean(ops.mean(x32, axis=axes))
+            variance = cross_replica_mean(ops.mean(ops.square(x32 - mean), axis=axes))
             m = self.momentum
             # PyTorch tracks the unbiased variance; the difference is tiny at
             # B * tokens samples, and Keras' own BN tracks the biased one.

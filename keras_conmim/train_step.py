@@ -58,11 +58,15 @@ def _stateful_update(model, grads, outputs):
 if BACKEND == "tensorflow":
     import tensorflow as tf
 
+    from keras_conmim.distribute import loss_scale
+
     def train_step(model, data):
         images = _images(data)
         with tf.GradientTape() as tape:
             outputs = model.pretext_outputs(images, training=True)
-            loss = model.optimizer.scale_loss(outputs["loss"])
+            # Under tf.distribute the optimizer sums the replicas' gradients:
+            # each replica's mean loss counts 1 / replicas of the global mean.
+            loss = model.optimizer.scale_loss(outputs["loss"] * loss_scale())
         grads = tape.gradient(loss, model.trainable_variables)
         return _stateful_update(model, grads, outputs)
 

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_conmim.distribute import global_batch_uniform
+
 from keras_conmim.layers import PACKAGE, SeedStateMixin
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -192,7 +194,7 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
         """Random resized crop + flip of float images in [0, 1]."""
         b = ops.shape(images)[0]
         in_h, in_w = images.shape[1], images.shape[2]
-        u = keras.random.uniform((b, 5), seed=seed)
+        u = global_batch_uniform((b, 5), seed=seed)
         area = self.crop_scale[0] + u[:, 0] * (self.crop_scale[1] - self.crop_scale[0])
         log_r = math.log(self.crop_ratio[0]) + u[:, 1] * (
             math.log(self.crop_ratio[1]) - math.log(self.crop_ratio[0]))
@@ -215,7 +217,7 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
         """The teacher's perturbations on float images in [0, 1]."""
         b = ops.shape(x)[0]
         rgb = x.shape[-1] == 3
-        u = keras.random.uniform((b, 10), seed=seed)
+        u = global_batch_uniform((b, 10), seed=seed)
         col = lambda i: ops.reshape(u[:, i], (-1, 1, 1, 1))  # noqa: E731
         jitter = col(0) < self.jitter_prob
 

@@ -7,6 +7,7 @@ Both walk the same seeded order: epoch e is permutation (seed, e), so a run
 resumed at step s sees exactly the batches an uninterrupted run would.
 """
 
+import functools
 import os
 import warnings
 
@@ -76,6 +77,17 @@ class ImageSource:
         order = self.order(seed, epoch) if shuffle else np.arange(len(self))
         return order[i * batch_size: (i + 1) * batch_size]
 
+    def shard_indices(self, batch_size, seed, step, shuffle=True, num_shards=1, shard_index=0):
+        """This host's rows of global batch `step`: the global batch is
+        `batch_size * num_shards` images (`batch_indices`), host
+        `shard_index` reads rows `[shard_index * batch_size, ...)`. The hosts
+        together read exactly the one-host batch, so a run does not depend
+        on its host count."""
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index {shard_index} is not in [0, {num_shards}).")
+        rows = self.batch_indices(batch_size * num_shards, seed, step, shuffle)
+        return rows[shard_index * batch_size: (shard_index + 1) * batch_size]
+
     def batch(self, indices):
         """Stack a batch; an undecodable file is replaced by the next good one."""
         if self.images is not None:
@@ -111,6 +123,30 @@ class ImageSource:
         return self.subset(class_balanced_indices(self.labels, per_class, seed))
 
 
+    def dataset(self, batch_size, seed=0, start_step=0, shuffle=True, backend="auto",
+                prefetch=4, workers=2, num_shards=1, shard_index=0):
+        """Endless uint8 batches from global step `start_step` on.
+
+        `backend`: `"tf"` (tf.data), `"numpy"` (PyDataset) or `"auto"`
+        (tf.data when TensorFlow imports). Pass `steps_per_epoch` to fit.
+        Multi-host: `batch_size` is this host's share and `num_shards` /
+        `shard_index` the host count / index (`distribute.Plan.shard()`);
+        each host reads only its rows (`shard_indices`).
+        """
+        if num_shards > 1 and len(self) // (batch_size * num_shards) < 1:
+            raise ValueError(f"A global batch of {batch_size} x {num_shards} hosts is larger "
+                             f"than the {len(self)} images in the source.")
+        indices = functools.partial(self.shard_indices, batch_size, seed, shuffle=shuffle,
+                                    num_shards=num_shards, shard_index=shard_index)
+        if backend == "auto":
+            backend = "tf" if _has_tensorflow() else "numpy"
+        if backend == "tf":
+            return _tf_dataset(self, batch_size, indices, start_step, prefetch)
+        if backend == "numpy":
+            return UInt8Batches(self, batch_size, indices, start_step, workers)
+        raise ValueError(f"backend must be 'auto', 'tf' or 'numpy', received {backend!r}.")
+
+
 def class_balanced_indices(labels, per_class, seed=0):
     """`per_class` indices of every class in `labels`, drawn without
     replacement from (seed) alone, sorted. The same (labels, per_class, seed)
@@ -132,21 +168,6 @@ def class_balanced_indices(labels, per_class, seed=0):
     chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
     return np.sort(np.concatenate(chosen))
 
-    def dataset(self, batch_size, seed=0, start_step=0, shuffle=True, backend="auto",
-                prefetch=4, workers=2):
-        """Endless uint8 batches from global step `start_step` on.
-
-        `backend`: `"tf"` (tf.data), `"numpy"` (PyDataset) or `"auto"`
-        (tf.data when TensorFlow imports). Pass `steps_per_epoch` to fit.
-        """
-        if backend == "auto":
-            backend = "tf" if _has_tensorflow() else "numpy"
-        if backend == "tf":
-            return _tf_dataset(self, batch_size, seed, start_step, shuffle, prefetch)
-        if backend == "numpy":
-            return UInt8Batches(self, batch_size, seed, start_step, shuffle, workers)
-        raise ValueError(f"backend must be 'auto', 'tf' or 'numpy', received {backend!r}.")
-
 
 def _has_tensorflow():
     try:
@@ -156,7 +177,7 @@ def _has_tensorflow():
     return True
 
 
-def _tf_dataset(source, batch_size, seed, start_step, shuffle, prefetch):
+def _tf_dataset(source, batch_size, indices, start_step, prefetch):
     import tensorflow as tf
 
     h, w = source.image_size
@@ -167,13 +188,13 @@ def _tf_dataset(source, batch_size, seed, start_step, shuffle, prefetch):
 
         def gather(step):
             idx = tf.numpy_function(
-                lambda s: source.batch_indices(batch_size, seed, int(s), shuffle).astype("int64"),
+                lambda s: indices(int(s)).astype("int64"),
                 [step], tf.int64)
             return tf.reshape(tf.gather(images, idx), (batch_size, h, w, c))
     else:
         def gather(step):
             batch = tf.numpy_function(
-                lambda s: source.batch(source.batch_indices(batch_size, seed, int(s), shuffle)),
+                lambda s: source.batch(indices(int(s))),
                 [step], tf.uint8)
             return tf.reshape(batch, (batch_size, h, w, c))
 
@@ -185,7 +206,7 @@ class UInt8Batches:
     """Numpy-only endless batches as a `keras.utils.PyDataset` (built lazily
     so that importing this module does not import keras)."""
 
-    def __new__(cls, source, batch_size, seed, start_step, shuffle, workers):
+    def __new__(cls, source, batch_size, indices, start_step, workers):
         import keras
 
         class _Batches(keras.utils.PyDataset):
@@ -199,7 +220,7 @@ class UInt8Batches:
 
             def __getitem__(self, i):
                 step = start_step + i
-                return (source.batch(source.batch_indices(batch_size, seed, step, shuffle)),)
+                return (source.batch(indices(step)),)
 
         return _Batches()
 
