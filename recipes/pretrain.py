@@ -27,6 +27,7 @@ BACKENDS = ("jax", "tensorflow", "torch")
 MASKS = ("random", "block")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 RESIZE_POLICIES = ("crop", "pad", "center")
+DISTRIBUTE_MODES = ("auto", "none", "data_parallel")
 # PairedViews arguments a recipe's `views` may set (crop scale and symmetry
 # have their own options).
 VIEW_ARGS = ("crop_ratio", "flip_prob", "interpolation", "jitter_prob", "brightness", "contrast",
@@ -64,6 +65,9 @@ OPTIONS = {
     "crop_scale_min": (float, RECIPE, "smallest random-resized-crop area fraction"),
     "views": (dict, RECIPE, "PairedViews arguments (config file only): view strengths"),
     "precision": (str, "float32", f"one of {', '.join(PRECISIONS)}"),
+    "distribute": (str, "auto", "auto | none | data_parallel: spread the global batch over "
+                   "every device (JAX: keras.distribution, also multi-host; TensorFlow: "
+                   "tf.distribute); auto: all devices when there are several"),
     "output": (str, os.path.join(ROOT, "saved_models"), "run directory"),
     "keep_checkpoints": (int, 3, "how many checkpoints to keep"),
     "checkpoint_every": (int, None, "also checkpoint every N steps (default: epoch ends)"),
@@ -182,6 +186,10 @@ def validate(config):
     choice("backend", BACKENDS)
     choice("mask", MASKS)
     choice("precision", PRECISIONS)
+    choice("distribute", DISTRIBUTE_MODES)
+    if config["distribute"] == "data_parallel" and config["backend"] == "torch":
+        errors.append("distribute=data_parallel: not on torch (Keras 3's torch trainer has no "
+                      "multi-device fit); use --backend jax or tensorflow, or --distribute none")
     choice("objective", ("contrast", "pixel"))
     if config["position_embedding"] is not None:
         choice("position_embedding", ("relative", "absolute", "sincos"))
@@ -290,13 +298,24 @@ def main(argv=None):
     from keras_conmim.data import parse_data_spec
     from keras_conmim.saving import save_atomic
 
+    from keras_conmim import distribute
+
     print(describe_recipe(config, sources), flush=True)
     print("resolved config:\n" + json.dumps(config, indent=2), flush=True)
+    batch = config["batch_size"]
+    try:  # device count and batch split: checked before anything compiles
+        plan = distribute.data_parallel(config["distribute"])
+        plan.check_batch(batch)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(f"devices: {plan.describe(batch)}", flush=True)
+    chief = plan.is_chief  # only one process writes files
     output = config["output"]
     ckpt_dir = os.path.join(output, "checkpoints")
-    os.makedirs(ckpt_dir, exist_ok=True)
-    with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump({**config, "recipe_sources": sources}, f, indent=2)
+    if chief:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        with open(os.path.join(output, "config.json"), "w") as f:
+            json.dump({**config, "recipe_sources": sources}, f, indent=2)
 
     keras.utils.set_random_seed(config["seed"])
     keras.config.set_dtype_policy(config["precision"])
@@ -306,34 +325,37 @@ def main(argv=None):
 
     source = parse_data_spec(config["data"], size, "rgb" if channels == 3 else "gray",
                              resize=config["resize"])
-    batch = config["batch_size"]
     steps = config["steps_per_epoch"] or source.steps_per_epoch(batch)
     if steps < 1:
         raise SystemExit(f"error: batch_size={batch} is larger than the {len(source)} images.")
 
-    model, path = (cb.load_latest_checkpoint(ckpt_dir) if resume else (None, None))
-    if model is None:
-        model = build_model(config, steps)
-        done = 0
-    else:
-        done = int(keras.ops.convert_to_numpy(model.step_counter))
-        print(f"resuming from {path} at step {done}", flush=True)
+    with plan.scope():
+        model, path = (cb.load_latest_checkpoint(ckpt_dir) if resume else (None, None))
+        if model is None:
+            model = build_model(config, steps)
+            done = 0
+        else:
+            done = int(keras.ops.convert_to_numpy(model.step_counter))
+            print(f"resuming from {path} at step {done}", flush=True)
 
     checkpointer = cb.Checkpointer(ckpt_dir, keep=config["keep_checkpoints"],
-                                   every_n_steps=config["checkpoint_every"])
+                                   every_n_steps=config["checkpoint_every"]) if chief else None
     scalars = cb.TrainingScalars(batch)
-    callbacks = [cb.NaNGuard(checkpointer), scalars, checkpointer,
-                 keras.callbacks.CSVLogger(os.path.join(output, "log.csv"), append=done > 0),
-                 cb.ViewGrid(source.batch(np.arange(min(8, len(source)))), os.path.join(output, "views"),
-                             every_n_epochs=config["view_grid_every"],
-                             log_dir=os.path.join(output, "tensorboard"))]
-    try:
-        import tensorboard  # noqa: F401
-        import tensorflow  # noqa: F401  (TensorBoard writes through tf.summary)
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard")))
-    except ImportError:
-        print("TensorFlow/TensorBoard not installed: no TensorBoard logs "
-              "(log.csv has the same scalars)")
+    callbacks = [cb.NaNGuard(checkpointer), scalars]
+    if chief:
+        callbacks += [checkpointer,
+                      keras.callbacks.CSVLogger(os.path.join(output, "log.csv"), append=done > 0),
+                      cb.ViewGrid(source.batch(np.arange(min(8, len(source)))),
+                                  os.path.join(output, "views"),
+                                  every_n_epochs=config["view_grid_every"],
+                                  log_dir=os.path.join(output, "tensorboard"))]
+        try:
+            import tensorboard  # noqa: F401
+            import tensorflow  # noqa: F401  (TensorBoard writes through tf.summary)
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard")))
+        except ImportError:
+            print("TensorFlow/TensorBoard not installed: no TensorBoard logs "
+                  "(log.csv has the same scalars)")
 
     print(f"ConMIM pre-training: backend={config['backend']} preset={config['preset']} "
           f"mask={config['mask']} precision={config['precision']} images={len(source)} "
@@ -345,7 +367,8 @@ def main(argv=None):
         while epoch < config["epochs"]:
             run_steps = steps - offset
             part = model.fit(
-                source.dataset(batch, seed=config["seed"], start_step=done),
+                source.dataset(plan.per_host_batch(batch), seed=config["seed"], start_step=done,
+                               **plan.shard()),
                 epochs=config["epochs"] if offset == 0 else epoch + 1,
                 initial_epoch=epoch, steps_per_epoch=run_steps,
                 callbacks=callbacks, shuffle=False, verbose=1)
@@ -360,7 +383,8 @@ def main(argv=None):
 
     for name, obj in (("conmim", model), ("teacher_encoder", model.teacher_encoder),
                       ("student_encoder", model.encoder)):
-        save_atomic(obj, os.path.join(output, f"{name}.keras"))
+        if chief:
+            save_atomic(obj, os.path.join(output, f"{name}.keras"))
     rate = history.get("images_per_second", [float("nan")])[-1]
     loss = history["loss"][-1] if history else float("nan")
     acc = history["lookup_accuracy"][-1] if history else float("nan")

@@ -1,0 +1,142 @@
+"""Data parallelism (keras_conmim.distribute): N devices reach what one
+device reaches with the same global batch and seed, checkpoints cross
+between the two, the recipe runs on forced host devices, and impossible
+requests fail with the numbers before anything compiles.
+
+The multi-device runs are subprocesses (tests/distributed_run.py): the device
+count is fixed before JAX / TensorFlow start."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_conmim as kc
+from keras_conmim import distribute
+from conftest import ROOT
+
+BACKEND = keras.backend.backend()
+# 4 forced host devices on JAX; TensorFlow splits the CPU into 2 logical ones.
+DEVICES = {"jax": 4, "tensorflow": 2}
+HELPER = os.path.join(ROOT, "tests", "distributed_run.py")
+
+
+def _run(devices, mode, out, *extra):
+    env = {**os.environ, "KERAS_BACKEND": BACKEND}
+    done = subprocess.run([sys.executable, HELPER, "--devices", str(devices), "--mode", mode,
+                           "--out", out, *extra],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _assert_same_state(a, b):
+    a, b = np.load(a), np.load(b)
+    assert sorted(a.files) == sorted(b.files)  # every variable, optimizer state included
+    for key in a.files:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
+
+
+@pytest.mark.skipif(BACKEND not in DEVICES, reason="torch: no multi-device fit (refusal tested below)")
+def test_data_parallel_equals_one_device_and_checkpoints_cross(tmp_path):
+    n = DEVICES[BACKEND]
+    p = lambda name: os.path.join(tmp_path, name)  # noqa: E731
+    # 5 steps each, with a checkpoint written after step 3
+    line = _run(1, "none", p("one.npz"), "--save-at", "3", "--checkpoint", p("one.keras"))
+    assert "replicas=1" in line and "step=5" in line
+    line = _run(n, "data_parallel", p("many.npz"), "--save-at", "3", "--checkpoint", p("many.keras"))
+    assert f"replicas={n} per_device={8 // n} step=5" in line
+    # student, teacher, BN statistics, seed states, step counter, optimizer
+    _assert_same_state(p("one.npz"), p("many.npz"))
+    # a checkpoint from N devices continues on one, and the other way round
+    _run(1, "none", p("one_from_many.npz"), "--resume", p("many.keras"))
+    _assert_same_state(p("one.npz"), p("one_from_many.npz"))
+    _run(n, "data_parallel", p("many_from_one.npz"), "--resume", p("one.keras"))
+    _assert_same_state(p("one.npz"), p("many_from_one.npz"))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="forced host devices are a JAX feature")
+def test_recipe_runs_data_parallel_on_forced_jax_devices(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = os.path.join(tmp_path, "run")
+    cmd = [sys.executable, os.path.join(ROOT, "recipes", "pretrain.py"), "--backend", "jax",
+           "--distribute", "data_parallel", "--epochs", "1", "--steps-per-epoch", "3",
+           "--batch-size", "8", "--output", out, "--view-grid-every", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "4 devices on 1 host(s), global batch 8 = 2 per device" in done.stdout
+    assert os.path.isfile(os.path.join(out, "teacher_encoder.keras"))
+    assert os.listdir(os.path.join(out, "checkpoints"))
+    # a global batch that does not split: the numbers, before anything compiles
+    bad = subprocess.run([*cmd[:-6], "--batch-size", "10", "--output", out + "_bad"],
+                         capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert bad.returncode != 0
+    assert "Global batch 10 does not split over 4 devices (2.5 each)" in bad.stderr
+    assert "--batch-size 8" in bad.stderr and "ConMIM pre-training:" not in bad.stdout
+
+
+def test_impossible_requests_fail_with_the_numbers():
+    if BACKEND == "torch":
+        with pytest.raises(ValueError, match="torch trainer has no multi-device"):
+            distribute.data_parallel("data_parallel")
+    else:  # this process sees one device
+        with pytest.raises(ValueError, match="asks for several devices but .* sees 1"):
+            distribute.data_parallel("data_parallel")
+    plan = distribute.data_parallel("auto")  # one device: auto is no distribution
+    assert plan.kind == "none" and plan.replicas == 1 and plan.is_chief
+    with pytest.raises(ValueError, match="distribute mode"):
+        distribute.data_parallel("ddp")
+    with pytest.raises(ValueError, match=r"Global batch 100 does not split over 8 devices \(12.5"):
+        distribute.Plan("jax_data_parallel", replicas=8).check_batch(100)
+    assert distribute.Plan("jax_data_parallel", replicas=8, host=1, hosts=2).per_host_batch(64) == 32
+    assert not distribute.Plan(host=1, hosts=2).is_chief  # writes no files
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the recipe's check runs before keras is imported")
+def test_recipe_refuses_data_parallel_on_torch(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "pretrain.py"),
+                           "--backend", "torch", "--distribute", "data_parallel",
+                           "--output", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "not on torch" in done.stderr
+    assert "--backend jax or tensorflow" in done.stderr
+
+
+def test_host_shards_are_disjoint_cover_the_batch_and_resume():
+    source = kc.data.from_arrays(np.zeros((50, 4, 4, 1), "uint8"))
+    for step in (0, 3, 7):  # 7: the second epoch
+        glob = source.batch_indices(12, seed=5, step=step)
+        shards = [source.shard_indices(6, 5, step, num_shards=2, shard_index=i) for i in (0, 1)]
+        assert not set(shards[0]) & set(shards[1])
+        np.testing.assert_array_equal(np.concatenate(shards), glob)  # the one-host batch
+    with pytest.raises(ValueError, match=r"shard_index 2 is not in \[0, 2\)"):
+        source.shard_indices(6, 5, 0, num_shards=2, shard_index=2)
+    images = np.random.RandomState(0).randint(0, 256, (50, 4, 4, 1)).astype("uint8")
+    source = kc.data.from_arrays(images)
+    from keras_conmim.data.sources import _has_tensorflow
+
+    for backend in ("numpy", "tf") if _has_tensorflow() else ("numpy",):
+        ds = source.dataset(6, seed=5, backend=backend, num_shards=2, shard_index=1)
+        first = [np.asarray(b[0] if isinstance(b, tuple) else b)
+                 for b in _take(ds, 5)]
+        resumed = source.dataset(6, seed=5, start_step=3, backend=backend, num_shards=2,
+                                 shard_index=1)
+        np.testing.assert_array_equal(np.asarray(_first(resumed)), first[3])
+        np.testing.assert_array_equal(first[3], images[source.shard_indices(6, 5, 3, num_shards=2,
+                                                                            shard_index=1)])
+    with pytest.raises(ValueError, match="larger than the 50 images"):
+        source.dataset(30, num_shards=2)
+
+
+def _take(ds, n):
+    if hasattr(ds, "take"):
+        return list(ds.take(n).as_numpy_iterator())
+    return [ds[i] for i in range(n)]
+
+
+def _first(ds):
+    b = _take(ds, 1)[0]
+    return b[0] if isinstance(b, tuple) else b
