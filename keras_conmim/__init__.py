@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 # Subpackages reachable as attributes (`kc.data.from_idx`, `kc.evaluation`),
 # imported on first use: kerashub / kerascv pull in KerasHub / Keras-CV, export
 # pulls in TensorFlow or ONNX tools only when called.
-SUBMODULES = ("callbacks", "classifier", "convert", "data", "downstream_metrics", "evaluation",
-              "export", "kerascv", "kerashub", "layers", "losses", "masking", "optimizers",
+SUBMODULES = ("callbacks", "classifier", "convert", "data", "distribute", "downstream_metrics",
+              "evaluation", "export", "finetune_budget", "kerascv", "kerashub", "layers", "losses", "masking", "optimizers",
               "presets", "projector", "pyramid", "resize", "saving", "train_step", "views", "vit")
 
 

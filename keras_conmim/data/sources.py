@@ -29,14 +29,18 @@ class ImageSource:
     """A fixed-size collection of images and optional labels.
 
     Either in memory (`images`, uint8 `[n, H, W, C]`, already at
-    `image_size`) or on disk (`paths`, decoded per batch). Labels (int) are
-    kept for probes; pre-training ignores them.
+    `image_size`), on disk (`paths`, decoded per batch) or in a random-access
+    record store (`records`: `len()` and `[i]` -> a dict holding the image
+    under `image_key`, e.g. a TFDS ArrayRecord data source; read per batch).
+    Labels (int) are kept for probes; pre-training ignores them.
     """
 
     def __init__(self, image_size, images=None, paths=None, labels=None,
-                 resize="crop", channels="keep", class_names=None, skipped=()):
+                 resize="crop", channels="keep", class_names=None, skipped=(), records=None,
+                 image_key="image"):
         self.image_size = check_policies(image_size, resize, channels)
         self.images, self.paths = images, paths
+        self.records, self.image_key = records, image_key
         self.labels = None if labels is None else np.asarray(labels)
         self.resize, self.channels = resize, channels
         self.class_names = class_names
@@ -44,21 +48,30 @@ class ImageSource:
         self.failed_at_decode = 0
 
     def __len__(self):
-        return len(self.images) if self.images is not None else len(self.paths)
+        if self.images is not None:
+            return len(self.images)
+        return len(self.paths) if self.paths is not None else len(self.records)
 
     @property
     def num_channels(self):
         if self.images is not None:
             return self.images.shape[-1]
-        return self.load(0).shape[-1]
+        if self.channels != "keep":
+            return 3 if self.channels == "rgb" else 1
+        for index in range(len(self)):  # the first image that decodes
+            image = self.load(index)
+            if image is not None:
+                return image.shape[-1]
+        raise ValueError("None of the source's images can be decoded.")
 
     def load(self, index):
         """uint8 image `index`, at `image_size` (None if it cannot be decoded)."""
         if self.images is not None:
             return self.images[index]
         try:
-            return prepare(decode_file(self.paths[index]), self.image_size,
-                           self.resize, self.channels)
+            image = (decode_file(self.paths[index]) if self.paths is not None
+                     else np.asarray(self.records[int(index)][self.image_key]))
+            return prepare(image, self.image_size, self.resize, self.channels)
         except Exception:  # noqa: BLE001 -- any decoder failure means "skip it"
             self.failed_at_decode += 1
             return None
@@ -101,6 +114,14 @@ class ImageSource:
             out.append(image)
         return np.stack(out)
 
+    def load_or_next(self, index):
+        """Image `index`, or (skipped and counted) the next one that decodes."""
+        for offset in range(len(self)):
+            image = self.load((index + offset) % len(self))
+            if image is not None:
+                return image
+        raise ValueError("None of the source's images can be decoded.")
+
     def steps_per_epoch(self, batch_size):
         return len(self) // batch_size
 
@@ -110,6 +131,9 @@ class ImageSource:
         indices = np.asarray(indices, "int64")
         images = self.images[indices] if self.images is not None else None
         paths = [self.paths[i] for i in indices] if self.paths is not None else None
+        if self.records is not None:
+            raise ValueError("subset() of a streaming record source: read it in memory "
+                             "(from_tfds(..., streaming=False)) to take a labelled subset.")
         labels = self.labels[indices] if self.labels is not None else None
         return ImageSource(self.image_size, images=images, paths=paths, labels=labels,
                            resize=self.resize, channels=self.channels,
@@ -124,7 +148,7 @@ class ImageSource:
 
 
     def dataset(self, batch_size, seed=0, start_step=0, shuffle=True, backend="auto",
-                prefetch=4, workers=2, num_shards=1, shard_index=0):
+                prefetch=4, workers=2, num_shards=1, shard_index=0, decoder="auto"):
         """Endless uint8 batches from global step `start_step` on.
 
         `backend`: `"tf"` (tf.data), `"numpy"` (PyDataset) or `"auto"`
@@ -132,7 +156,13 @@ class ImageSource:
         Multi-host: `batch_size` is this host's share and `num_shards` /
         `shard_index` the host count / index (`distribute.Plan.shard()`);
         each host reads only its rows (`shard_indices`).
+        `decoder` (image files with `backend="tf"`): `"tf"` decodes and resizes
+        with `tf.io` / `tf.image` inside tf.data, in parallel
+        (`data.tf_decode`); `"pil"` with PIL in `tf.numpy_function`; `"auto"`:
+        tf when every file is a format tf.io reads.
         """
+        if decoder not in ("auto", "tf", "pil"):
+            raise ValueError(f"decoder must be 'auto', 'tf' or 'pil', received {decoder!r}.")
         if num_shards > 1 and len(self) // (batch_size * num_shards) < 1:
             raise ValueError(f"A global batch of {batch_size} x {num_shards} hosts is larger "
                              f"than the {len(self)} images in the source.")
@@ -141,6 +171,17 @@ class ImageSource:
         if backend == "auto":
             backend = "tf" if _has_tensorflow() else "numpy"
         if backend == "tf":
+            if self.paths is not None and decoder != "pil":
+                from keras_conmim.data import tf_decode
+
+                if tf_decode.can_decode(self.paths):
+                    return tf_decode.file_dataset(self.paths, self.image_size, self.resize,
+                                                  self.num_channels, batch_size, indices,
+                                                  start_step, prefetch, self.load_or_next)
+                if decoder == "tf":
+                    raise ValueError("decoder='tf': some files are in a format tf.io cannot "
+                                     f"decode (it reads {', '.join(tf_decode.TF_EXTENSIONS)}); "
+                                     "use decoder='pil' or 'auto'.")
             return _tf_dataset(self, batch_size, indices, start_step, prefetch)
         if backend == "numpy":
             return UInt8Batches(self, batch_size, indices, start_step, workers)
@@ -339,8 +380,18 @@ def from_directory(path, image_size, labels="inferred", resize="crop", channels=
 
 
 def from_tfds(name, split="train", data_dir=None, download=True, image_size=None,
-              resize="crop", channels="keep", image_key="image", label_key="label"):
-    """A TensorFlow Datasets split, read into memory as uint8.
+              resize="crop", channels="keep", image_key="image", label_key="label",
+              streaming="auto"):
+    """A TensorFlow Datasets split.
+
+    `streaming`: `True` reads records lazily by index from the prepared
+    ArrayRecord files (`builder.as_data_source`): nothing is held in memory,
+    any (seed, epoch) order and host shard is read directly, so resume stays
+    exact; labels are not read (pre-training needs none). `False` reads the
+    split into memory (with labels). `"auto"`: streaming when the dataset was
+    prepared as ArrayRecord, else in memory. Prepare a large dataset as
+    ArrayRecord once: `tfds.builder(name, data_dir=..., file_format=
+    "array_record").download_and_prepare()`.
 
     Offline: `download=False` with a `data_dir` where the dataset was
     prepared. Needs `tensorflow-datasets`.
@@ -349,6 +400,26 @@ def from_tfds(name, split="train", data_dir=None, download=True, image_size=None
         import tensorflow_datasets as tfds
     except ImportError as e:
         raise ImportError("from_tfds needs tensorflow-datasets: pip install tensorflow-datasets") from e
+    if streaming not in ("auto", True, False):
+        raise ValueError(f"streaming must be 'auto', True or False, received {streaming!r}.")
+    if streaming is not False:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if download:
+            builder.download_and_prepare()
+        array_record = str(builder.info.file_format).lower().endswith("array_record")
+        if array_record:
+            records = builder.as_data_source(split=split)
+            if len(records) == 0:
+                raise ValueError(f"tfds dataset {name!r} split {split!r} is empty.")
+            size = image_size or np.asarray(records[0][image_key]).shape[:2]
+            return ImageSource(size, records=records, image_key=image_key, resize=resize,
+                               channels=channels)
+        if streaming is True:
+            raise ValueError(
+                f"tfds dataset {name!r} is stored as {builder.info.file_format}, which has no "
+                "random access: prepare it as ArrayRecord (tfds.builder(name, data_dir=..., "
+                "file_format='array_record').download_and_prepare()) or pass streaming=False "
+                "to read it into memory.")
     ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
     xs, ys = [], []
     for example in tfds.as_numpy(ds):
