@@ -1,15 +1,28 @@
-"""Train-step speed per backend, and the share of it spent on views + masking.
+"""Train-step speed per backend: images/s, achieved TFLOP/s from an analytic
+FLOP count of the whole step, MFU against a peak you pass, and (optional)
+the share of the step spent on views + masking.
 
-    python bench/step_speed.py                       # all three backends
-    python bench/step_speed.py --backend jax --batch-size 128 --steps 20
+    python bench/step_speed.py                                  # all backends, CPU preset
+    python bench/step_speed.py --backend jax --precision mixed_bfloat16
+    python bench/step_speed.py --backend jax --preset vit_base_p16_224 \
+        --precision mixed_bfloat16 --batch-size 128 --peak-tflops 989   # one H100 (dense bf16)
 
 For each backend (one subprocess each, since the backend is fixed at import)
-it times `fit` over --steps steps after a warm-up fit that compiles, twice:
-the full ConMIM step (uint8 in; views, masks, both encoders, heads, loss,
-AdamW, EMA) and the same step with views and masking off (float views given,
-one fixed mask). The share is `1 - t_off / t_full`, measured in one run.
-JAX and TensorFlow run with jit_compile=True (XLA); torch runs eagerly
-(Keras' torch trainer has no XLA). Prints one line per backend.
+it times `fit` over --steps steps after a warm-up fit that compiles. JAX and
+TensorFlow run with jit_compile=True (XLA); torch runs eagerly (Keras' torch
+trainer has no XLA). `--views-share` also times the same step with views
+and masking off (float views given, one fixed mask): share = 1 - t_off / t_full.
+
+FLOP model (`step_flops`, per image; a multiply-add is 2 FLOPs; softmax,
+norms, GELU, views and EMA left out as O(T D)): with N patches of p x p x C,
+T = N + 1 tokens (CLS), width D, MLP width F, L blocks,
+    encoder forward  E = 2 N p^2 C D + L (8 T D^2 + 4 T^2 D + 4 T D F)
+    projector        H = 2 T (D h + h h + h o)      (3 linears D->h->h->o, per token)
+    logits           S = 2 N^2 o                    (each image's N x N patch logits)
+    step = 3 (E + H + S)   student forward + backward (backward = 2 x forward)
+         + (E + H)         EMA teacher forward, no gradient
+The student runs the whole sequence (mask tokens in place), as the release
+does. ViT-B/16 at 224 px (release head 4096 -> 256): 173.6 GFLOP per image per step.
 """
 
 import argparse
@@ -21,6 +34,21 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def step_flops(config, projector):
+    """FLOPs of one ConMIM train step per image (formula in the module
+    docstring). `config`: ViT arguments; `projector`: hidden_dim, output_dim."""
+    h, w, c = config["image_shape"]
+    p = config["patch_size"]
+    n = (h // p) * (w // p)
+    t = n + 1
+    d, f, layers = config["hidden_dim"], config["mlp_dim"], config["num_layers"]
+    hid, out = projector["hidden_dim"], projector["output_dim"]
+    encoder = 2 * n * p * p * c * d + layers * (8 * t * d * d + 4 * t * t * d + 4 * t * d * f)
+    head = 2 * t * (d * hid + hid * hid + hid * out)
+    logits = 2 * n * n * out
+    return 3 * (encoder + head + logits) + (encoder + head)
 
 
 def measure(args):
@@ -41,9 +69,12 @@ def measure(args):
             return self.pretext_loss(images, images, mask, training)
 
     keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(args.precision)
     rng = np.random.RandomState(0)
     results = {}
-    for name, cls in (("full", kc.ConMIM), ("views_masks_off", ViewsAndMasksOff)):
+    variants = (("full", kc.ConMIM),) + ((("views_masks_off", ViewsAndMasksOff),)
+                                         if args.views_share else ())
+    for name, cls in variants:
         model = cls.from_preset(args.preset, seed=0, total_steps=10_000)
         shape = model.encoder.image_shape
         n = args.batch_size * args.steps
@@ -60,47 +91,69 @@ def measure(args):
         start = time.perf_counter()
         model.fit(data, **fit)
         results[name] = time.perf_counter() - start
-    full, off = results["full"], results["views_masks_off"]
+    full = results["full"]
     images = args.batch_size * args.steps
-    return {
+    preset = kc.PRESETS[args.preset]
+    flops = step_flops(preset["config"], preset["projector"])
+    tflops = flops * images / full / 1e12
+    out = {
         "backend": args.backend, "preset": args.preset, "batch_size": args.batch_size,
-        "steps": args.steps, "images_per_s": images / full,
-        "images_per_s_views_masks_off": images / off,
-        "views_masks_share": 1 - off / full,
+        "precision": args.precision, "steps": args.steps, "images_per_s": images / full,
+        "gflop_per_image": flops / 1e9, "tflops": tflops,
+        "mfu": tflops / args.peak_tflops if args.peak_tflops else None,
         "jit_compile": args.backend != "torch",
     }
+    if args.views_share:
+        off = results["views_masks_off"]
+        out.update(images_per_s_views_masks_off=images / off, views_masks_share=1 - off / full)
+    return out
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=("all", "jax", "tensorflow", "torch"), default="all")
     parser.add_argument("--preset", default="vit_mini_p4_28")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--precision", default="float32",
+                        choices=("float32", "mixed_bfloat16", "mixed_float16"))
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak at this precision, for MFU (H100 SXM dense "
+                        "bf16: 989)")
+    parser.add_argument("--views-share", action="store_true",
+                        help="also time the step with views and masking off")
     parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.backend != "all":
-        print("RESULT " + json.dumps(measure(args)), flush=True)
-        return
-    rows = []
-    for backend in ("jax", "tensorflow", "torch"):
-        cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if out.returncode or not line:
-            print(f"{backend}: failed\n{out.stderr[-2000:]}")
-            continue
-        rows.append(json.loads(line[0][7:]))
+        rows = [measure(args)]
+        print("RESULT " + json.dumps(rows[0]), flush=True)
+    else:
+        rows = []
+        for backend in ("jax", "tensorflow", "torch"):
+            cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
+                   "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                   "--precision", args.precision]
+            cmd += ["--views-share"] if args.views_share else []
+            cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not line:
+                print(f"{backend}: failed\n{out.stderr[-2000:]}")
+                continue
+            rows.append(json.loads(line[0][7:]))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; preset {args.preset}, "
-          f"batch {args.batch_size}, {args.steps} timed steps")
-    print(f"{'backend':<11} {'img/s':>8} {'img/s (views+masks off)':>24} {'views+masks share':>18}")
+          f"batch {args.batch_size}, {args.precision}, {args.steps} timed steps; "
+          f"{rows[0]['gflop_per_image'] if rows else 0:.3f} GFLOP per image per step")
+    print(f"{'backend':<11} {'img/s':>9} {'TFLOP/s':>9} {'MFU':>7} {'views+masks share':>18}")
     for r in rows:
-        print(f"{r['backend']:<11} {r['images_per_s']:>8.1f} {r['images_per_s_views_masks_off']:>24.1f} "
-              f"{100 * r['views_masks_share']:>17.1f}%")
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+        share = f"{100 * r['views_masks_share']:.1f}%" if "views_masks_share" in r else "-"
+        print(f"{r['backend']:<11} {r['images_per_s']:>9.1f} {r['tflops']:>9.4f} {mfu:>7} "
+              f"{share:>18}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":
