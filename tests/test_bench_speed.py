@@ -1,0 +1,50 @@
+"""The speed benches run end to end on tiny budgets, and the FLOP model is the
+formula its docstring states (the figures themselves are printed, not tested)."""
+
+import importlib.util
+import os
+
+import keras
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="bench scripts: run once, on torch (each measures its backend in a subprocess)")
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_step_flops_of_vit_base_and_the_bench_reports_mfu(capsys):
+    speed = _script("step_speed")
+    import keras_conmim as kc
+
+    base = kc.PRESETS["vit_base_p16_224"]
+    n, t, d, f, layers, h, o = 196, 197, 768, 3072, 12, 4096, 256
+    encoder = 2 * n * 16 * 16 * 3 * d + layers * (8 * t * d * d + 4 * t * t * d + 4 * t * d * f)
+    head = 2 * t * (d * h + h * h + h * o)
+    expected = 3 * (encoder + head + 2 * n * n * o) + encoder + head
+    assert speed.step_flops(base["config"], base["projector"]) == expected
+    assert abs(expected / 1e9 - 173.6) < 0.1  # the figure the docstrings quote
+    rows = speed.main(["--backend", "torch", "--batch-size", "4", "--steps", "1",
+                       "--peak-tflops", "2", "--views-share"])
+    row = rows[0]
+    assert row["mfu"] == pytest.approx(row["tflops"] / 2)
+    assert row["tflops"] == pytest.approx(row["images_per_s"] * row["gflop_per_image"] / 1e3)
+    assert "views_masks_share" in row and "MFU" in capsys.readouterr().out
+
+
+def test_input_speed_times_both_decoders(capsys):
+    pytest.importorskip("tensorflow")
+    _script("input_speed").main(["--backend", "torch", "--skip-step", "--jpegs", "8",
+                                 "--jpeg-batch", "2"])
+    out = capsys.readouterr().out
+    for name in ("tf.io in tf.data, 1 core", "PIL in tf.data, 1 core", "PIL, numpy PyDataset"):
+        assert name in out
+    assert "cores of this machine it needs" in out and "1,728 images/s" in out
