@@ -29,13 +29,13 @@ def main(argv=None):
     if "conmim" not in rows:
         raise SystemExit("results.json has no conmim row: run bench/fashion_mnist.py with it")
     r = rows["conmim"]
+    probes = r["probes"]["all"]
     which = args.encoder
     if which == "auto":
-        teacher = (r["knn"] + r["linear"]) / 2
-        student = (r.get("student_knn", -1) + r.get("student_linear", -1)) / 2
+        teacher = (probes["knn"] + probes["linear"]) / 2
+        student = (probes.get("student_knn", -1) + probes.get("student_linear", -1)) / 2
         which = "student" if student > teacher else "teacher"
-    if which == "student":  # the card's probe columns describe the shipped encoder
-        r = {**r, "knn": r["student_knn"], "linear": r["student_linear"]}
+    prefix = "student_" if which == "student" else ""
     source = os.path.join(args.results, "conmim", "pretrain", f"{which}_encoder.keras")
     with open(os.path.join(args.results, "conmim", "pretrain", "config.json")) as f:
         config = json.load(f)
@@ -43,19 +43,30 @@ def main(argv=None):
     tmp = target + ".partial"
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-    cell = lambda row, key: f"{row[key]:.2f}" if key in row else "-"  # noqa: E731
-    others = "".join(f"| {o['label']} | {cell(o, 'finetune_top1')} | {cell(o, 'linear')} | "
-                     f"{cell(o, 'knn')} |\n" for k, o in rows.items() if k != "conmim")
-    reference = ""
-    if "random_init" in rows:
-        ref = rows["random_init"]
-        weak = r["knn"] - ref["knn"] < 1
-        reference = (f"\nRead the frozen numbers against the same encoder at random init: linear "
-                     f"{ref['linear']:.2f}, kNN {ref['knn']:.2f} ({r['linear'] - ref['linear']:+.2f} "
-                     f"and {r['knn'] - ref['knn']:+.2f} for this backbone)."
-                     + (" By kNN its features are no better than random init's: at this budget it "
-                        "is a working artefact of the pipeline, not yet a useful starting point."
-                        if weak else "") + "\n")
+
+    counts = report["labels_per_class"].split(",")
+    f_all = [k for k in r["finetune"] if k.endswith("/all")]
+    f_few = [k for k in r["finetune"] if not k.endswith("/all")]
+
+    def top1(row, key):
+        cell = row["finetune"].get(key)
+        return f"{cell['top1']:.2f}" if cell else "-"
+
+    def probe(row, n, pre=""):
+        v = row["probes"].get(n, {})
+        return f"{v[pre + 'linear']:.2f} / {v[pre + 'knn']:.2f}" if pre + "linear" in v else "-"
+
+    tuned = [o for o in rows.values() if o["finetune"]]
+    finetune_table = ("| row | " + " | ".join(f_all + f_few) + " |\n|---|"
+                      + "---|" * len(f_all + f_few) + "\n"
+                      + "".join(f"| {o['label']} | " + " | ".join(top1(o, k) for k in f_all + f_few)
+                                + " |\n" for o in tuned))
+    probe_rows = [(r["label"] + f" ({which}, shipped)", r, prefix)]
+    probe_rows += [(o["label"], o, "") for k, o in rows.items() if k != "conmim" and o["probes"]]
+    probe_table = ("| encoder | " + " | ".join(f"{n} per class" if n != "all" else "all labels"
+                                            for n in counts) + " |\n|---|" + "---|" * len(counts)
+                   + "\n" + "".join(f"| {name} | " + " | ".join(probe(o, n, pre) for n in counts)
+                                    + " |\n" for name, o, pre in probe_rows))
     card = f"""# `{NAME}`
 
 ConMIM-pre-trained `vit_mini_p4_28` encoder (28x28 gray, patch 4, width 128, 6 layers, 4 heads,
@@ -77,19 +88,14 @@ Pre-training: `{' '.join(['python', 'recipes/pretrain.py'] + [f'--{k.replace("_"
 (everything else from the preset's recipe; the run's full resolved config is below), made by
 `{report['command']}` on {report['machine']}.
 
-Results on the 10,000 Fashion-MNIST test images (from `results.json` of that run):
+Results on the 10,000 Fashion-MNIST test images, top-1 % (from `results.json` of that run).
+Fine-tuning (`recipes/finetune.py`, the benchmark's fine-tuned ConMIM row starts from the EMA
+teacher; `F=k/all`: k epochs on all labels, `F=k/n`: n labels per class):
 
-| | top-1 % |
-|---|---|
-| fine-tune {r['finetune_epochs']} epoch(s) of the teacher (`recipes/finetune.py`) | {r['finetune_top1']:.2f} |
-| linear probe (frozen, mean-pooled) | {r['linear']:.2f} |
-| kNN (k=20, cosine) | {r['knn']:.2f} |
-{reference}
-Other rows of the same run, top-1 %:
+{finetune_table}
+Frozen features (linear probe / kNN k=20), by labelled images per class:
 
-| row | fine-tune | linear | kNN |
-|---|---|---|---|
-{others}
+{probe_table}
 Resolved pre-training config:
 
 ```json

@@ -78,11 +78,15 @@ def test_ship_backbone_ships_the_encoder_with_better_probes(tmp_path):
     student.save(os.path.join(pretrain, "student_encoder.keras"))
     with open(os.path.join(pretrain, "config.json"), "w") as f:
         json.dump({"backend": "torch", "preset": "vit_mini_p4_28", "epochs": 3}, f)
-    row = {"row": "conmim", "label": "ConMIM E + fine-tune F", "pretrain_epochs": 3,
-           "finetune_epochs": 1, "finetune_top1": 80.0, "knn": 60.0, "linear": 61.0,
-           "student_knn": 65.0, "student_linear": 66.0}
-    report = {"command": "bench/fashion_mnist.py", "machine": "x86_64", "rows": [
-        row, {"row": "random_init", "label": "random init", "knn": 52.0, "linear": 44.0}]}
+    row = {"row": "conmim", "label": "ConMIM E + fine-tune", "pretrain_epochs": 3,
+           "finetune": {"F=1/all": {"top1": 80.0}, "F=1/10": {"top1": 50.0}},
+           "probes": {"all": {"knn": 60.0, "linear": 61.0, "student_knn": 65.0,
+                              "student_linear": 66.0},
+                      "10": {"knn": 30.0, "linear": 31.0, "student_knn": 35.0,
+                             "student_linear": 36.0}}}
+    report = {"command": "bench/fashion_mnist.py", "machine": "x86_64", "labels_per_class": "10,all",
+              "rows": [row, {"row": "raw_pixels", "label": "raw pixels", "finetune": {},
+                             "probes": {"all": {"knn": 85.0, "linear": 84.0}}}]}
     with open(os.path.join(tmp_path, "results", "results.json"), "w") as f:
         json.dump(report, f)
     out = os.path.join(tmp_path, "shipped")
@@ -92,6 +96,8 @@ def test_ship_backbone_ships_the_encoder_with_better_probes(tmp_path):
     assert shipped.hidden_dim == 32  # the student: better kNN and linear
     with open(os.path.join(out, "CARD.md")) as f:
         card = f.read()
-    assert "student (its frozen probes beat" in card and "| 65.00 |" in card
+    assert "student (its frozen probes beat" in card
+    assert "| 36.00 / 35.00 | 66.00 / 65.00 |" in card  # the shipped student's probes
+    assert "| raw pixels | - | 84.00 / 85.00 |" in card and "| 80.00 | 50.00 |" in card
     ship.main(["--results", os.path.join(tmp_path, "results"), "--out", out, "--encoder", "teacher"])
     assert kc.load_encoder(os.path.join(out, ship.NAME)).hidden_dim == 16
