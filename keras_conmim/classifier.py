@@ -74,6 +74,44 @@ class ViTClassifier(keras.Model):
         tokens = self.encoder(x, training=training)
         return self.head(self.fc_norm(ViT.pool(tokens, self.pooling)))
 
+    def features(self, images, batch_size=256):
+        """What the head sees, `fc_norm(pool(encoder(images)))`, for uint8
+        `images` (numpy, inference mode): float32 `[n, D]`."""
+        import numpy as np
+
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = normalize_images(images[start: start + batch_size], self.mean, self.std)
+            pooled = ViT.pool(self.encoder(x, training=False), self.pooling)
+            out.append(np.asarray(ops.convert_to_numpy(self.fc_norm(pooled)), "float32"))
+        return np.concatenate(out)
+
+    def init_head_from_probe(self, images, labels, steps=300, lr=1e-2, weight_decay=1e-4,
+                             batch_size=256, seed=0):
+        """LP-FT (Kumar et al., 2022): fit the head as a linear probe on the
+        frozen features of the labelled `images` (logistic regression, AdamW,
+        at least `steps` steps), so fine-tuning starts from the probe's
+        accuracy instead of chance and does not distort the pre-trained
+        features while a random head is learned. Returns the probe's training
+        accuracy."""
+        import numpy as np
+
+        features = self.features(images)
+        labels = np.asarray(labels).astype("int64")
+        batch = min(batch_size, len(features))
+        epochs = max(1, -(-steps * batch // len(features)))
+        keras.utils.set_random_seed(seed)
+        probe = keras.Sequential([keras.Input((features.shape[1],)),
+                                  keras.layers.Dense(self.num_classes)])
+        probe.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=weight_decay),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        history = probe.fit(features, labels, batch_size=batch, epochs=epochs, verbose=0)
+        kernel, bias = probe.layers[-1].get_weights()
+        self.head.kernel.assign(kernel)
+        self.head.bias.assign(bias)
+        return float(history.history["accuracy"][-1])
+
     def no_weight_decay_variables(self):
         return self.encoder.no_weight_decay_variables() + list(self.fc_norm.weights) + [self.head.bias]
 

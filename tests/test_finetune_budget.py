@@ -28,19 +28,19 @@ def test_short_runs_drop_the_long_schedule_regularisers():
     assert scaled["warmup_epochs"] == 0.2  # a fifth of the run
     assert (scaled["batch_size"], scaled["lr"], scaled["epochs"]) == (64, SMALL["lr"], 1)
     assert set(changes) == {"mixup", "cutmix", "drop_path", "randaugment_factor", "warmup_epochs"}
-    # halfway along the ramp: half the values
-    mid = (fb.SHORT_EPOCHS + fb.LONG_EPOCHS) / 2
-    scaled, _ = fb.budget_recipe(dict(SMALL, epochs=mid), num_labelled=60_000)
+    # halfway along the ramp (in optimizer steps): half the values
+    mid = (fb.SHORT_STEPS + fb.LONG_STEPS) // 2
+    scaled, _ = fb.budget_recipe(dict(SMALL, epochs=10), num_labelled=64 * mid // 10)
     assert scaled["mixup"] == pytest.approx(SMALL["mixup"] / 2)
     assert scaled["randaugment_factor"] == pytest.approx(SMALL["randaugment_factor"] * 0.75)
-    assert fb.ramp(fb.SHORT_EPOCHS) == 0 and fb.ramp(fb.LONG_EPOCHS) == fb.ramp(1000) == 1
+    assert fb.ramp(fb.SHORT_STEPS) == 0 and fb.ramp(fb.LONG_STEPS) == fb.ramp(10**6) == 1
 
 
 def test_few_labels_get_a_small_batch_and_enough_steps():
     scaled, changes = fb.budget_recipe(dict(SMALL, epochs=15), num_labelled=100)
     assert scaled["batch_size"] == 25 and scaled["lr"] == pytest.approx(SMALL["lr"] * 25 / 64)
     assert scaled["epochs"] == 75 and 75 * (100 // 25) >= fb.MIN_STEPS  # 300 steps
-    assert scaled["mixup"] == SMALL["mixup"]  # 75 passes: a long run, full regularisation
+    assert scaled["mixup"] == 0  # 75 passes but 300 steps: a short run, no mixing
     assert changes["epochs"] == fb.RULES["epochs"]
     scaled, _ = fb.budget_recipe(dict(SMALL, epochs=15), num_labelled=1000)
     assert scaled["batch_size"] == 64 and scaled["epochs"] == 20  # 15 steps/epoch -> 300
@@ -101,3 +101,19 @@ def test_finetune_recipe_on_a_labelled_subset(tmp_path, capsys):
     assert "layer_decay          1.0\n" in text  # the from-scratch recipe
     with pytest.raises(SystemExit, match="at most 400 per class"):
         finetune.main([*argv[:-2], "--labels-per-class", "401", "--output", out])
+
+
+def test_lp_ft_head_starts_at_the_linear_probe():
+    from keras_conmim.classifier import ViTClassifier, finetune_encoder
+    from conftest import tiny_vit, uint8_images
+
+    images = uint8_images(64, size=16)
+    labels = (images.reshape(64, -1).mean(1) > images.mean()).astype("int64")  # brightness
+    model = ViTClassifier(finetune_encoder(tiny_vit()), num_classes=2)
+    features = model.features(images)
+    assert features.shape == (64, 16)
+    train_accuracy = model.init_head_from_probe(images, labels, steps=200, lr=5e-2)
+    predicted = np.argmax(keras.ops.convert_to_numpy(model(images)), 1)
+    # the classifier now predicts what the probe learned on its features
+    assert np.mean(predicted == labels) == pytest.approx(train_accuracy, abs=1 / 64 + 1e-6)
+    assert train_accuracy > 0.6
