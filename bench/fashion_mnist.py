@@ -219,7 +219,7 @@ def main(argv=None):
                                  "--output", os.path.join(work, "classifier.keras")], log)
             entry["finetune"][key] = {"epochs": epochs, "labels": labels,
                                       "top1": percent(line, "test top-1"),
-                                      "recipe": recipe_lines(log)}
+                                      "recipe": recipe_lines(log), "head": head_line(log)}
             entry["wall_clock_s"][key] = round(seconds, 1)
             save()
             print(f"{row} {key}: {entry['finetune'][key]['top1']:.2f}", flush=True)
@@ -245,6 +245,13 @@ def recipe_lines(log):
         elif inside:
             break
     return out
+
+
+def head_line(log):
+    """How recipes/finetune.py initialised the head (its `head:` line)."""
+    with open(log) as f:
+        heads = [line[6:].strip() for line in f.read().splitlines() if line.startswith("head: ")]
+    return heads[-1] if heads else None
 
 
 def frozen_probe(args, probe_epochs, labels_flag, work, flags):

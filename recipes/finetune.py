@@ -58,9 +58,10 @@ def parse_args(argv=None):
                    "(default finetune_budget.MIN_STEPS; 0: off)")
     p.add_argument("--fixed-recipe", action="store_true",
                    help="use the preset's recipe as written, not scaled to the run")
-    p.add_argument("--head-init", choices=("small", "probe"), default="small",
-                   help="small: the release's head x0.001; probe: fit the head as a linear "
-                   "probe on the frozen features of the labelled images first (LP-FT)")
+    p.add_argument("--head-init", choices=("auto", "probe", "small"), default="auto",
+                   help="probe: fit the head as a linear probe on the frozen features of the "
+                   "labelled images first (LP-FT); small: the release's head x0.001; auto: "
+                   "probe for a pre-trained encoder, small from scratch")
     # The recipe: None = the preset's fine-tuning recipe (presets.py), printed
     # with where each value came from.
     p.add_argument("--epochs", type=int, default=None)
@@ -259,7 +260,9 @@ def main(argv=None):
     encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     model = ViTClassifier(encoder, num_classes)
-    if args.head_init == "probe":
+    head_init = args.head_init if args.head_init != "auto" else (
+        "small" if args.from_scratch else "probe")
+    if head_init == "probe":
         accuracy = model.init_head_from_probe(train.images, train.labels, seed=args.seed)
         print(f"head: linear probe on the frozen features of the {len(train)} labelled images "
               f"(LP-FT), train accuracy {100 * accuracy:.2f}%", flush=True)
