@@ -212,7 +212,8 @@ def main(argv=None):
                 continue
             work = os.path.join(args.out, row)
             log = os.path.join(work, f"finetune_F{epochs}_{labels}.log")
-            line, seconds = run(["recipes/finetune.py", *common, *quick, *start,
+            line, seconds = run(["recipes/finetune.py", *common, *quick,
+                                 *(["--min-steps", "0"] if args.quick else []), *start,
                                  *args.finetune_flags.split(), "--data", args.data,
                                  "--epochs", str(epochs),
                                  *([] if labels == "all" else ["--labels-per-class", labels]),

@@ -61,10 +61,12 @@ def test_finetune_recipe_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--backend",
          keras.backend.backend(), "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
+         "--min-steps", "0",
          "--batch-size", "16", "--output", out],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("done: test top-1")
+    assert "head: linear probe on the frozen features" in result.stdout  # LP-FT by default
     assert os.path.isfile(out)
     missing = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder", "nope.keras"],
@@ -83,7 +85,8 @@ def test_finetune_recipe_from_scratch_with_a_preset(tmp_path, capsys):
     out = os.path.join(tmp_path, "scratch.keras")
     finetune.main(["--backend", keras.backend.backend(), "--from-scratch", "--preset",
                    "vit_mini_p4_28", "--encoder", "missing.keras", "--epochs", "1",
-                   "--steps-per-epoch", "1", "--batch-size", "8", "--output", out])
+                   "--steps-per-epoch", "1", "--min-steps", "0", "--batch-size", "8",
+                   "--output", out])
     assert "fine-tuning from random init" in capsys.readouterr().out
     model = keras.saving.load_model(out)
     assert tuple(model(np.zeros((2, 28, 28, 1), "float32")).shape) == (2, 10)
