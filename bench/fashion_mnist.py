@@ -292,14 +292,14 @@ def print_table(report):
     print("\nFine-tune top-1 % on the 10,000 test images: all labels at F epochs; "
           f"N labels per class at F={max(f_list)} (at least 300 steps)")
     head = [f"F={f}" for f in f_list] + [f"{n}/class" for n in few]
-    print(f"{'row':<40}" + "".join(f"{h:>9}" for h in head))
+    print(f"{'row':<40}" + "".join(f"{h:>10}" for h in head))
     for r in rows:
         if r["row"] in PROBE_ONLY:
             continue
         extra = report["E"] if r["row"] == "scratch_ef" else 0
         keys = [f"F={f + extra}/all" for f in f_list] + [f"F={max(f_list)}/{n}" for n in few]
         cells = [f"{r['finetune'][k]['top1']:.2f}" if k in r["finetune"] else "-" for k in keys]
-        print(f"{r['label']:<40}" + "".join(f"{c:>9}" for c in cells))
+        print(f"{r['label']:<40}" + "".join(f"{c:>10}" for c in cells))
     print("\nFrozen features, top-1 % by labels per class (linear probe / kNN k=20; "
           "S- = the student of a teacher row)")
     print(f"{'row':<40}" + "".join(f"{n + (' /class' if n != 'all' else ''):>18}" for n in counts))
