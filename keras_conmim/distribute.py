@@ -164,6 +164,14 @@ def _jax_devices():
     return jax.devices(), jax.process_index(), jax.process_count()
 
 
+def _single_device(mode, engine, count, kind, fix):
+    """`auto` on one device: no distribution; `data_parallel`: the error."""
+    if mode == "auto":
+        return Plan()
+    raise ValueError(f"--distribute data_parallel asks for several devices but {engine} sees "
+                     f"{count} ({kind}). Use --distribute none, or {fix}.")
+
+
 def data_parallel(mode="data_parallel", devices=None, strategy=None):
     """A `Plan` for `mode`:
 
@@ -199,13 +207,10 @@ def data_parallel(mode="data_parallel", devices=None, strategy=None):
         all_devices, host, hosts = _jax_devices()
         devices = list(devices) if devices is not None else all_devices
         if len(devices) < 2:
-            if mode == "auto":
-                return Plan()
-            raise ValueError(
-                f"--distribute data_parallel asks for several devices but JAX sees "
-                f"{len(devices)} ({devices[0].platform if devices else 'none'}). Use "
-                "--distribute none, or expose more devices (GPUs/TPUs; on CPU "
-                "XLA_FLAGS=--xla_force_host_platform_device_count=N before jax starts).")
+            return _single_device(mode, "JAX", len(devices),
+                                  devices[0].platform if devices else "none",
+                                  "expose more devices (GPUs/TPUs; on CPU XLA_FLAGS="
+                                  "--xla_force_host_platform_device_count=N before jax starts)")
         keras.distribution.set_distribution(keras.distribution.DataParallel(
             devices=[f"{d.platform}:{d.id}" for d in devices], auto_shard_dataset=False))
         return Plan("jax_data_parallel", len(devices), host, hosts)
@@ -216,12 +221,9 @@ def data_parallel(mode="data_parallel", devices=None, strategy=None):
         cpus = tf.config.list_logical_devices("CPU")
         local = gpus if gpus else cpus
         if len(local) < 2:
-            if mode == "auto":
-                return Plan()
-            raise ValueError(
-                f"--distribute data_parallel asks for several devices but TensorFlow sees "
-                f"{len(local)} ({'GPU' if gpus else 'CPU'}). Use --distribute none, or split "
-                "the CPU with tf.config.set_logical_device_configuration before TF starts.")
+            return _single_device(mode, "TensorFlow", len(local), "GPU" if gpus else "CPU",
+                                  "split the CPU with tf.config.set_logical_device_configuration "
+                                  "before TF starts")
         strategy = tf.distribute.MirroredStrategy([d.name for d in local])
     kind = {"MirroredStrategy": "tf_mirrored", "MultiWorkerMirroredStrategy": "tf_multi_worker",
             "TPUStrategy": "tf_tpu"}.get(type(strategy).__name__, type(strategy).__name__)

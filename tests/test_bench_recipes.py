@@ -2,14 +2,13 @@
 (the scripts only orchestrate the recipes, whose own tests run on every
 backend; these run once, on torch)."""
 
-import importlib.util
 import json
 import os
 
 import keras
 import pytest
 
-from conftest import ROOT
+from conftest import load_bench_script
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "torch",
@@ -17,10 +16,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(name)
 
 
 def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):

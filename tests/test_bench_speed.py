@@ -1,13 +1,11 @@
 """The speed benches run end to end on tiny budgets, and the FLOP model is the
 formula its docstring states (the figures themselves are printed, not tested)."""
 
-import importlib.util
-import os
 
 import keras
 import pytest
 
-from conftest import ROOT
+from conftest import load_bench_script
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "torch",
@@ -15,10 +13,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(name)
 
 
 def test_step_flops_of_vit_base_and_the_bench_reports_mfu(capsys):
