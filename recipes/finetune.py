@@ -13,12 +13,13 @@ pre-trained encoder, `["scratch"]` with --from-scratch: --preset, or the
 preset whose architecture the encoder has), then are scaled to the run's
 length and number of labelled images (`keras_conmim.finetune_budget`: small
 batch and at least --min-steps steps with few labels, MixUp / CutMix / drop
-path / RandAugment magnitude ramped up with the number of epochs, warm-up at
-most a fifth of the run; --fixed-recipe turns the scaling off). A flag's value
+path / RandAugment magnitude ramped up with the run's optimizer steps, warm-up
+at most a fifth of the run; --fixed-recipe turns the scaling off). A flag's value
 is never scaled; the run prints every value and where it came from.
 `--labels-per-class N` fine-tunes on a class-balanced subset of N images per
 class (seeded by --seed; the test split stays whole). The model: mean-pooled tokens +
-LayerNorm + head (initialised x0.001); the
+LayerNorm + head (for a pre-trained encoder first fitted as a linear probe on
+the frozen features, LP-FT; from scratch initialised x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
 (0.65: patch embedding/CLS lowest, head and final norm at 1); drop path 0.1;
 RandAugment, then MixUp or CutMix (one of the two per batch) with label
