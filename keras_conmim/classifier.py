@@ -79,12 +79,11 @@ class ViTClassifier(keras.Model):
         `images` (numpy, inference mode): float32 `[n, D]`."""
         import numpy as np
 
-        out = []
-        for start in range(0, len(images), batch_size):
-            x = normalize_images(images[start: start + batch_size], self.mean, self.std)
-            pooled = ViT.pool(self.encoder(x, training=False), self.pooling)
-            out.append(np.asarray(ops.convert_to_numpy(self.fc_norm(pooled)), "float32"))
-        return np.concatenate(out)
+        from keras_conmim.evaluation import extract_features
+
+        pooled = extract_features(self.encoder, images, batch_size, self.pooling,
+                                  self.mean, self.std)
+        return np.asarray(ops.convert_to_numpy(self.fc_norm(pooled)), "float32")
 
     def init_head_from_probe(self, images, labels, steps=300, lr=1e-2, weight_decay=1e-4,
                              batch_size=256, seed=0):

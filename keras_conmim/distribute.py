@@ -25,8 +25,8 @@ What is the same as one device with the same global batch and seed:
   per-device statistics are already taken over 64 x 196 tokens; the
   difference is the noise of those estimates.
 - **EMA teacher and step counter** are updated after the optimizer, from the
-  all-reduced student, identically on every replica (TF variables created
-  with `aggregation="only_first_replica"`; JAX: replicated arrays).
+  all-reduced student: every replica computes the same value, so each
+  replica's copy stays equal (TF; tested) and JAX keeps them replicated.
 
 torch: Keras 3's torch trainer has no multi-device `fit` and no
 `keras.distribution`; `data_parallel()` refuses there and says what to use.
@@ -101,12 +101,6 @@ def global_batch_uniform(shape, seed, batch_axis=0):
     return tf.slice(values, start, size)
 
 
-def replicated_variable_kwargs():
-    """Extra `add_weight` arguments for state every replica updates to the
-    same value (EMA teacher, step counter, BN statistics)."""
-    return {"aggregation": "only_first_replica"} if BACKEND == "tensorflow" else {}
-
-
 # ---- outside the step: the plan ---------------------------------------------------
 
 
@@ -142,7 +136,9 @@ class Plan:
     def shard(self):
         """`ImageSource.dataset(..., **plan.shard())`: this host's rows of each
         global batch."""
-        return {"num_shards": self.hosts, "shard_index": self.host}
+        # One input shard (tf.distribute splits the batch itself): every
+        # worker reads the whole global batch, whatever its task id.
+        return {"num_shards": self.hosts, "shard_index": self.host if self.hosts > 1 else 0}
 
     def scope(self):
         if self.strategy is not None:
@@ -227,12 +223,12 @@ def data_parallel(mode="data_parallel", devices=None, strategy=None):
         strategy = tf.distribute.MirroredStrategy([d.name for d in local])
     kind = {"MirroredStrategy": "tf_mirrored", "MultiWorkerMirroredStrategy": "tf_multi_worker",
             "TPUStrategy": "tf_tpu"}.get(type(strategy).__name__, type(strategy).__name__)
-    resolver = getattr(strategy, "cluster_resolver", None)
-    host = getattr(resolver, "task_id", 0) or 0
-    hosts = max(1, len(getattr(strategy.extended, "worker_devices", [None]))
-                // max(1, strategy.num_replicas_in_sync)) if kind == "tf_multi_worker" else 1
-    return Plan(kind, strategy.num_replicas_in_sync, host, hosts, strategy=strategy)
+    # tf.distribute splits each global batch over its workers itself, so every
+    # worker reads the global batch (hosts=1 for the input); the worker with
+    # task id 0 is the one that writes files.
+    host = getattr(getattr(strategy, "cluster_resolver", None), "task_id", 0) or 0
+    return Plan(kind, strategy.num_replicas_in_sync, host, 1, strategy=strategy)
 
 
 __all__ = ["MODES", "Plan", "cross_replica_mean", "data_parallel", "global_batch_uniform",
-           "loss_scale", "num_replicas", "replicated_variable_kwargs"]
+           "loss_scale", "num_replicas"]
