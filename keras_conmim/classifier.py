@@ -85,31 +85,23 @@ class ViTClassifier(keras.Model):
                                   self.mean, self.std)
         return np.asarray(ops.convert_to_numpy(self.fc_norm(pooled)), "float32")
 
-    def init_head_from_probe(self, images, labels, steps=300, lr=1e-2, weight_decay=1e-4,
-                             batch_size=256, seed=0):
+    def init_head_from_probe(self, images, labels, epochs=30, min_steps=300, lr=1e-2,
+                             weight_decay=1e-4, batch_size=256, seed=0):
         """LP-FT (Kumar et al., 2022): fit the head as a linear probe on the
-        frozen features of the labelled `images` (logistic regression, AdamW,
-        at least `steps` steps), so fine-tuning starts from the probe's
-        accuracy instead of chance and does not distort the pre-trained
-        features while a random head is learned. Returns the probe's training
-        accuracy."""
-        import numpy as np
+        frozen features of the labelled `images`
+        (`evaluation.fit_linear_head`: `epochs` passes, at least `min_steps`
+        steps; the probe's standardisation is folded into the head), so
+        fine-tuning starts from the probe's accuracy instead of chance and
+        does not distort the pre-trained features while a random head is
+        learned. Returns the probe's training accuracy."""
+        from keras_conmim.evaluation import fit_linear_head
 
-        features = self.features(images)
-        labels = np.asarray(labels).astype("int64")
-        batch = min(batch_size, len(features))
-        epochs = max(1, -(-steps * batch // len(features)))
-        keras.utils.set_random_seed(seed)
-        probe = keras.Sequential([keras.Input((features.shape[1],)),
-                                  keras.layers.Dense(self.num_classes)])
-        probe.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=weight_decay),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        history = probe.fit(features, labels, batch_size=batch, epochs=epochs, verbose=0)
-        kernel, bias = probe.layers[-1].get_weights()
+        kernel, bias, accuracy = fit_linear_head(
+            self.features(images), labels, self.num_classes, epochs=epochs, min_steps=min_steps,
+            lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)
         self.head.kernel.assign(kernel)
         self.head.bias.assign(bias)
-        return float(history.history["accuracy"][-1])
+        return accuracy
 
     def no_weight_decay_variables(self):
         return self.encoder.no_weight_decay_variables() + list(self.fc_norm.weights) + [self.head.bias]

@@ -45,22 +45,40 @@ def knn_accuracy(train_features, train_labels, features, labels, **kwargs):
     return float(np.mean(knn_predict(train_features, train_labels, features, **kwargs) == labels))
 
 
+def fit_linear_head(features, labels, num_classes, epochs=100, min_steps=0, lr=1e-2,
+                    batch_size=256, weight_decay=1e-4, seed=0):
+    """Logistic regression on frozen `features` [n, D], fitted on the features
+    standardised with their own statistics (a BatchNorm without affine, as
+    in MAE's probe: it fits in a few epochs where raw LayerNorm outputs take
+    many), then folded back so that it applies to the raw features:
+    `logits = features @ kernel + bias`. AdamW, `epochs` passes and at least
+    `min_steps` steps. Returns `(kernel [D, C], bias [C], train_accuracy)`,
+    the accuracy measured after training on all of `features`."""
+    x = np.asarray(features, "float32")
+    labels = np.asarray(labels).astype("int64")
+    mu, sigma = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sigma
+    batch = min(batch_size, len(z))
+    epochs = max(epochs, -(-min_steps // -(-len(z) // batch)))
+    keras.utils.set_random_seed(seed)
+    probe = keras.Sequential([keras.Input((z.shape[1],)), keras.layers.Dense(num_classes)])
+    probe.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=weight_decay),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    probe.fit(z, labels, batch_size=batch, epochs=epochs, verbose=0)
+    kernel, bias = (np.asarray(w, "float32") for w in probe.layers[-1].get_weights())
+    kernel, bias = kernel / sigma[:, None], bias - (mu / sigma) @ kernel
+    accuracy = float(np.mean(np.argmax(x @ kernel + bias, 1) == labels))
+    return kernel, bias, accuracy
+
+
 def linear_probe(train_features, train_labels, features, labels, epochs=100, lr=1e-2,
                  batch_size=256, weight_decay=1e-4, seed=0):
-    """Logistic regression on frozen features (standardised with the training
-    statistics, a BatchNorm-without-affine as in MAE's probe). Returns the
-    test accuracy."""
-    train = np.asarray(train_features, "float32")
-    mu, sigma = train.mean(0), train.std(0) + 1e-6
-    train, test = (train - mu) / sigma, (np.asarray(features, "float32") - mu) / sigma
+    """Test accuracy of `fit_linear_head` fitted on the training features."""
     num_classes = int(max(np.max(train_labels), np.max(labels))) + 1
-    keras.utils.set_random_seed(seed)
-    probe = keras.Sequential([keras.Input((train.shape[1],)), keras.layers.Dense(num_classes)])
-    probe.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=weight_decay),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    probe.fit(train, np.asarray(train_labels), batch_size=batch_size, epochs=epochs, verbose=0)
-    logits = probe.predict(test, batch_size=1024, verbose=0)
+    kernel, bias, _ = fit_linear_head(train_features, train_labels, num_classes, epochs=epochs,
+                                      lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                                      seed=seed)
+    logits = np.asarray(features, "float32") @ kernel + bias
     return float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
 
 

@@ -39,6 +39,20 @@ def test_linear_probe_beats_chance():
     assert evaluation.linear_probe(x, y, q, qy, epochs=30) > 0.8
 
 
+def test_linear_head_is_fitted_standardised_and_folded_back_to_raw_features():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=(256, 1))
+    # the label lives in a feature 1e5 times smaller than the noise
+    # beside it: hopeless for AdamW on raw features, easy standardised
+    x = np.concatenate([1e-3 * signal, 100 * rng.normal(size=(256, 3))], 1).astype("float32")
+    y = (signal[:, 0] > 0).astype("int64")
+    kernel, bias, accuracy = evaluation.fit_linear_head(x, y, 2, epochs=1, min_steps=300, lr=5e-2)
+    assert kernel.shape == (4, 2) and bias.shape == (2,)
+    assert accuracy == np.mean(np.argmax(x @ kernel + bias, 1) == y) > 0.95  # on raw features
+    q = np.concatenate([1e-3 * np.array([[1.0], [-1.0]]), np.zeros((2, 3))], 1)
+    np.testing.assert_array_equal(np.argmax(q @ kernel + bias, 1), [1, 0])
+
+
 def test_knn_monitor_logs_during_pretraining():
     images = uint8_images(32)
     labels = np.arange(32) % 4
