@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -61,12 +62,13 @@ def test_finetune_recipe_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--backend",
          keras.backend.backend(), "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
-         "--min-steps", "0",
+         "--min-steps", "0", "--randaugment-factor", "0.5",  # keeps RandAugment on: tested
          "--batch-size", "16", "--output", out],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("done: test top-1")
     assert "head: linear probe on the frozen features" in result.stdout  # LP-FT by default
+    assert re.search(r"randaugment_ops +2\n", result.stdout), result.stdout  # on: not scaled off
     assert os.path.isfile(out)
     missing = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder", "nope.keras"],
