@@ -9,6 +9,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_conmim.distribute import this_host_only
 from keras_conmim.saving import save_atomic
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
@@ -198,7 +199,8 @@ class ViewGrid(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
             return
-        grid = self.make_grid()
+        with this_host_only():  # the chief draws alone, also across hosts
+            grid = self.make_grid()
         os.makedirs(self.directory, exist_ok=True)
         try:
             from PIL import Image

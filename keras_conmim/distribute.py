@@ -8,6 +8,8 @@
         model = keras_conmim.ConMIM.from_preset("vit_mini_p4_28")
         model.compile(...)
     model.fit(source.dataset(plan.per_host_batch(256), **plan.shard()), ...)
+    if plan.is_chief:
+        keras_conmim.saving.save_atomic(model, "ckpt.keras")  # alone: this_host_only()
 
 What is the same as one device with the same global batch and seed:
 - **Views and masks.** Every random draw is made for the global batch and
@@ -32,6 +34,7 @@ torch: Keras 3's torch trainer has no multi-device `fit` and no
 `keras.distribution`; `data_parallel()` refuses there and says what to use.
 """
 
+import contextlib
 import os
 
 import keras
@@ -104,6 +107,28 @@ def global_batch_uniform(shape, seed, batch_axis=0):
 # ---- outside the step: the plan ---------------------------------------------------
 
 
+@contextlib.contextmanager
+def this_host_only():
+    """A block one host runs alone (the chief writing a checkpoint, drawing a
+    view grid). Keras creates throwaway variables there (`model.save` builds
+    a fresh optimizer to list what to skip; the view grid copies layers), and
+    under a multi-process `keras.distribution` every variable creation is a
+    collective the other hosts never join: JAX fails with "passed to
+    device_put is not the same on each process". Inside this block no Keras
+    distribution is active, so such variables stay on this host; reading the
+    model's replicated variables needs no other host. No-op elsewhere."""
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is None:
+        yield
+        return
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+
 class Plan:
     """How a run is spread: `kind` ("none", "jax_data_parallel",
     "tf_mirrored", "tf_multi_worker", "tf_tpu"), the number of replicas, the
@@ -143,8 +168,6 @@ class Plan:
     def scope(self):
         if self.strategy is not None:
             return self.strategy.scope()
-        import contextlib
-
         return contextlib.nullcontext()
 
     def describe(self, global_batch):

@@ -11,8 +11,11 @@ def save_atomic(model, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)[:-6]}.{os.getpid()}.partial.keras")
+    from keras_conmim.distribute import this_host_only
+
     try:
-        model.save(tmp)
+        with this_host_only():  # the chief may save alone, also across hosts
+            model.save(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

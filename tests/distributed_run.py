@@ -40,6 +40,7 @@ def main():
 
     import keras_conmim as kc
     from keras_conmim import distribute
+    from keras_conmim.saving import save_atomic
 
     keras.utils.set_random_seed(0)
     plan = distribute.data_parallel(args.mode)
@@ -67,8 +68,8 @@ def main():
 
     if args.save_at is not None:
         fit(args.save_at - done, done)
-        if plan.is_chief:
-            model.save(args.checkpoint)
+        if plan.is_chief:  # alone, as the recipes do (also across hosts)
+            save_atomic(model, args.checkpoint)
         done = args.save_at
     fit(args.steps - done, done)
     state = {f"v{i}_{v.path}": keras.ops.convert_to_numpy(v.value)

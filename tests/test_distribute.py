@@ -33,6 +33,29 @@ def _run(devices, mode, out, *extra):
     return done.stdout.strip().splitlines()[-1]
 
 
+def _hosts(argv, hosts=2, devices=2):
+    """`argv` run as `hosts` processes of `devices` forced JAX CPU devices
+    each, joined by keras.distribution.initialize() (jax.distributed over
+    gloo) from the KERAS_DISTRIBUTION_* variables; their stdouts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
+           "KERAS_DISTRIBUTION_NUM_PROCESSES": str(hosts)}
+    procs = [subprocess.Popen([sys.executable, *[a.format(host=i) for a in argv]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)})
+             for i in range(hosts)]
+    outputs = [proc.communicate(timeout=900) for proc in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
 def _assert_same_state(a, b):
     a, b = np.load(a), np.load(b)
     assert sorted(a.files) == sorted(b.files)  # every variable, optimizer state included
@@ -58,18 +81,39 @@ def test_data_parallel_equals_one_device_and_checkpoints_cross(tmp_path):
     _assert_same_state(p("one.npz"), p("many_from_one.npz"))
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="multi-process JAX (jax.distributed over gloo on CPU)")
+def test_two_hosts_equal_one_device_and_their_checkpoint_continues_on_one(tmp_path):
+    # Two processes of 2 devices each: each host reads only its half of every
+    # global batch, the chief alone writes the checkpoint (after step 3), and
+    # the run equals one device's.
+    p = lambda name: os.path.join(tmp_path, name)  # noqa: E731
+    outputs = _hosts([HELPER, "--devices", "2", "--mode", "data_parallel", "--out",
+                      p("host{host}.npz"), "--save-at", "3", "--checkpoint", p("host{host}.keras")])
+    assert all("replicas=4 per_device=2 step=5" in out for out in outputs)
+    assert os.path.isfile(p("host0.keras")) and not os.path.exists(p("host1.keras"))  # chief only
+    _run(1, "none", p("one.npz"))
+    _assert_same_state(p("one.npz"), p("host0.npz"))
+    _assert_same_state(p("one.npz"), p("host1.npz"))
+    _run(1, "none", p("one_from_hosts.npz"), "--resume", p("host0.keras"))
+    _assert_same_state(p("one.npz"), p("one_from_hosts.npz"))
+
+
 @pytest.mark.skipif(BACKEND != "jax", reason="forced host devices are a JAX feature")
-def test_recipe_runs_data_parallel_on_forced_jax_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+def test_recipe_runs_as_a_two_host_job(tmp_path):
+    # Two hosts of 2 devices: the recipe as a multi-host job runs it, the
+    # chief alone writing config, checkpoints, logs, view grids and models.
     out = os.path.join(tmp_path, "run")
-    cmd = [sys.executable, os.path.join(ROOT, "recipes", "pretrain.py"), "--backend", "jax",
+    cmd = [os.path.join(ROOT, "recipes", "pretrain.py"), "--backend", "jax",
            "--distribute", "data_parallel", "--epochs", "1", "--steps-per-epoch", "3",
            "--batch-size", "8", "--output", out, "--view-grid-every", "1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "4 devices on 1 host(s), global batch 8 = 2 per device" in done.stdout
+    for stdout in _hosts(cmd):
+        assert "4 devices on 2 host(s), global batch 8 = 2 per device" in stdout
+        assert "done:" in stdout
     assert os.path.isfile(os.path.join(out, "teacher_encoder.keras"))
-    assert os.listdir(os.path.join(out, "checkpoints"))
+    assert os.listdir(os.path.join(out, "checkpoints")) == ["ckpt-00000003.keras"]
+    assert os.listdir(os.path.join(out, "views")) == ["views-epoch0001.png"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    cmd = [sys.executable, *cmd]
     # a global batch that does not split: the numbers, before anything compiles
     bad = subprocess.run([*cmd[:-6], "--batch-size", "10", "--output", out + "_bad"],
                          capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
