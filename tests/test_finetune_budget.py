@@ -37,11 +37,8 @@ def test_short_runs_drop_the_long_schedule_regularisers():
     mid = (fb.SHORT_STEPS + fb.LONG_STEPS) // 2
     scaled, _ = fb.budget_recipe(dict(SMALL, epochs=10), num_labelled=64 * mid // 10)
     assert scaled["mixup"] == pytest.approx(SMALL["mixup"] / 2)
-    # RandAugment: x (0.5 + 0.5 ramp) x the passes' ramp (10 passes: 9 / 19)
-    assert scaled["randaugment_factor"] == pytest.approx(
-        SMALL["randaugment_factor"] * 0.75 * 9 / 19, abs=1e-4)
-    assert scaled["randaugment_ops"] == SMALL["randaugment_ops"]  # on
-    assert fb.pass_ramp(1) == 0 and fb.pass_ramp(fb.AUGMENT_PASSES) == fb.pass_ramp(500) == 1
+    assert scaled["randaugment_factor"] == pytest.approx(SMALL["randaugment_factor"] / 2)
+    assert scaled["randaugment_ops"] == SMALL["randaugment_ops"]  # on, at half magnitude
     assert fb.ramp(fb.SHORT_STEPS) == 0 and fb.ramp(fb.LONG_STEPS) == fb.ramp(10**6) == 1
 
 
@@ -50,9 +47,6 @@ def test_few_labels_get_a_small_batch_and_enough_steps():
     assert scaled["batch_size"] == 25 and scaled["lr"] == pytest.approx(SMALL["lr"] * 25 / 64)
     assert scaled["epochs"] == 75 and 75 * (100 // 25) >= fb.MIN_STEPS  # 300 steps
     assert scaled["mixup"] == 0  # 75 passes but 300 steps: a short run, no mixing
-    # ... but each image is seen 75 times: RandAugment on (half its magnitude)
-    assert scaled["randaugment_ops"] == 2 and scaled["randaugment_factor"] == SMALL[
-        "randaugment_factor"] / 2
     assert changes["epochs"] == fb.RULES["epochs"]
     scaled, _ = fb.budget_recipe(dict(SMALL, epochs=15), num_labelled=1000)
     assert scaled["batch_size"] == 64 and scaled["epochs"] == 20  # 15 steps/epoch -> 300
