@@ -3,7 +3,7 @@ training from scratch, the pixel-regression baseline, random init and the raw
 pixels, with all labels and with few?
 
     apt-get install -y dataset-fashion-mnist
-    python bench/fashion_mnist.py --backend torch --pretrain-epochs 3 --finetune-epochs 1,5,15
+    python bench/fashion_mnist.py --backend torch --pretrain-epochs 6 --finetune-epochs 1,5,15
     python bench/fashion_mnist.py ... --resume        # a stopped run continues, cell by cell
     python bench/fashion_mnist.py --data default --quick                     # smoke test, minutes
 

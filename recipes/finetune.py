@@ -18,8 +18,9 @@ at most a fifth of the run; --fixed-recipe turns the scaling off). A flag's valu
 is never scaled; the run prints every value and where it came from.
 `--labels-per-class N` fine-tunes on a class-balanced subset of N images per
 class (seeded by --seed; the test split stays whole). The model: mean-pooled tokens +
-LayerNorm + head (for a pre-trained encoder first fitted as a linear probe on
-the frozen features, LP-FT; from scratch initialised x0.001); the
+LayerNorm + head (for a pre-trained encoder with at most 1,000 labels per class
+first fitted as a linear probe on the frozen features, LP-FT; else initialised
+x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
 (0.65: patch embedding/CLS lowest, head and final norm at 1); drop path 0.1;
 RandAugment, then MixUp or CutMix (one of the two per batch) with label
@@ -62,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--head-init", choices=("auto", "probe", "small"), default="auto",
                    help="probe: fit the head as a linear probe on the frozen features of the "
                    "labelled images first (LP-FT); small: the release's head x0.001; auto: "
-                   "probe for a pre-trained encoder, small from scratch")
+                   "probe for a pre-trained encoder with at most 1,000 labelled images per "
+                   "class, else small (keras_conmim.finetune_budget.head_init)")
     # The recipe: None = the preset's fine-tuning recipe (presets.py), printed
     # with where each value came from.
     p.add_argument("--epochs", type=int, default=None)
@@ -261,8 +263,10 @@ def main(argv=None):
     encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     model = ViTClassifier(encoder, num_classes)
-    head_init = args.head_init if args.head_init != "auto" else (
-        "small" if args.from_scratch else "probe")
+    from keras_conmim import finetune_budget
+
+    head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
+        not args.from_scratch, len(train), num_classes)
     if head_init == "probe":
         accuracy = model.init_head_from_probe(train.images, train.labels, seed=args.seed)
         print(f"head: linear probe on the frozen features of the {len(train)} labelled images "

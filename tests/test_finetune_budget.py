@@ -109,6 +109,13 @@ def test_finetune_recipe_on_a_labelled_subset(tmp_path, capsys):
         finetune.main([*argv[:-2], "--labels-per-class", "401", "--output", out])
 
 
+def test_auto_head_is_lp_ft_for_a_pretrained_encoder_with_few_labels_only():
+    assert fb.head_init(True, num_labelled=100, num_classes=10) == "probe"
+    assert fb.head_init(True, num_labelled=10 * fb.LP_FT_MAX_PER_CLASS, num_classes=10) == "probe"
+    assert fb.head_init(True, num_labelled=60_000, num_classes=10) == "small"
+    assert fb.head_init(False, num_labelled=100, num_classes=10) == "small"  # from scratch
+
+
 def test_lp_ft_head_starts_at_the_linear_probe():
     from keras_conmim.classifier import ViTClassifier, finetune_encoder
     from conftest import tiny_vit, uint8_images
