@@ -24,9 +24,9 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    (no ops) where the ramp is 0. Counted in steps, not passes: 75 passes
    over 100 labelled images are 300 steps, a short run (measured: MixUp /
    CutMix on such a run cost the fine-tuned ViT 8-10 points; RandAugment at
-   half magnitude on one 468-step epoch of Fashion-MNIST kept the training
-   accuracy under 50% and cost 8.4 points from ConMIM, 43.7 from scratch,
-   README).
+   half magnitude on one 937-step epoch of Fashion-MNIST kept the training
+   accuracy under 50% and cost 8.4 points from ConMIM, 43.7 from scratch;
+   on 300 steps over 100 labels per class it would add 1.3, README).
 4. **Warm-up** is at most a fifth of the run (the release warms up 20 of 100).
 5. **The head** (`head_init`, `recipes/finetune.py --head-init auto`): a
    pre-trained encoder with few labels gets its head fitted first as a
