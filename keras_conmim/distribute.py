@@ -128,7 +128,6 @@ def this_host_only():
         keras.distribution.set_distribution(previous)
 
 
-
 class Plan:
     """How a run is spread: `kind` ("none", "jax_data_parallel",
     "tf_mirrored", "tf_multi_worker", "tf_tpu"), the number of replicas, the

@@ -49,8 +49,7 @@ def fit_linear_head(features, labels, num_classes, epochs=100, min_steps=0, lr=1
                     batch_size=256, weight_decay=1e-4, seed=0):
     """Logistic regression on frozen `features` [n, D], fitted on the features
     standardised with their own statistics (a BatchNorm without affine, as
-    in MAE's probe: it fits in a few epochs where raw LayerNorm outputs take
-    many), then folded back so that it applies to the raw features:
+    in MAE's probe), then folded back so that it applies to the raw features:
     `logits = features @ kernel + bias`. AdamW, `epochs` passes and at least
     `min_steps` steps. Returns `(kernel [D, C], bias [C], train_accuracy)`,
     the accuracy measured after training on all of `features`."""
