@@ -71,12 +71,12 @@ def fit_linear_head(features, labels, num_classes, epochs=100, min_steps=0, lr=1
 
 
 def linear_probe(train_features, train_labels, features, labels, epochs=100, lr=1e-2,
-                 batch_size=256, weight_decay=1e-4, seed=0):
+                 batch_size=256, weight_decay=1e-4, seed=0, min_steps=0):
     """Test accuracy of `fit_linear_head` fitted on the training features."""
     num_classes = int(max(np.max(train_labels), np.max(labels))) + 1
     kernel, bias, _ = fit_linear_head(train_features, train_labels, num_classes, epochs=epochs,
-                                      lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                                      seed=seed)
+                                      min_steps=min_steps, lr=lr, batch_size=batch_size,
+                                      weight_decay=weight_decay, seed=seed)
     logits = np.asarray(features, "float32") @ kernel + bias
     return float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
 

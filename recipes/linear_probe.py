@@ -110,10 +110,9 @@ def main(argv=None):
                 parser.error(f"--labels-per-class {count}: {e}")
         knn = evaluation.knn_accuracy(train_f[index], train.labels[index], test_f, test.labels,
                                       k=args.k, temperature=args.temperature)
-        steps = -(-len(index) // 256)  # the probe's batch
-        epochs = max(args.probe_epochs, -(-MIN_PROBE_STEPS // steps))
         linear = evaluation.linear_probe(train_f[index], train.labels[index], test_f, test.labels,
-                                         epochs=epochs, seed=args.seed)
+                                         epochs=args.probe_epochs, min_steps=MIN_PROBE_STEPS,
+                                         seed=args.seed)
         results["all" if count is None else count] = (linear, knn)
         print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
               f"on {len(test)} test images ({what}) "
