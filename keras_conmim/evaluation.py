@@ -70,13 +70,53 @@ def fit_linear_head(features, labels, num_classes, epochs=100, min_steps=0, lr=1
     return kernel, bias, accuracy
 
 
+PROBE_WEIGHT_DECAYS = (1e-4, 1.0, 3.0, 10.0)
+
+
+def select_weight_decay(features, labels, num_classes, candidates=PROBE_WEIGHT_DECAYS, folds=4,
+                        seed=0, **fit_kwargs):
+    """The weight decay of `fit_linear_head` that `folds`-fold cross-validation
+    on the labelled `features` picks (highest held-out accuracy, the smaller
+    decay on a tie), for few labels, where the unregularised probe memorises
+    its images (measured on Fashion-MNIST, 10 per class: test 46.0% at 1e-4,
+    48.7% at 10). Folds are class-stratified and seeded. Returns
+    `(weight_decay, {candidate: held-out accuracy})`."""
+    labels = np.asarray(labels).astype("int64")
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, received {folds}.")
+    if np.bincount(labels).max() < folds:
+        raise ValueError(f"select_weight_decay: {folds} folds need at least {folds} images of a "
+                         f"class; the largest class has {np.bincount(labels).max()}. Pass "
+                         "fewer folds or a fixed weight_decay.")
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), "int64")
+    for c in np.unique(labels):  # each class spread evenly over the folds
+        where = rng.permutation(np.flatnonzero(labels == c))
+        fold[where] = np.arange(len(where)) % folds
+    x = np.asarray(features, "float32")
+    scores = {}
+    for wd in candidates:
+        hits = 0
+        for k in range(folds):
+            kernel, bias, _ = fit_linear_head(x[fold != k], labels[fold != k], num_classes,
+                                              weight_decay=wd, seed=seed, **fit_kwargs)
+            hits += int(np.sum(np.argmax(x[fold == k] @ kernel + bias, 1) == labels[fold == k]))
+        scores[wd] = hits / len(labels)
+    best = max(scores.values())
+    return min(wd for wd, score in scores.items() if score == best), scores
+
+
 def linear_probe(train_features, train_labels, features, labels, epochs=100, lr=1e-2,
                  batch_size=256, weight_decay=1e-4, seed=0, min_steps=0):
-    """Test accuracy of `fit_linear_head` fitted on the training features."""
+    """Test accuracy of `fit_linear_head` fitted on the training features;
+    `weight_decay="cv"`: the one `select_weight_decay` picks on them."""
     num_classes = int(max(np.max(train_labels), np.max(labels))) + 1
-    kernel, bias, _ = fit_linear_head(train_features, train_labels, num_classes, epochs=epochs,
-                                      min_steps=min_steps, lr=lr, batch_size=batch_size,
-                                      weight_decay=weight_decay, seed=seed)
+    fit = dict(epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size)
+    if weight_decay == "cv":
+        weight_decay, _ = select_weight_decay(train_features, train_labels, num_classes,
+                                              seed=seed, **fit)
+    kernel, bias, _ = fit_linear_head(train_features, train_labels, num_classes,
+                                      weight_decay=weight_decay, seed=seed, **fit)
     logits = np.asarray(features, "float32") @ kernel + bias
     return float(np.mean(np.argmax(logits, 1) == np.asarray(labels)))
 

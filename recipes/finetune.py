@@ -268,9 +268,11 @@ def main(argv=None):
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
         not args.from_scratch, len(train), num_classes)
     if head_init == "probe":
-        accuracy = model.init_head_from_probe(train.images, train.labels, seed=args.seed)
+        accuracy, weight_decay = model.init_head_from_probe(train.images, train.labels,
+                                                            seed=args.seed)
         print(f"head: linear probe on the frozen features of the {len(train)} labelled images "
-              f"(LP-FT), train accuracy {100 * accuracy:.2f}%", flush=True)
+              f"(LP-FT, weight decay {weight_decay:g} by cross-validation), train accuracy "
+              f"{100 * accuracy:.2f}%", flush=True)
     else:
         print("head: initialised x0.001 (the release's)", flush=True)
 

@@ -16,7 +16,9 @@ Prints one line with both accuracies per label count.
 the baseline a learned feature must beat. `--labels-per-class` gives the
 bank / probe's training set as N images per class (class-balanced, seeded by
 --seed; the test split stays whole); features are extracted once for all the
-counts. With few labels the probe trains at least 300 steps.
+counts. With few labels the probe trains at least 300 steps, and with at most
+1,000 images per class its weight decay is the one 4-fold cross-validation on
+the labelled images picks (keras_conmim.evaluation.select_weight_decay).
 """
 
 import argparse
@@ -110,9 +112,10 @@ def main(argv=None):
                 parser.error(f"--labels-per-class {count}: {e}")
         knn = evaluation.knn_accuracy(train_f[index], train.labels[index], test_f, test.labels,
                                       k=args.k, temperature=args.temperature)
+        few = len(index) <= CV_MAX_PER_CLASS * len(np.unique(train.labels))
         linear = evaluation.linear_probe(train_f[index], train.labels[index], test_f, test.labels,
                                          epochs=args.probe_epochs, min_steps=MIN_PROBE_STEPS,
-                                         seed=args.seed)
+                                         weight_decay="cv" if few else 1e-4, seed=args.seed)
         results["all" if count is None else count] = (linear, knn)
         print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
               f"on {len(test)} test images ({what}) "
@@ -121,6 +124,9 @@ def main(argv=None):
 
 
 MIN_PROBE_STEPS = 300
+# Up to this many images per class the probe's weight decay is picked by
+# cross-validation (evaluation.select_weight_decay), as for the LP-FT head.
+CV_MAX_PER_CLASS = 1_000
 
 
 def parse_label_counts(text):

@@ -125,6 +125,18 @@ def test_rows_run_the_right_recipes_and_fill_the_tables(tmp_path, capsys):
     with open(os.path.join(tmp_path, "results.json")) as f:
         kept = json.load(f)  # rows not asked for this time stay in the report
     assert len(kept["rows"]) == 7 and kept["complete"]
+    calls.clear()  # --redo: the named cells run again in the rows asked for, nothing else
+    bench.main([*argv, "--rows", "conmim,scratch", "--resume", "--redo", "F=5/10"])
+    assert [(_flag(c, "--epochs"), _flag(c, "--labels-per-class")) for c in calls] == [
+        ("5", "10"), ("5", "10")]
+    calls.clear()
+    bench.main([*argv, "--rows", "conmim,raw_pixels", "--resume", "--redo", "probes"])
+    assert [c[0] for c in calls] == ["recipes/linear_probe.py"] * 3  # teacher, student, pixels
+    for bad in (["--redo", "F=7/10", "--resume"], ["--redo", "F=5/10"]):
+        with pytest.raises(SystemExit):
+            bench.main([*argv, "--rows", "conmim", *bad])
+    err = capsys.readouterr().err
+    assert "not cells of this run" in err and "--redo needs --resume" in err
     calls.clear()  # other settings: --resume refuses instead of mixing two runs in one table
     with pytest.raises(SystemExit):
         bench.main([*argv[:-4], "--finetune-epochs", "2", "--out", str(tmp_path), "--rows",

@@ -53,6 +53,29 @@ def test_linear_head_is_fitted_standardised_and_folded_back_to_raw_features():
     np.testing.assert_array_equal(np.argmax(q @ kernel + bias, 1), [1, 0])
 
 
+def test_probe_weight_decay_is_picked_by_stratified_cross_validation(monkeypatch):
+    y = np.repeat(np.arange(3), 8)
+    x = np.eye(3, dtype="float32")[y]  # feature c says class c
+    seen = []
+
+    def fit(features, labels, num_classes, weight_decay, **kwargs):
+        seen.append((weight_decay, list(np.bincount(labels, minlength=3))))
+        # stand-in heads: the "good" decay reads the features, another votes class 0
+        kernel = np.eye(3, dtype="float32") if weight_decay in good else np.zeros((3, 3), "float32")
+        return kernel, np.array([1e-3, 0, 0], "float32"), 1.0
+
+    monkeypatch.setattr(evaluation, "fit_linear_head", fit)
+    good = {3.0}
+    decay, scores = evaluation.select_weight_decay(x, y, 3, candidates=(1e-4, 3.0), folds=4)
+    # 4 folds per candidate, each training on 6 images of every class (2 held out)
+    assert [c for _, c in seen] == [[6, 6, 6]] * 8
+    assert decay == 3.0 and scores == {1e-4: pytest.approx(1 / 3), 3.0: 1.0}
+    good = {1e-4, 3.0}  # a tie: the smaller decay
+    assert evaluation.select_weight_decay(x, y, 3, candidates=(3.0, 1e-4))[0] == 1e-4
+    with pytest.raises(ValueError, match="at least 9 images of a class"):
+        evaluation.select_weight_decay(x, y, 3, folds=9)
+
+
 def test_knn_monitor_logs_during_pretraining():
     images = uint8_images(32)
     labels = np.arange(32) % 4

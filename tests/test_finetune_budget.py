@@ -117,6 +117,7 @@ def test_auto_head_is_lp_ft_for_a_pretrained_encoder_with_few_labels_only():
 
 
 def test_lp_ft_head_starts_at_the_linear_probe():
+    from keras_conmim import evaluation
     from keras_conmim.classifier import ViTClassifier, finetune_encoder
     from conftest import tiny_vit, uint8_images
 
@@ -125,7 +126,9 @@ def test_lp_ft_head_starts_at_the_linear_probe():
     model = ViTClassifier(finetune_encoder(tiny_vit()), num_classes=2)
     features = model.features(images)
     assert features.shape == (64, 16)
-    train_accuracy = model.init_head_from_probe(images, labels, epochs=1, min_steps=200, lr=5e-2)
+    train_accuracy, weight_decay = model.init_head_from_probe(
+        images, labels, epochs=1, min_steps=100, lr=5e-2, weight_decay="cv")
+    assert weight_decay in evaluation.PROBE_WEIGHT_DECAYS  # picked by cross-validation
     predicted = np.argmax(keras.ops.convert_to_numpy(model(images)), 1)
     # the classifier now predicts what the probe learned on its features
     assert np.mean(predicted == labels) == pytest.approx(train_accuracy, abs=1e-6)
