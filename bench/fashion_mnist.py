@@ -5,6 +5,7 @@ pixels, with all labels and with few?
     apt-get install -y dataset-fashion-mnist
     python bench/fashion_mnist.py --backend torch --pretrain-epochs 6 --finetune-epochs 1,5,15
     python bench/fashion_mnist.py ... --resume        # a stopped run continues, cell by cell
+    python bench/fashion_mnist.py ... --resume --redo F=15/10,probes   # again, in every row
     python bench/fashion_mnist.py --data default --quick                     # smoke test, minutes
 
 Every row uses the same encoder preset (vit_mini_p4_28) and seed.
@@ -92,6 +93,10 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="keep the cells --out/results.json already has (same settings), run "
                    "only the missing ones, and let pre-training continue from its checkpoints")
+    p.add_argument("--redo", default="",
+                   help="with --resume: fine-tuning cells to run again in every row asked for, "
+                   "e.g. F=15/10,F=15/100 after a change to the few-label recipe; 'probes': "
+                   "the frozen probes again")
     p.add_argument("--report", action="store_true",
                    help="only print the tables and redraw the plot from --out/results.json")
     p.add_argument("--finetune-flags", default="",
@@ -148,6 +153,20 @@ def main(argv=None):
             p.error(f"--resume: {previous} was made with other settings {same}; these are "
                     f"{settings}")
         done = {r["row"]: r for r in old["rows"]}
+    redo = [c for c in args.redo.split(",") if c]
+    unknown = sorted(set(redo) - {f"F={f}/{n}" for f, n in cells} - {"probes"})
+    if unknown:
+        p.error(f"--redo {unknown}: not cells of this run; its cells are "
+                f"{', '.join(f'F={f}/{n}' for f, n in cells)} and probes")
+    if redo and not args.resume:
+        p.error("--redo needs --resume (without it every cell runs anyway)")
+    for row in rows:
+        for key in redo:
+            if row in done and key == "probes":
+                done[row]["probes"] = {}
+            if row in done:
+                done[row]["finetune"].pop(key, None)
+                done[row]["wall_clock_s"].pop(key, None)
     results = dict(done)  # rows not asked for this time stay in the report
 
     def save():
