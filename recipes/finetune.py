@@ -38,6 +38,19 @@ sys.path.insert(0, ROOT)
 from recipes.pretrain import load_presets as _presets  # noqa: E402  (no keras import)
 
 
+def probe_weight_decay(text):
+    """--probe-weight-decay: "cv" or a number >= 0."""
+    if text == "cv":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: cv or a number >= 0, e.g. 1e-4")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder",
@@ -65,6 +78,10 @@ def parse_args(argv=None):
                    "labelled images first (LP-FT); small: the release's head x0.001; auto: "
                    "probe for a pre-trained encoder with at most 1,000 labelled images per "
                    "class, else small (keras_conmim.finetune_budget.head_init)")
+    p.add_argument("--probe-weight-decay", type=probe_weight_decay, default="cv",
+                   help="the LP-FT probe's weight decay: cv (picked by 4-fold cross-validation "
+                   "on the labelled images, keras_conmim.evaluation.select_weight_decay) or a "
+                   "number >= 0")
     # The recipe: None = the preset's fine-tuning recipe (presets.py), printed
     # with where each value came from.
     p.add_argument("--epochs", type=int, default=None)
@@ -268,10 +285,11 @@ def main(argv=None):
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
         not args.from_scratch, len(train), num_classes)
     if head_init == "probe":
-        accuracy, weight_decay = model.init_head_from_probe(train.images, train.labels,
-                                                            seed=args.seed)
+        accuracy, weight_decay = model.init_head_from_probe(
+            train.images, train.labels, weight_decay=args.probe_weight_decay, seed=args.seed)
+        how = "by cross-validation" if args.probe_weight_decay == "cv" else "<- flag"
         print(f"head: linear probe on the frozen features of the {len(train)} labelled images "
-              f"(LP-FT, weight decay {weight_decay:g} by cross-validation), train accuracy "
+              f"(LP-FT, weight decay {weight_decay:g} {how}), train accuracy "
               f"{100 * accuracy:.2f}%", flush=True)
     else:
         print("head: initialised x0.001 (the release's)", flush=True)

@@ -63,17 +63,23 @@ def test_finetune_recipe_runs(tmp_path):
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--backend",
          keras.backend.backend(), "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
          "--min-steps", "0", "--randaugment-factor", "0.5",  # keeps RandAugment on: tested
-         "--batch-size", "16", "--output", out],
+         "--batch-size", "16", "--probe-weight-decay", "1e-4",  # cv: test_finetune_budget
+         "--output", out],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("done: test top-1")
     assert "head: linear probe on the frozen features" in result.stdout  # LP-FT by default
+    assert "weight decay 0.0001 <- flag" in result.stdout
     assert re.search(r"randaugment_ops +2\n", result.stdout), result.stdout  # on: not scaled off
     assert os.path.isfile(out)
     missing = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder", "nope.keras"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 2 and "pretrain.py" in missing.stderr
+    bad = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--probe-weight-decay",
+         "-1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "cv or a number >= 0" in bad.stderr
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch",
