@@ -77,10 +77,11 @@ def select_weight_decay(features, labels, num_classes, candidates=PROBE_WEIGHT_D
                         seed=0, **fit_kwargs):
     """The weight decay of `fit_linear_head` that `folds`-fold cross-validation
     on the labelled `features` picks (highest held-out accuracy, the smaller
-    decay on a tie), for few labels, where the unregularised probe memorises
-    its images (measured on Fashion-MNIST, 10 per class: test 46.0% at 1e-4,
-    48.7% at 10). Folds are class-stratified and seeded. Returns
-    `(weight_decay, {candidate: held-out accuracy})`."""
+    decay on a tie), for few labels, where a lightly regularised probe
+    memorises its images (measured on Fashion-MNIST, 10 per class: picked 1,
+    and the LP-FT head fitted with it fine-tunes 2.8 to 3.4 points above the
+    one fitted with 1e-4; README). Folds are class-stratified and seeded.
+    Returns `(weight_decay, {candidate: held-out accuracy})`."""
     labels = np.asarray(labels).astype("int64")
     if folds < 2:
         raise ValueError(f"folds must be >= 2, received {folds}.")

@@ -73,6 +73,9 @@ def main(argv=None):
 
     import keras_conmim as kc
     from keras_conmim import evaluation
+    # few labels (at most this many per class): the probe's weight decay is
+    # cross-validated, as for the LP-FT head
+    from keras_conmim.finetune_budget import LP_FT_MAX_PER_CLASS
     from recipes.finetune import load_splits
 
     keras.utils.set_random_seed(args.seed)
@@ -112,7 +115,7 @@ def main(argv=None):
                 parser.error(f"--labels-per-class {count}: {e}")
         knn = evaluation.knn_accuracy(train_f[index], train.labels[index], test_f, test.labels,
                                       k=args.k, temperature=args.temperature)
-        few = len(index) <= CV_MAX_PER_CLASS * len(np.unique(train.labels))
+        few = len(index) <= LP_FT_MAX_PER_CLASS * len(np.unique(train.labels))
         linear = evaluation.linear_probe(train_f[index], train.labels[index], test_f, test.labels,
                                          epochs=args.probe_epochs, min_steps=MIN_PROBE_STEPS,
                                          weight_decay="cv" if few else 1e-4, seed=args.seed)
@@ -124,9 +127,6 @@ def main(argv=None):
 
 
 MIN_PROBE_STEPS = 300
-# Up to this many images per class the probe's weight decay is picked by
-# cross-validation (evaluation.select_weight_decay), as for the LP-FT head.
-CV_MAX_PER_CLASS = 1_000
 
 
 def parse_label_counts(text):
