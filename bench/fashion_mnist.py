@@ -4,7 +4,7 @@ pixels, with all labels and with few?
 
     apt-get install -y dataset-fashion-mnist
     python bench/fashion_mnist.py --backend torch --pretrain-epochs 6 --finetune-epochs 1,5,15
-    python bench/fashion_mnist.py ... --resume        # a stopped run continues, cell by cell
+    python bench/fashion_mnist.py ... --resume        # a stopped run continues (a cell from its last epoch)
     python bench/fashion_mnist.py ... --resume --redo F=15/10,probes   # again, in every row
     python bench/fashion_mnist.py --data default --quick                     # smoke test, minutes
 
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -236,10 +237,16 @@ def main(argv=None):
                                  *args.finetune_flags.split(), "--data", args.data,
                                  "--epochs", str(epochs),
                                  *([] if labels == "all" else ["--labels-per-class", labels]),
-                                 "--output", os.path.join(work, "classifier.keras")], log)
+                                 "--output", os.path.join(work, "classifier.keras"),
+                                 # a cell stopped mid-run continues from its last epoch
+                                 "--checkpoint-dir", log[:-len(".log")] + ".checkpoints",
+                                 *([] if args.resume else ["--no-resume"])], log)
             entry["finetune"][key] = {"epochs": epochs, "labels": labels,
                                       "top1": percent(line, "test top-1"),
                                       "recipe": recipe_lines(log), "head": head_line(log)}
+            first = resumed_epoch(log)
+            if first:  # wall_clock_s then counts the resumed part only
+                entry["finetune"][key]["resumed_after_epoch"] = first
             entry["wall_clock_s"][key] = round(seconds, 1)
             save()
             print(f"{row} {key}: {entry['finetune'][key]['top1']:.2f}", flush=True)
@@ -265,6 +272,13 @@ def recipe_lines(log):
         elif inside:
             break
     return out
+
+
+def resumed_epoch(log):
+    """The epochs a resumed fine-tuning cell found done (0: it ran whole)."""
+    with open(log) as f:
+        found = re.findall(r"^resumed from .*: (\d+) of \d+ epochs done$", f.read(), re.M)
+    return int(found[-1]) if found else 0
 
 
 def head_line(log):

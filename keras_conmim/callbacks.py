@@ -26,7 +26,12 @@ def _sync(model):
 
 
 def _step(model):
-    return int(keras.ops.convert_to_numpy(model.step_counter))
+    # ConMIM counts its own steps (the EMA schedule reads them); any other
+    # model is counted by its optimizer.
+    counter = getattr(model, "step_counter", None)
+    if counter is None:
+        counter = model.optimizer.iterations
+    return int(keras.ops.convert_to_numpy(counter))
 
 
 def list_checkpoints(directory):
@@ -51,9 +56,25 @@ def load_latest_checkpoint(directory):
     return None, None
 
 
+def restore_latest_checkpoint(model, directory):
+    """Load the newest checkpoint in `directory` that loads into `model` (built,
+    with its optimizer built) by `model.load_weights`: weights and optimizer
+    state, so a learning-rate schedule continues. Returns its path, or None
+    when there is none. A checkpoint that fails to load is reported and the
+    next older one is tried."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            model.load_weights(path)
+            return path
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"Could not load checkpoint {path} ({e}); trying an older one.",
+                          stacklevel=2)
+    return None
+
+
 class Checkpointer(keras.callbacks.Callback):
-    """Saves the whole ConMIM model (student, teacher, heads, optimizer state,
-    step counter, RNG state) at each epoch end and every `every_n_steps`
+    """Saves the whole model (for ConMIM: student, teacher, heads, optimizer
+    state, step counter, RNG state) at each epoch end and every `every_n_steps`
     steps, atomically, as `ckpt-<step>.keras`; keeps the last `keep`.
 
     Never saves a model whose last logged loss is NaN or Inf.

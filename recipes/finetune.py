@@ -27,6 +27,10 @@ RandAugment, then MixUp or CutMix (one of the two per batch) with label
 smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
 packaged Fashion-MNIST slice (default) or `idx:DIR` holding the full
 Fashion-MNIST IDX files. Prints the test top-1 and saves the classifier.
+
+Every epoch end checkpoints into --checkpoint-dir; the same command run again
+continues from the last epoch (--no-resume starts over). The checkpoints go
+once --output is saved.
 """
 
 import argparse
@@ -99,6 +103,11 @@ def parse_args(argv=None):
     p.add_argument("--randaugment-ops", type=int, default=None, help="0: off")
     p.add_argument("--randaugment-factor", type=float, default=None)
     p.add_argument("--output", default=os.path.join(ROOT, "saved_models", "classifier.keras"))
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="where each epoch's checkpoint goes (default: --output without .keras, "
+                   "plus .checkpoints); removed once the run has saved --output")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if --checkpoint-dir holds a checkpoint of this run")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.preset is not None and args.preset not in _presets():
@@ -114,6 +123,10 @@ def parse_args(argv=None):
         p.error("--lr must be > 0")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         p.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
+    if not args.output.endswith(".keras"):
+        p.error(f"--output {args.output}: must end in .keras")
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = args.output[:-len(".keras")] + ".checkpoints"
     if not args.from_scratch and not os.path.isfile(args.encoder):
         p.error(f"--encoder {args.encoder}: file not found. Pre-train first "
                 "(python recipes/pretrain.py) or pass --from-scratch.")
@@ -176,6 +189,70 @@ def apply_recipe(args, preset, num_labelled=None):
     return "\n".join(lines)
 
 
+RUN_FILE = "run.json"
+
+
+def run_settings(args):
+    """What a checkpoint must have been made with to be resumed: the start,
+    the data, the label subset and the resolved recipe."""
+    keys = ("from_scratch", "preset", "data", "labels_per_class", "seed", "steps_per_epoch",
+            "head_init", "probe_weight_decay", *FINETUNE_KEYS)
+    settings = {key: getattr(args, key) for key in keys}
+    settings["encoder"] = None if args.from_scratch and args.preset else os.path.abspath(args.encoder)
+    return settings
+
+
+def resumable(args, settings):
+    """The settings file of the checkpoints in --checkpoint-dir when this run
+    resumes them, else None (no checkpoint, or --no-resume: they are
+    removed). Exits with a clear error when they belong to another run."""
+    import json
+
+    from keras_conmim.callbacks import list_checkpoints
+
+    folder = args.checkpoint_dir
+    if not list_checkpoints(folder):
+        return None
+    if args.no_resume:
+        remove_checkpoints(folder)
+        return None
+    path = os.path.join(folder, RUN_FILE)
+    saved = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+    differ = [f"{k}: {saved.get('settings', {}).get(k)!r} there, {v!r} here"
+              for k, v in settings.items() if saved.get("settings", {}).get(k) != v]
+    if differ:
+        raise SystemExit(f"error: --checkpoint-dir {folder} holds checkpoints of another run ("
+                         + "; ".join(differ) + "). Pass --no-resume to start over, or another "
+                         "--checkpoint-dir.")
+    return saved
+
+
+def remove_checkpoints(folder):
+    """Delete this recipe's files in `folder` (checkpoints, run.json), then the
+    folder if that left it empty; nothing else in it is touched."""
+    from keras_conmim.callbacks import list_checkpoints
+
+    for path in [*list_checkpoints(folder), os.path.join(folder, RUN_FILE)]:
+        if os.path.exists(path):
+            os.remove(path)
+    if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+
+
+def write_run_file(folder, settings, head):
+    """The run's settings and head line, beside its checkpoints (atomically)."""
+    import json
+
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{RUN_FILE}.{os.getpid()}.partial")
+    with open(tmp, "w") as f:
+        json.dump({"settings": settings, "head": head}, f, indent=2)
+    os.replace(tmp, os.path.join(folder, RUN_FILE))
+
+
 def load_splits(spec, image_shape, resize="crop"):
     from keras_conmim import data
 
@@ -190,8 +267,11 @@ def load_splits(spec, image_shape, resize="crop"):
                  for prefix in ("train", "t10k"))
 
 
-def make_batches(source, num_classes, args):
-    """Endless augmented batches: (float images in [0, 255], soft labels)."""
+def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
+    """Endless augmented batches: (float images in [0, 255], soft labels).
+    Batch k of the run holds `source.batch_indices(..., first_step + k)`, so a
+    resumed run reads the images the stopped one would have read next (the
+    random augmentation draws are new)."""
     import keras
     import numpy as np
 
@@ -232,15 +312,26 @@ def make_batches(source, num_classes, args):
             y = tf.one_hot(tf.gather(tf.constant(source.labels), idx), num_classes)
             return augment_and_mix(x, y, graph_choice)
 
-        return tf.data.Dataset.counter().map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4)
+        return (tf.data.Dataset.counter(start=first_step)
+                .map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4))
 
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed + first_step)
+    steps = steps_per_epoch or source.steps_per_epoch(args.batch_size)
 
     class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return source.steps_per_epoch(args.batch_size)
+        """Without TensorFlow: epoch e's batch i is global step
+        first_step + e * steps + i (fit() calls on_epoch_end between epochs)."""
 
-        def __getitem__(self, step):
+        epoch = 0
+
+        def __len__(self):
+            return steps
+
+        def on_epoch_end(self):
+            self.epoch += 1
+
+        def __getitem__(self, i):
+            step = first_step + self.epoch * steps + i
             idx = source.batch_indices(args.batch_size, args.seed, step)
             x = keras.ops.convert_to_tensor(source.batch(idx).astype("float32"))
             y = keras.ops.one_hot(keras.ops.convert_to_tensor(source.labels[idx]), num_classes)
@@ -257,6 +348,7 @@ def main(argv=None):
     import numpy as np
 
     import keras_conmim as kc
+    from keras_conmim.callbacks import Checkpointer, restore_latest_checkpoint
     from keras_conmim.classifier import ViTClassifier, finetune_encoder
     from keras_conmim.saving import load_encoder, save_atomic
 
@@ -277,6 +369,8 @@ def main(argv=None):
             raise SystemExit(f"error: --labels-per-class: {e}")
     print(apply_recipe(args, args.preset or preset_for(encoder.get_config()), len(train)),
           flush=True)
+    settings = run_settings(args)
+    resumed = resumable(args, settings)
     encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     model = ViTClassifier(encoder, num_classes)
@@ -284,15 +378,18 @@ def main(argv=None):
 
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
         not args.from_scratch, len(train), num_classes)
-    if head_init == "probe":
+    if resumed is not None:
+        head = resumed["head"]  # the checkpoint holds the head; no probe to fit again
+    elif head_init == "probe":
         accuracy, weight_decay = model.init_head_from_probe(
             train.images, train.labels, weight_decay=args.probe_weight_decay, seed=args.seed)
         how = "by cross-validation" if args.probe_weight_decay == "cv" else "<- flag"
-        print(f"head: linear probe on the frozen features of the {len(train)} labelled images "
-              f"(LP-FT, weight decay {weight_decay:g} {how}), train accuracy "
-              f"{100 * accuracy:.2f}%", flush=True)
+        head = (f"linear probe on the frozen features of the {len(train)} labelled images "
+                f"(LP-FT, weight decay {weight_decay:g} {how}), train accuracy "
+                f"{100 * accuracy:.2f}%")
     else:
-        print("head: initialised x0.001 (the release's)", flush=True)
+        head = "initialised x0.001 (the release's)"
+    print(f"head: {head}", flush=True)
 
     steps = args.steps_per_epoch or train.steps_per_epoch(args.batch_size)
     total = steps * args.epochs
@@ -313,11 +410,27 @@ def main(argv=None):
           f"{'' if args.labels_per_class is None else f' ({args.labels_per_class} per class)'} "
           f"test={len(test)} "
           f"classes={num_classes} epochs={args.epochs} steps/epoch={steps}", flush=True)
-    model.fit(make_batches(train, num_classes, args), epochs=args.epochs, steps_per_epoch=steps,
-              verbose=1)
+    first_epoch = 0
+    if resumed is not None:
+        model(np.zeros((1, *encoder.image_shape), "float32"))
+        model.optimizer.build(model.trainable_variables)
+        path = restore_latest_checkpoint(model, args.checkpoint_dir)
+        if path is None:
+            raise SystemExit(f"error: no checkpoint in {args.checkpoint_dir} loads; pass "
+                             "--no-resume to start over.")
+        first_epoch = min(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps,
+                          args.epochs)
+        print(f"resumed from {path}: {first_epoch} of {args.epochs} epochs done", flush=True)
+    else:
+        write_run_file(args.checkpoint_dir, settings, head)
+    model.fit(make_batches(train, num_classes, args, first_step=first_epoch * steps,
+                           steps_per_epoch=steps),
+              epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=1,
+              callbacks=[Checkpointer(args.checkpoint_dir, keep=2)])
     logits = model.predict(test.images.astype("float32"), batch_size=256, verbose=0)
     top1 = float(np.mean(np.argmax(logits, 1) == test.labels))
     save_atomic(model, args.output)
+    remove_checkpoints(args.checkpoint_dir)  # the run is whole in --output
     print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images, saved to {args.output}")
     return top1
 

@@ -42,6 +42,8 @@ def _bench(calls):
         calls.append(cmd)
         text = (_probe_lines(cmd) if cmd[0] == "recipes/linear_probe.py" else
                 RECIPE + LAST_LINES[cmd[0]])
+        if cmd[0] == "recipes/finetune.py" and "--no-resume" not in cmd:  # as if stopped before
+            text = "resumed from /x/ckpt-00000009.keras: 3 of 5 epochs done\n" + text
         with open(log, "w") as f:
             f.write(text + "\n")
         return text.splitlines()[-1], 10.0
@@ -87,6 +89,11 @@ def test_rows_run_the_right_recipes_and_fill_the_tables(tmp_path, capsys):
     assert _flag(probes[1], "--encoder").endswith(
         os.path.join("conmim", "pretrain", "student_encoder.keras"))
     assert "--from-scratch" in probes[4] and "--raw-pixels" in probes[5]
+    # each cell checkpoints in its own folder, and a fresh run starts every cell over
+    assert all("--no-resume" in c for c in finetune)
+    folders = [_flag(c, "--checkpoint-dir") for c in finetune]
+    assert len(set(folders)) == len(folders)
+    assert folders[0] == os.path.join(str(tmp_path), "conmim", "finetune_F5_10.checkpoints")
 
     with open(os.path.join(tmp_path, "results.json")) as f:
         report = json.load(f)
@@ -129,6 +136,10 @@ def test_rows_run_the_right_recipes_and_fill_the_tables(tmp_path, capsys):
     bench.main([*argv, "--rows", "conmim,scratch", "--resume", "--redo", "F=5/10"])
     assert [(_flag(c, "--epochs"), _flag(c, "--labels-per-class")) for c in calls] == [
         ("5", "10"), ("5", "10")]
+    assert not any("--no-resume" in c for c in calls)  # a cell stopped mid-run continues
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        cell = json.load(f)["rows"][0]["finetune"]["F=5/10"]
+    assert cell["resumed_after_epoch"] == 3 and cell["top1"] == 60.25
     calls.clear()
     bench.main([*argv, "--rows", "conmim,raw_pixels", "--resume", "--redo", "probes"])
     assert [c[0] for c in calls] == ["recipes/linear_probe.py"] * 3  # teacher, student, pixels

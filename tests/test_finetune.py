@@ -98,3 +98,81 @@ def test_finetune_recipe_from_scratch_with_a_preset(tmp_path, capsys):
     assert "fine-tuning from random init" in capsys.readouterr().out
     model = keras.saving.load_model(out)
     assert tuple(model(np.zeros((2, 28, 28, 1), "float32")).shape) == (2, 10)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, capsys):
+    # A run killed right after its epoch-2 checkpoint, run again, ends with
+    # the weights of the run that was never stopped (augmentation off: the
+    # random draws are the one thing a resumed run does not repeat).
+    from keras_conmim import callbacks
+    from recipes import finetune
+
+    encoder = tiny_vit(image_shape=(28, 28, 1))
+    path = os.path.join(tmp_path, "enc.keras")
+    encoder.save(path)
+
+    def run(name, *extra):
+        out = os.path.join(tmp_path, f"{name}.keras")
+        finetune.main(["--backend", keras.backend.backend(), "--encoder", path, "--epochs", "3",
+                       "--steps-per-epoch", "2", "--batch-size", "8", "--min-steps", "0",
+                       "--warmup-epochs", "1", "--head-init", "small", "--drop-path", "0",
+                       "--mixup", "0", "--cutmix", "0", "--randaugment-ops", "0",
+                       "--output", out, *extra])
+        return out
+
+    whole = keras.saving.load_model(run("whole"))
+    assert not os.path.exists(os.path.join(tmp_path, "whole.checkpoints"))  # removed when done
+
+    save = callbacks.Checkpointer.on_epoch_end
+
+    def save_then_die(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == 1:
+            raise _Killed
+    monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", save_then_die)
+    with pytest.raises(_Killed):
+        run("resumed")
+    monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", save)
+    folder = os.path.join(tmp_path, "resumed.checkpoints")
+    assert [os.path.basename(p) for p in callbacks.list_checkpoints(folder)] == [
+        "ckpt-00000002.keras", "ckpt-00000004.keras"]
+    assert not os.path.exists(os.path.join(tmp_path, "resumed.keras"))
+
+    with pytest.raises(SystemExit, match="holds checkpoints of another run.*lr.*--no-resume"):
+        run("resumed", "--lr", "0.5")
+    capsys.readouterr()
+    with open(os.path.join(folder, "notes.txt"), "w") as f:
+        f.write("a user's file")  # a shared folder: only the recipe's own files go
+    resumed = keras.saving.load_model(run("resumed"))
+    assert "ckpt-00000004.keras: 2 of 3 epochs done" in capsys.readouterr().out
+    for a, b in zip(whole.weights, resumed.weights):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=1e-5, err_msg=a.path)
+    assert int(to_numpy(resumed.optimizer.iterations)) == 6
+    assert os.listdir(folder) == ["notes.txt"]
+
+
+def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch):
+    # The PyDataset path (a JAX or torch box without TensorFlow): epoch e's
+    # batch i is global step first_step + e * steps + i, as in the tf.data path.
+    import argparse
+    import sys as _sys
+
+    from keras_conmim.data import load_default
+    from recipes import finetune
+
+    monkeypatch.setitem(_sys.modules, "tensorflow", None)  # `import tensorflow` fails
+    source = load_default("train", image_size=(28, 28), channels="gray")
+    args = argparse.Namespace(batch_size=4, seed=3, randaugment_ops=0, randaugment_factor=0.0,
+                              mixup=0.0, cutmix=0.0)
+    batches = finetune.make_batches(source, 10, args, first_step=6, steps_per_epoch=3)
+    assert isinstance(batches, keras.utils.PyDataset) and len(batches) == 3
+    seen = [to_numpy(batches[0][1])]
+    batches.on_epoch_end()
+    seen.append(to_numpy(batches[2][1]))
+    for labels, step in zip(seen, (6, 11)):
+        expected = source.labels[source.batch_indices(4, 3, step)]
+        np.testing.assert_array_equal(np.argmax(labels, 1), expected)
