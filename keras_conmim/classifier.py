@@ -98,13 +98,12 @@ class ViTClassifier(keras.Model):
         the labelled images (a probe that memorises a few images hands
         fine-tuning an over-confident head: measured, Fashion-MNIST 10 per
         class, README), or a number. Returns `(train_accuracy, weight_decay)`."""
-        from keras_conmim.evaluation import fit_linear_head, select_weight_decay
+        from keras_conmim.evaluation import fit_linear_head, resolve_weight_decay
 
         features = self.features(images)
         fit = dict(epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size)
-        if weight_decay == "cv":
-            weight_decay, _ = select_weight_decay(features, labels, self.num_classes, seed=seed,
-                                                  **fit)
+        weight_decay = resolve_weight_decay(weight_decay, features, labels, self.num_classes,
+                                            seed=seed, **fit)
         kernel, bias, accuracy = fit_linear_head(features, labels, self.num_classes,
                                                  weight_decay=weight_decay, seed=seed, **fit)
         self.head.kernel.assign(kernel)

@@ -107,15 +107,28 @@ def select_weight_decay(features, labels, num_classes, candidates=PROBE_WEIGHT_D
     return min(wd for wd, score in scores.items() if score == best), scores
 
 
+def resolve_weight_decay(weight_decay, features, labels, num_classes, seed=0, **fit_kwargs):
+    """A probe's weight decay: `weight_decay` itself when it is a number >= 0,
+    and for `"cv"` the one `select_weight_decay` picks on the labelled
+    `features` (`fit_kwargs` go to `fit_linear_head`)."""
+    if isinstance(weight_decay, str):
+        if weight_decay != "cv":
+            raise ValueError(f"weight_decay must be 'cv' or a number >= 0, received "
+                             f"{weight_decay!r}.")
+        return select_weight_decay(features, labels, num_classes, seed=seed, **fit_kwargs)[0]
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be 'cv' or a number >= 0, received {weight_decay}.")
+    return weight_decay
+
+
 def linear_probe(train_features, train_labels, features, labels, epochs=100, lr=1e-2,
                  batch_size=256, weight_decay=1e-4, seed=0, min_steps=0):
     """Test accuracy of `fit_linear_head` fitted on the training features;
     `weight_decay="cv"`: the one `select_weight_decay` picks on them."""
     num_classes = int(max(np.max(train_labels), np.max(labels))) + 1
     fit = dict(epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size)
-    if weight_decay == "cv":
-        weight_decay, _ = select_weight_decay(train_features, train_labels, num_classes,
-                                              seed=seed, **fit)
+    weight_decay = resolve_weight_decay(weight_decay, train_features, train_labels, num_classes,
+                                        seed=seed, **fit)
     kernel, bias, _ = fit_linear_head(train_features, train_labels, num_classes,
                                       weight_decay=weight_decay, seed=seed, **fit)
     logits = np.asarray(features, "float32") @ kernel + bias

@@ -74,6 +74,15 @@ def test_probe_weight_decay_is_picked_by_stratified_cross_validation(monkeypatch
     assert evaluation.select_weight_decay(x, y, 3, candidates=(3.0, 1e-4))[0] == 1e-4
     with pytest.raises(ValueError, match="at least 9 images of a class"):
         evaluation.select_weight_decay(x, y, 3, folds=9)
+    # what linear_probe and ViTClassifier.init_head_from_probe call: a number
+    # is kept, "cv" is cross-validated, anything else is refused by name
+    good = {1.0}
+    assert evaluation.resolve_weight_decay(0.5, x, y, 3) == 0.5
+    assert evaluation.resolve_weight_decay("cv", x, y, 3) == 1.0  # PROBE_WEIGHT_DECAYS
+    for bad in ("auto", -1.0):
+        with pytest.raises(ValueError, match="'cv' or a number >= 0"):
+            evaluation.resolve_weight_decay(bad, x, y, 3)
+    assert evaluation.linear_probe(x, y, x, y, weight_decay="cv") == 1.0
 
 
 def test_knn_monitor_logs_during_pretraining():
