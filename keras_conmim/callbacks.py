@@ -41,35 +41,32 @@ def list_checkpoints(directory):
     return [os.path.join(directory, n) for n in sorted(names)]
 
 
-def load_latest_checkpoint(directory):
-    """`(model, path)` for the newest checkpoint that loads, or `(None, None)`.
-
-    A checkpoint that fails to load (it cannot be half-written, but a disk can
-    still corrupt it) is reported and the next older one is tried.
-    """
+def _newest_that_loads(directory, load):
+    """`(load(path), path)` for the newest checkpoint `load` accepts, or
+    `(None, None)`. A checkpoint that fails to load (it cannot be
+    half-written, but a disk can still corrupt it) is reported and the next
+    older one is tried."""
     for path in reversed(list_checkpoints(directory)):
         try:
-            return keras.saving.load_model(path), path
+            return load(path), path
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"Could not load checkpoint {path} ({e}); trying an older one.",
-                          stacklevel=2)
+                          stacklevel=3)
     return None, None
+
+
+def load_latest_checkpoint(directory):
+    """`(model, path)` for the newest checkpoint that loads, or `(None, None)`."""
+    return _newest_that_loads(directory, keras.saving.load_model)
 
 
 def restore_latest_checkpoint(model, directory):
     """Load the newest checkpoint in `directory` that loads into `model` (built,
     with its optimizer built) by `model.load_weights`: weights and optimizer
     state, so a learning-rate schedule continues. Returns its path, or None
-    when there is none. A checkpoint that fails to load is reported and the
-    next older one is tried."""
-    for path in reversed(list_checkpoints(directory)):
-        try:
-            model.load_weights(path)
-            return path
-        except Exception as e:  # noqa: BLE001
-            warnings.warn(f"Could not load checkpoint {path} ({e}); trying an older one.",
-                          stacklevel=2)
-    return None
+    when there is none; one that fails to load is reported and the next older
+    one is tried."""
+    return _newest_that_loads(directory, model.load_weights)[1]
 
 
 class Checkpointer(keras.callbacks.Callback):

@@ -221,8 +221,9 @@ def resumable(args, settings):
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-    differ = [f"{k}: {saved.get('settings', {}).get(k)!r} there, {v!r} here"
-              for k, v in settings.items() if saved.get("settings", {}).get(k) != v]
+    previous = saved.get("settings", {})
+    differ = [f"{k}: {previous.get(k)!r} there, {v!r} here"
+              for k, v in settings.items() if previous.get(k) != v]
     if differ:
         raise SystemExit(f"error: --checkpoint-dir {folder} holds checkpoints of another run ("
                          + "; ".join(differ) + "). Pass --no-resume to start over, or another "
