@@ -58,6 +58,22 @@ DEFAULT_ROWS = "conmim,pixel,scratch,random_init,raw_pixels"
 PROBE_ONLY = ("random_init", "raw_pixels")
 
 
+def _keras_free_saving():
+    """keras_conmim/saving.py loaded by its path: its module level imports only
+    `os`, and importing the package would import keras, which this driver (and
+    the others that run recipes as subprocesses) leave to the subprocesses."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_keras_conmim_saving", os.path.join(ROOT, "keras_conmim", "saving.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_text_atomic = _keras_free_saving().write_text_atomic
+
+
 def run(cmd, log):
     start = time.perf_counter()
     with open(log, "w") as f:
@@ -309,10 +325,7 @@ def write_report(args, settings, rows, results, cells):
         for r in results.values()) and set(rows) <= set(results)
     report = {**settings, "command": args.command, "complete": complete,
               "rows": list(results.values())}
-    tmp = os.path.join(args.out, "results.json.partial")
-    with open(tmp, "w") as fh:
-        json.dump(report, fh, indent=2)
-    os.replace(tmp, os.path.join(args.out, "results.json"))
+    write_text_atomic(os.path.join(args.out, "results.json"), json.dumps(report, indent=2))
 
 
 def print_table(report):

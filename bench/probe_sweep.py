@@ -102,6 +102,7 @@ def main(argv=None):
     import numpy as np
 
     from keras_conmim import data, evaluation
+    from keras_conmim.saving import write_text_atomic
     from recipes.finetune import load_splits
 
     train, test = load_splits(args.data, (28, 28, 1))
@@ -137,11 +138,11 @@ def main(argv=None):
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        with open(out_json, "w") as f:
-            json.dump({"machine": machine, "steps": args.steps, "batch_size": args.batch_size,
-                       "data": args.data, "bank": len(bank), "queries": len(queries),
-                       "command": " ".join(["python", "bench/probe_sweep.py", *(argv or sys.argv[1:])]),
-                       "rows": rows}, f, indent=2)
+        write_text_atomic(out_json, json.dumps(
+            {"machine": machine, "steps": args.steps, "batch_size": args.batch_size,
+             "data": args.data, "bank": len(bank), "queries": len(queries),
+             "command": " ".join(["python", "bench/probe_sweep.py", *(argv or sys.argv[1:])]),
+             "rows": rows}, indent=2))
     print(f"\n{'saved models' if args.checkpoints else f'{args.steps} steps x batch {args.batch_size}'}"
           f", {machine}; kNN/linear on "
           f"{len(queries)} test images, bank {len(bank)}")

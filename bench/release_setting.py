@@ -25,7 +25,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.fashion_mnist import run  # noqa: E402  (no keras import)
+from bench.fashion_mnist import run, write_text_atomic  # noqa: E402  (no keras import)
 from recipes.linear_probe import parse_result  # noqa: E402
 PRESET = "vit_mini_p4_32"
 
@@ -91,8 +91,7 @@ def main(argv=None):
         "lookup_by_epoch": [round(100 * float(r["lookup_accuracy"]), 2) for r in log],
         "probes": rows,
     }
-    with open(out_json, "w") as f:
-        json.dump(report, f, indent=2)
+    write_text_atomic(out_json, json.dumps(report, indent=2))
     print_table(report)
 
 

@@ -12,8 +12,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.fashion_mnist import write_text_atomic  # noqa: E402  (no keras import)
+
 NAME = "conmim_vit_mini_p4_28_fmnist.keras"
 
 
@@ -102,8 +106,7 @@ Resolved pre-training config:
 {json.dumps(config, indent=2)}
 ```
 """
-    with open(os.path.join(args.out, "CARD.md"), "w") as f:
-        f.write(card)
+    write_text_atomic(os.path.join(args.out, "CARD.md"), card)
     print(f"shipped {target} and {os.path.join(args.out, 'CARD.md')}")
 
 

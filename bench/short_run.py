@@ -24,7 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.fashion_mnist import run  # noqa: E402  (no keras import)
+from bench.fashion_mnist import run, write_text_atomic  # noqa: E402  (no keras import)
 from recipes.linear_probe import parse_result  # noqa: E402
 # The release's layout and numbers, with the small-image views and crop.
 RELEASE = ["--mask-token-position", "none", "--mask-unit", "2", "--mask-ratio", "0.75",
@@ -133,10 +133,9 @@ def main(argv=None):
             row[f"{name_}_knn"], row[f"{name_}_linear"] = knn, linear
         rows.append(row)
         print(json.dumps(row), flush=True)
-        with open(out_json, "w") as f:
-            json.dump({"settings": settings, "command": " ".join(
-                ["python", "bench/short_run.py", *(sys.argv[1:] if argv is None else argv)]),
-                "rows": rows}, f, indent=2)
+        write_text_atomic(out_json, json.dumps({"settings": settings, "command": " ".join(
+            ["python", "bench/short_run.py", *(sys.argv[1:] if argv is None else argv)]),
+            "rows": rows}, indent=2))
     with open(out_json) as f:
         print_table(json.load(f))
 

@@ -3,6 +3,24 @@
 import os
 
 
+def write_text_atomic(path, text):
+    """Write `text` to `path` through a temporary file renamed into place (the
+    folder is made if missing): a crash mid-write leaves the previous file (or
+    none), never a partial one. For the JSON reports, run files and cards that
+    recipes and benchmarks rewrite as they go."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def save_atomic(model, path):
     """`model.save(path)` through a temporary file renamed into place, so a
     crash mid-write leaves the previous file (or none), never a partial one."""

@@ -247,11 +247,10 @@ def write_run_file(folder, settings, head):
     """The run's settings and head line, beside its checkpoints (atomically)."""
     import json
 
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{RUN_FILE}.{os.getpid()}.partial")
-    with open(tmp, "w") as f:
-        json.dump({"settings": settings, "head": head}, f, indent=2)
-    os.replace(tmp, os.path.join(folder, RUN_FILE))
+    from keras_conmim.saving import write_text_atomic
+
+    write_text_atomic(os.path.join(folder, RUN_FILE),
+                      json.dumps({"settings": settings, "head": head}, indent=2))
 
 
 def load_splits(spec, image_shape, resize="crop"):

@@ -296,7 +296,7 @@ def main(argv=None):
     import keras_conmim as kc
     from keras_conmim import callbacks as cb
     from keras_conmim.data import parse_data_spec
-    from keras_conmim.saving import save_atomic
+    from keras_conmim.saving import save_atomic, write_text_atomic
 
     from keras_conmim import distribute
 
@@ -314,8 +314,8 @@ def main(argv=None):
     ckpt_dir = os.path.join(output, "checkpoints")
     if chief:
         os.makedirs(ckpt_dir, exist_ok=True)
-        with open(os.path.join(output, "config.json"), "w") as f:
-            json.dump({**config, "recipe_sources": sources}, f, indent=2)
+        write_text_atomic(os.path.join(output, "config.json"),
+                          json.dumps({**config, "recipe_sources": sources}, indent=2))
 
     keras.utils.set_random_seed(config["seed"])
     keras.config.set_dtype_policy(config["precision"])

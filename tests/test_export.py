@@ -125,3 +125,28 @@ def test_export_recipe_checks_the_written_file(tmp_path):
          "--format", format, "--output", os.path.join(tmp_path, name), "--backend", BACKEND],
         capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+def test_text_writes_are_atomic(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    # the benchmark drivers load the same function without importing keras
+    probe = ("import sys; from bench.fashion_mnist import write_text_atomic as w; "
+             "assert 'keras' not in sys.modules; print(w.__module__)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "saving" in done.stdout, done.stderr[-2000:]
+    from bench.fashion_mnist import write_text_atomic as bench_write
+    from keras_conmim.saving import write_text_atomic
+
+    for write in (write_text_atomic, bench_write):
+        path = os.path.join(tmp_path, f"{write.__module__}.json")
+        write(path, '{"a": 1}')
+        with pytest.raises(TypeError):
+            write(path, 12345)  # fails mid-write: the old file stays, no partial one
+        with open(path) as f:
+            assert f.read() == '{"a": 1}'
+        assert not [n for n in os.listdir(tmp_path) if "partial" in n]
+    nested = write_text_atomic(os.path.join(tmp_path, "new", "run.json"), "x")
+    assert open(nested).read() == "x"
