@@ -1,43 +1,46 @@
 """Saving that never leaves a half-written file behind."""
 
+import contextlib
 import os
 
 
-def write_text_atomic(path, text):
-    """Write `text` to `path` through a temporary file renamed into place (the
-    folder is made if missing): a crash mid-write leaves the previous file (or
-    none), never a partial one. For the JSON reports, run files and cards that
-    recipes and benchmarks rewrite as they go."""
+@contextlib.contextmanager
+def _renamed_into_place(path, tmp_name):
+    """Yields a temporary path (`tmp_name`, beside `path`; the folder is made if
+    missing) that is renamed onto `path` when the block ends without error and
+    removed otherwise: a crash mid-write leaves the previous file (or none),
+    never a partial one."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.partial")
+    tmp = os.path.join(directory, tmp_name)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text_atomic(path, text):
+    """Write `text` to `path` atomically (the JSON reports, run files and cards
+    that recipes and benchmarks rewrite as they go)."""
+    with _renamed_into_place(path, f".{os.path.basename(path)}.{os.getpid()}.partial") as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
     return path
 
 
 def save_atomic(model, path):
-    """`model.save(path)` through a temporary file renamed into place, so a
-    crash mid-write leaves the previous file (or none), never a partial one."""
+    """`model.save(path)` atomically: through a temporary file renamed into
+    place."""
     if not path.endswith(".keras"):
         raise ValueError(f"Expected a path ending in '.keras', received {path!r}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)[:-6]}.{os.getpid()}.partial.keras")
     from keras_conmim.distribute import this_host_only
 
-    try:
+    stem = os.path.basename(path)[:-len(".keras")]
+    with _renamed_into_place(path, f".{stem}.{os.getpid()}.partial.keras") as tmp:
         with this_host_only():  # the chief may save alone, also across hosts
             model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
