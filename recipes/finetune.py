@@ -22,7 +22,9 @@ LayerNorm + head (for a pre-trained encoder with at most 1,000 labels per class
 first fitted as a linear probe on the frozen features, LP-FT; else initialised
 x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
-(0.65: patch embedding/CLS lowest, head and final norm at 1); drop path 0.1;
+(the 224 px presets: the release's 0.65, patch embedding/CLS lowest, head and
+final norm at 1; the small presets: none, measured better after a short
+pre-training); drop path 0.1;
 RandAugment, then MixUp or CutMix (one of the two per batch) with label
 smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
 packaged Fashion-MNIST slice (default) or `idx:DIR` holding the full

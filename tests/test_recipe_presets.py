@@ -184,4 +184,7 @@ def test_every_preset_has_finetune_and_scratch_recipes():
         for kind in ("finetune", "scratch"):
             assert set(preset[kind]) == set(finetune.FINETUNE_KEYS), (name, kind)
         assert preset["scratch"]["layer_decay"] == 1.0, name  # nothing pre-trained to keep
-        assert preset["finetune"]["layer_decay"] < 1.0, name
+        # the release's 0.65 for its ImageNet-length pre-training; none for the small
+        # presets, whose short pre-training measured better without (presets.py)
+        small = preset["config"]["image_shape"][0] < 224
+        assert preset["finetune"]["layer_decay"] == (1.0 if small else 0.65), name
