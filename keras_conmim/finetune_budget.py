@@ -15,8 +15,8 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    until it has them: 15 epochs of 100 images is 60 steps, too few for any
    model to fit. This rule applies to a given epoch count too: it is what
    `min_steps` is for.
-3. **Short runs, less regularisation.** MixUp / CutMix, drop path and the
-   RandAugment magnitude exist for long schedules (they slow fitting to win
+3. **Short runs, less regularisation.** MixUp / CutMix, drop path, random
+   erasing and the RandAugment magnitude exist for long schedules (they slow fitting to win
    later). They are scaled by `ramp = clip((steps - SHORT_STEPS) /
    (LONG_STEPS - SHORT_STEPS), 0, 1)`, from 0 for runs of SHORT_STEPS
    optimizer steps or fewer to the recipe's value from LONG_STEPS on (the
@@ -68,6 +68,7 @@ RULES = {
     "drop_path": "x ramp (run length in steps)",
     "randaugment_ops": "0 (off) where ramp is 0",
     "randaugment_factor": "x ramp (run length in steps)",
+    "random_erasing": "x ramp (run length in steps)",
     "warmup_epochs": "at most a fifth of the run",
 }
 
@@ -118,8 +119,9 @@ def budget_recipe(recipe, num_labelled, fixed=(), min_steps=MIN_STEPS, steps_per
         raise ValueError(f"min_steps must be >= 0, received {min_steps}.")
     out["epochs"] = max(out["epochs"], math.ceil(min_steps / steps_per_epoch))
     r = ramp(out["epochs"] * steps_per_epoch)
-    for key in ("mixup", "cutmix", "drop_path", "randaugment_factor"):
-        set_value(key, round(recipe[key] * r, 4))
+    for key in ("mixup", "cutmix", "drop_path", "randaugment_factor", "random_erasing"):
+        if key in recipe:  # a recipe written before a key existed leaves it out
+            set_value(key, round(recipe[key] * r, 4))
     if r == 0 and "randaugment_factor" not in fixed:  # a magnitude set by hand means "on"
         set_value("randaugment_ops", 0)
     set_value("warmup_epochs", min(recipe["warmup_epochs"], round(out["epochs"] / 5, 4)))

@@ -24,9 +24,9 @@ x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
 (the 224 px presets: the release's 0.65, patch embedding/CLS lowest, head and
 final norm at 1; the small presets: none, measured better after a short
-pre-training); drop path 0.1;
-RandAugment, then MixUp or CutMix (one of the two per batch) with label
-smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
+pre-training); drop path 0.1; RandAugment, random erasing (0.25 for the 224
+px presets, off for the small ones), then MixUp or CutMix (one of the two per
+batch) with label smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
 packaged Fashion-MNIST slice (default) or `idx:DIR` holding the full
 Fashion-MNIST IDX files. Prints the test top-1 and saves the classifier.
 
@@ -104,6 +104,8 @@ def parse_args(argv=None):
     p.add_argument("--cutmix", type=float, default=None, help="CutMix factor (0: off)")
     p.add_argument("--randaugment-ops", type=int, default=None, help="0: off")
     p.add_argument("--randaugment-factor", type=float, default=None)
+    p.add_argument("--random-erasing", type=float, default=None,
+                   help="probability of erasing a random rectangle of each image (0: off)")
     p.add_argument("--output", default=os.path.join(ROOT, "saved_models", "classifier.keras"))
     p.add_argument("--checkpoint-dir", default=None,
                    help="where each epoch's checkpoint goes (default: --output without .keras, "
@@ -123,6 +125,8 @@ def parse_args(argv=None):
         p.error("--min-steps must be >= 0")
     if args.lr is not None and args.lr <= 0:
         p.error("--lr must be > 0")
+    if args.random_erasing is not None and not 0 <= args.random_erasing <= 1:
+        p.error(f"--random-erasing {args.random_erasing}: a probability, in [0, 1]")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         p.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
     if not args.output.endswith(".keras"):
@@ -139,7 +143,7 @@ def parse_args(argv=None):
 
 FINETUNE_KEYS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay",
                  "layer_decay", "drop_path", "label_smoothing", "mixup", "cutmix",
-                 "randaugment_ops", "randaugment_factor")
+                 "randaugment_ops", "randaugment_factor", "random_erasing")
 
 
 ARCHITECTURE_KEYS = ("image_shape", "patch_size", "num_layers", "num_heads", "hidden_dim")
@@ -192,6 +196,9 @@ def apply_recipe(args, preset, num_labelled=None):
 
 
 RUN_FILE = "run.json"
+# Settings added after run files were first written, with the value a run
+# file without them was made with.
+ADDED_SINCE = {"random_erasing": 0.0}
 
 
 def run_settings(args):
@@ -223,7 +230,7 @@ def resumable(args, settings):
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
-    previous = saved.get("settings", {})
+    previous = {**ADDED_SINCE, **saved.get("settings", {})}
     differ = [f"{k}: {previous.get(k)!r} there, {v!r} here"
               for k, v in settings.items() if previous.get(k) != v]
     if differ:
@@ -280,13 +287,23 @@ def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
     augment = (keras.layers.RandAugment(value_range=(0, 255), num_ops=args.randaugment_ops,
                                         factor=args.randaugment_factor, seed=args.seed)
                if args.randaugment_ops > 0 else None)
+    # The release's random erasing (timm's, after RandAugment, before mixing):
+    # a rectangle of 2-33% of the image, filled with mid-grey (timm fills with
+    # per-pixel noise; Keras' layer offers a constant or clipped noise).
+    erase = (keras.layers.RandomErasing(factor=(args.random_erasing, args.random_erasing),
+                                        scale=(0.02, 1 / 3), fill_value=127.5,
+                                        value_range=(0, 255), seed=args.seed)
+             if args.random_erasing > 0 else None)
     mixers = [m for m in (keras.layers.MixUp(alpha=args.mixup, seed=args.seed) if args.mixup > 0 else None,
                           keras.layers.CutMix(factor=args.cutmix, seed=args.seed) if args.cutmix > 0 else None)
               if m is not None]
     def augment_and_mix(x, y, choose):
-        """RandAugment, then one of the mixers; `choose(branches)` runs one."""
+        """RandAugment, random erasing, then one of the mixers; `choose(branches)`
+        runs one."""
         if augment is not None:
             x = augment(x, training=True)
+        if erase is not None:
+            x = erase(x, training=True)
         if mixers:
             mixed = choose([lambda m=m: m({"images": x, "labels": y}, training=True)
                             for m in mixers])

@@ -167,7 +167,7 @@ def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch)
     monkeypatch.setitem(_sys.modules, "tensorflow", None)  # `import tensorflow` fails
     source = load_default("train", image_size=(28, 28), channels="gray")
     args = argparse.Namespace(batch_size=4, seed=3, randaugment_ops=0, randaugment_factor=0.0,
-                              mixup=0.0, cutmix=0.0)
+                              mixup=0.0, cutmix=0.0, random_erasing=0.0)
     batches = finetune.make_batches(source, 10, args, first_step=6, steps_per_epoch=3)
     assert isinstance(batches, keras.utils.PyDataset) and len(batches) == 3
     seen = [to_numpy(batches[0][1])]
@@ -176,3 +176,65 @@ def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch)
     for labels, step in zip(seen, (6, 11)):
         expected = source.labels[source.batch_indices(4, 3, step)]
         np.testing.assert_array_equal(np.argmax(labels, 1), expected)
+
+
+@pytest.mark.parametrize("tensorflow", [True, False], ids=["tf.data", "no-tensorflow"])
+def test_random_erasing_fills_one_rectangle_per_image(monkeypatch, tensorflow):
+    # The release's random erasing: with probability p, a rectangle of 2-33%
+    # of the image becomes mid-grey; nothing else changes. p = 0: untouched.
+    import argparse
+    import sys as _sys
+
+    from keras_conmim.data import load_default
+    from recipes import finetune
+
+    if tensorflow:
+        pytest.importorskip("tensorflow")
+    else:
+        monkeypatch.setitem(_sys.modules, "tensorflow", None)
+    source = load_default("train", image_size=(28, 28), channels="gray")
+    originals = source.batch(source.batch_indices(16, 0, 0)).astype("float32")
+
+    def first_batch(p):
+        args = argparse.Namespace(batch_size=16, seed=0, randaugment_ops=0,
+                                  randaugment_factor=0.0, mixup=0.0, cutmix=0.0, random_erasing=p)
+        batches = finetune.make_batches(source, 10, args, steps_per_epoch=1)
+        x, _ = batches[0] if not tensorflow else next(iter(batches))
+        return to_numpy(x)
+
+    np.testing.assert_array_equal(first_batch(0.0), originals)
+    erased = first_batch(1.0)
+    changed = erased != originals
+    assert np.all(erased[changed] == 127.5)  # only the fill value is written
+    for image in changed[..., 0]:
+        rows, cols = np.nonzero(image)
+        assert rows.size, "p = 1 erases every image"
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        # one rectangle (pixels that were already mid-grey aside: none in uint8 data)
+        assert rows.size == box and 0.01 * 784 <= box <= 0.4 * 784, box
+
+
+def test_a_run_file_from_before_random_erasing_resumes_with_it_off(tmp_path):
+    import json
+
+    from recipes import finetune
+
+    folder = os.path.join(tmp_path, "run.checkpoints")
+    os.makedirs(folder)
+    open(os.path.join(folder, "ckpt-00000002.keras"), "w").close()
+    encoder = os.path.join(tmp_path, "enc.keras")
+    open(encoder, "w").close()
+    argv = ["--encoder", encoder, "--checkpoint-dir", folder, "--output",
+            os.path.join(tmp_path, "run.keras")]
+    args = finetune.parse_args(argv)
+    finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
+    settings = finetune.run_settings(args)
+    assert settings["random_erasing"] == 0.0
+    old = {k: v for k, v in settings.items() if k != "random_erasing"}
+    with open(os.path.join(folder, finetune.RUN_FILE), "w") as f:
+        json.dump({"settings": old, "head": "h"}, f)
+    assert finetune.resumable(args, settings)["head"] == "h"
+    args = finetune.parse_args([*argv, "--random-erasing", "0.25"])
+    finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
+    with pytest.raises(SystemExit, match="random_erasing: 0.0 there, 0.25 here"):
+        finetune.resumable(args, finetune.run_settings(args))

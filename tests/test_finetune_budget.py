@@ -40,6 +40,14 @@ def test_short_runs_drop_the_long_schedule_regularisers():
     assert scaled["randaugment_factor"] == pytest.approx(SMALL["randaugment_factor"] / 2)
     assert scaled["randaugment_ops"] == SMALL["randaugment_ops"]  # on, at half magnitude
     assert fb.ramp(fb.SHORT_STEPS) == 0 and fb.ramp(fb.LONG_STEPS) == fb.ramp(10**6) == 1
+    # the release's random erasing (0.25; off in the small recipe) follows the same ramp
+    assert fb.budget_recipe(dict(RELEASE, epochs=1), num_labelled=60_000)[0]["random_erasing"] == 0
+    scaled, changes = fb.budget_recipe(dict(RELEASE, epochs=10), num_labelled=1024 * mid // 10)
+    assert scaled["random_erasing"] == pytest.approx(RELEASE["random_erasing"] / 2)
+    assert changes["random_erasing"] == fb.RULES["random_erasing"] and SMALL["random_erasing"] == 0
+    # a recipe dict written before random erasing existed is scaled without it
+    old = {k: v for k, v in SMALL.items() if k != "random_erasing"}
+    assert "random_erasing" not in fb.budget_recipe(old, num_labelled=60_000)[0]
 
 
 def test_few_labels_get_a_small_batch_and_enough_steps():
