@@ -8,9 +8,10 @@ from keras_conmim.layers import PACKAGE
 
 def layer_decay_scales(encoder, decay=0.65):
     """`{variable path: lr scale}` for a `ViT`, from `encoder.layer_groups()`:
-    with L blocks, group 0 (patch embedding, CLS, mask token) gets
-    `decay ** (L + 1)`, block i gets `decay ** (L - i)`, and the last group
-    (final norm, position tables) 1. Variables not listed (a classifier's
+    with L blocks, group 0 (patch embedding, CLS, mask token, an absolute
+    position embedding) gets `decay ** (L + 1)`, block i gets
+    `decay ** (L - i)`, and the last group (final norm, the shared relative
+    position bias) 1. Variables not listed (a classifier's
     head) keep scale 1."""
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be in (0, 1], received {decay}.")

@@ -263,18 +263,19 @@ class ViT(keras.Model):
         return skip
 
     def layer_groups(self):
-        """Variables per layer-wise lr decay group (spec): group 0 = patch
-        embedding, CLS and mask token; group i+1 = block i; last group =
-        final norm and position tables (scale 1)."""
+        """Variables per layer-wise lr decay group (spec; the release's
+        `get_num_layer_for_vit`): group 0 = patch embedding, CLS, mask token
+        and an absolute position embedding; group i+1 = block i (with its own
+        relative bias table, once fine-tuning copied the shared one in); last
+        group = final norm and the shared relative position bias (scale 1)."""
         groups = [list(self.patch_embedding.weights)
                   + [self.cls_token]
-                  + ([self.mask_token] if self.use_mask_token else [])]
+                  + ([self.mask_token] if self.use_mask_token else [])
+                  + ([self.pos_embed] if self.position_embedding in ("absolute", "sincos") else [])]
         groups += [list(block.weights) for block in self.blocks]
         last = list(self.norm.weights) if self.norm is not None else []
         if self.shared_relative_position_bias is not None:
             last += list(self.shared_relative_position_bias.weights)
-        if self.position_embedding in ("absolute", "sincos"):
-            last.append(self.pos_embed)
         groups.append(last)
         return groups
 

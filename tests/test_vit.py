@@ -197,3 +197,8 @@ def test_no_weight_decay_and_layer_groups():
     groups = vit.layer_groups()
     assert len(groups) == TINY_VIT["num_layers"] + 2
     assert sum(len(g) for g in groups) == len(vit.weights)
+    assert "rel_pos_bias/relative_position_bias_table" in {
+        v.path.split("/", 1)[1] for v in groups[-1]}  # the shared bias: scale 1
+    # the release's grouping: an absolute position embedding decays with the patch embedding
+    absolute = tiny_vit(position_embedding="absolute", use_shared_relative_position_bias=False)
+    assert "pos_embed" in {v.path.split("/", 1)[1] for v in absolute.layer_groups()[0]}
