@@ -35,6 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from recipes.linear_probe import parse_label_counts, parse_results  # noqa: E402  (no keras import)
+from recipes.pretrain import keras_free_module  # noqa: E402  (no keras import)
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),
@@ -58,20 +59,9 @@ DEFAULT_ROWS = "conmim,pixel,scratch,random_init,raw_pixels"
 PROBE_ONLY = ("random_init", "raw_pixels")
 
 
-def _keras_free_saving():
-    """keras_conmim/saving.py loaded by its path: its module level imports only
-    `os`, and importing the package would import keras, which this driver (and
-    the others that run recipes as subprocesses) leave to the subprocesses."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_keras_conmim_saving", os.path.join(ROOT, "keras_conmim", "saving.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-write_text_atomic = _keras_free_saving().write_text_atomic
+# saving.py loaded by its path (its module level imports only `os`): this
+# driver, and the others that run recipes as subprocesses, leave keras to them.
+write_text_atomic = keras_free_module("saving.py").write_text_atomic
 
 
 def run(cmd, log):

@@ -34,9 +34,9 @@ def finetune_encoder(encoder, drop_path_rate=0.1):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ViTClassifier(keras.Model):
-    """Image classifier on a `ViT`: mean-pooled patch tokens, LayerNorm
-    (`fc_norm`), linear head initialised small (the release scales the
-    head by `head_init_scale` = 0.001).
+    """Image classifier on a `ViT`: pooled patch tokens (the release: their
+    mean), LayerNorm (`fc_norm`), linear head initialised small (the release
+    scales the head by `head_init_scale` = 0.001).
 
     Takes uint8 images (or floats in [0, 255]) and normalises them inside
     with `mean` / `std` as `PairedViews` does; returns logits.
@@ -44,7 +44,9 @@ class ViTClassifier(keras.Model):
     Args:
         encoder: `ViT`.
         num_classes: int.
-        pooling: `"mean"` (release) or `"cls"`.
+        pooling: `"mean"` (release), `"cls"` or `"flatten"` (the patch
+            tokens in grid order, `ViT.pool`; `fc_norm` and the head are
+            then N times wider).
         head_init_scale: float. Defaults to `0.001`.
         mean, std: normalisation (None: ImageNet's, channel-averaged for gray).
     """
@@ -65,8 +67,8 @@ class ViTClassifier(keras.Model):
         self.head = keras.layers.Dense(
             num_classes, name="head",
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02 * head_init_scale))
-        self.fc_norm.build((None, encoder.hidden_dim))
-        self.head.build((None, encoder.hidden_dim))
+        self.fc_norm.build((None, encoder.pooled_dim(pooling)))
+        self.head.build((None, encoder.pooled_dim(pooling)))
         self.built = True
 
     def call(self, images, training=None):

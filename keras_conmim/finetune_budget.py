@@ -16,8 +16,9 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    model to fit. This rule applies to a given epoch count too: it is what
    `min_steps` is for.
 3. **Short runs, less regularisation.** MixUp / CutMix, drop path, random
-   erasing and the RandAugment magnitude exist for long schedules (they slow fitting to win
-   later). They are scaled by `ramp = clip((steps - SHORT_STEPS) /
+   erasing, the RandAugment magnitude and the train-time geometry (crop
+   padding, the crop's area range, flip) exist for long schedules (they slow
+   fitting to win later). They are scaled by `ramp = clip((steps - SHORT_STEPS) /
    (LONG_STEPS - SHORT_STEPS), 0, 1)`, from 0 for runs of SHORT_STEPS
    optimizer steps or fewer to the recipe's value from LONG_STEPS on (the
    release's 100 ImageNet epochs are 125,000 steps); RandAugment is off
@@ -26,7 +27,12 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    CutMix on such a run cost the fine-tuned ViT 8-10 points; RandAugment at
    half magnitude on one 937-step epoch of Fashion-MNIST kept the training
    accuracy under 50% and cost 8.4 points from ConMIM, 43.7 from scratch;
-   on 300 steps over 100 labels per class it would add 1.3, README).
+   on 300 steps over 100 labels per class it would add 1.3, README; the
+   release's crop + flip on 300 steps cost 8.2 points from ConMIM and 9.7
+   from scratch at 100 labels per class, and moved 10 per class by +1.2 /
+   +1.0, bench/finetune_sweep.py). The geometry at ramp r: padding
+   round(4 r) px, crop area from 1 - 0.92 r, flip 0.5 r: crop "none" at
+   r = 0 (unless a padding or area is given by hand).
 4. **Warm-up** is at most a fifth of the run (the release warms up 20 of 100).
 5. **The head** (`head_init`, `recipes/finetune.py --head-init auto`): a
    pre-trained encoder with few labels gets its head fitted first as a
@@ -69,6 +75,10 @@ RULES = {
     "randaugment_ops": "0 (off) where ramp is 0",
     "randaugment_factor": "x ramp (run length in steps)",
     "random_erasing": "x ramp (run length in steps)",
+    "crop": "none where ramp is 0",
+    "crop_padding": "x ramp (run length in steps), whole pixels",
+    "crop_scale_min": "1 - (1 - recipe) x ramp (run length in steps)",
+    "flip": "x ramp (run length in steps)",
     "warmup_epochs": "at most a fifth of the run",
 }
 
@@ -119,9 +129,14 @@ def budget_recipe(recipe, num_labelled, fixed=(), min_steps=MIN_STEPS, steps_per
         raise ValueError(f"min_steps must be >= 0, received {min_steps}.")
     out["epochs"] = max(out["epochs"], math.ceil(min_steps / steps_per_epoch))
     r = ramp(out["epochs"] * steps_per_epoch)
-    for key in ("mixup", "cutmix", "drop_path", "randaugment_factor", "random_erasing"):
+    for key in ("mixup", "cutmix", "drop_path", "randaugment_factor", "random_erasing", "flip"):
         if key in recipe:  # a recipe written before a key existed leaves it out
             set_value(key, round(recipe[key] * r, 4))
+    if "crop_padding" in recipe:  # the geometry's strength: no crop where the ramp is 0
+        set_value("crop_padding", int(round(recipe["crop_padding"] * r)))
+        set_value("crop_scale_min", round(1 - (1 - recipe["crop_scale_min"]) * r, 4))
+        if r == 0 and not fixed & {"crop_padding", "crop_scale_min"}:  # said by hand: "on"
+            set_value("crop", "none")
     if r == 0 and "randaugment_factor" not in fixed:  # a magnitude set by hand means "on"
         set_value("randaugment_ops", 0)
     set_value("warmup_epochs", min(recipe["warmup_epochs"], round(out["epochs"] / 5, 4)))

@@ -44,6 +44,13 @@ def release_recipe(epochs, lr=5e-4, warmup_epochs=5, clip_norm=None):
                 final_momentum=1.0, crop_scale_min=0.08, resize="crop", views=dict(IMAGENET_VIEWS))
 
 
+# The release's fine-tuning geometry (its datasets.py, timm's transforms):
+# "auto" is a random resized crop (area 0.08-1) + flip above 32 px and a
+# random crop of the image zero-padded by 4 px + flip at 32 px or less;
+# test images above 32 px are center-cropped at 0.875 (keras_conmim.data.geometry).
+RELEASE_GEOMETRY = dict(crop="auto", crop_padding=4, crop_scale_min=0.08, flip=0.5)
+
+
 def release_finetune():
     """The release's ImageNet fine-tuning command (ViT-B, its README; the only
     size it publishes): 100 epochs, batch 1024, lr 4e-3, warmup 20, layer
@@ -53,7 +60,7 @@ def release_finetune():
     return dict(epochs=100, batch_size=1024, lr=4e-3, min_lr=1e-6, warmup_epochs=20,
                 weight_decay=0.05, layer_decay=0.65, drop_path=0.1, label_smoothing=0.1,
                 mixup=0.8, cutmix=1.0, randaugment_ops=2, randaugment_factor=0.9,
-                random_erasing=0.25)
+                random_erasing=0.25, pooling="mean", **RELEASE_GEOMETRY)
 
 
 def deit_recipe():
@@ -65,7 +72,7 @@ def deit_recipe():
     return dict(epochs=300, batch_size=1024, lr=1e-3, min_lr=1e-5, warmup_epochs=5,
                 weight_decay=0.05, layer_decay=1.0, drop_path=0.1, label_smoothing=0.1,
                 mixup=0.8, cutmix=1.0, randaugment_ops=2, randaugment_factor=0.9,
-                random_erasing=0.25)
+                random_erasing=0.25, pooling="mean", **RELEASE_GEOMETRY)
 
 
 # Small images: the release's recipe scaled down to minutes, without its layer
@@ -80,7 +87,8 @@ SMALL_IMAGE_FINETUNE = dict(
     epochs=10, batch_size=64, lr=1e-3, min_lr=1e-6, warmup_epochs=1.0, weight_decay=0.05,
     layer_decay=1.0, drop_path=0.1, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
     randaugment_ops=2, randaugment_factor=0.5,
-    random_erasing=0.0)  # the release's 0.25 not measured on small images: off
+    random_erasing=0.0,  # the release's 0.25 not measured on small images: off
+    pooling="mean", **RELEASE_GEOMETRY)
 # From random init: the same (no layer decay: it would hold an untrained patch
 # embedding at 0.65^7 = 5% of the lr). Only the head's start differs
 # (finetune_budget.head_init).

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_conmim.data.geometry import INTERPOLATIONS, resampling_matrix as _resampling_matrix
 from keras_conmim.distribute import global_batch_uniform
 
 from keras_conmim.layers import PACKAGE, SeedStateMixin
@@ -19,32 +20,13 @@ from keras_conmim.layers import PACKAGE, SeedStateMixin
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA = (0.299, 0.587, 0.114)
-INTERPOLATIONS = ("bilinear", "bicubic")
-
-
-def _kernel(t, interpolation):
-    t = ops.abs(t)
-    if interpolation == "bilinear":
-        return ops.maximum(1.0 - t, 0.0)
-    a = -0.5  # Keys' cubic, as PIL's bicubic.
-    near = ((a + 2) * t - (a + 3)) * t * t + 1
-    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
-    return ops.where(t <= 1, near, ops.where(t < 2, far, 0.0))
 
 
 def resampling_matrix(start, length, in_size, out_size, interpolation="bicubic"):
-    """`[B, out_size, in_size]` weights that sample the window
-    `[start, start + length)` (pixels, per image) at `out_size` points.
-
-    Rows are renormalised to sum to one, which clamps taps that fall outside
-    the image to the edge pixels it has. An identity window gives exactly the
-    identity matrix.
-    """
-    centers = (ops.arange(out_size, dtype="float32") + 0.5) / out_size
-    src = start[:, None] + centers[None] * length[:, None] - 0.5  # [B, out]
-    pixels = ops.arange(in_size, dtype="float32")
-    weights = _kernel(src[:, :, None] - pixels[None, None], interpolation)
-    return weights / ops.maximum(ops.sum(weights, axis=-1, keepdims=True), 1e-8)
+    """`keras_conmim.data.geometry.resampling_matrix` in `keras.ops`: `[B,
+    out_size, in_size]` weights that sample the window `[start, start +
+    length)` (pixels, per image) at `out_size` points."""
+    return _resampling_matrix(start, length, in_size, out_size, interpolation, xp=ops)
 
 
 def gaussian_matrix(sigma, size):

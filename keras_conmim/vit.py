@@ -16,6 +16,7 @@ from keras_conmim.presets import get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
 MASK_TOKEN_POSITIONS = ("none", "sincos")
+POOLINGS = ("mean", "cls", "flatten")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -243,12 +244,23 @@ class ViT(keras.Model):
     @staticmethod
     def pool(tokens, method="mean"):
         """Pooled feature from `call`'s tokens: `"mean"` of the patch tokens
-        (the release's fine-tuning pooling) or the `"cls"` token."""
+        (the release's fine-tuning pooling), the `"cls"` token, or the patch
+        tokens `"flatten"`ed in grid order, `[B, N * D]` (keeps where each
+        patch is: mean pooling of a ViT without absolute position embedding
+        keeps only what the patches are)."""
         if method == "mean":
             return ops.mean(tokens[:, 1:], axis=1)
         if method == "cls":
             return tokens[:, 0]
-        raise ValueError(f"Unknown pooling {method!r}. Use 'mean' or 'cls'.")
+        if method == "flatten":
+            return ops.reshape(tokens[:, 1:], (-1, (tokens.shape[1] - 1) * tokens.shape[2]))
+        raise ValueError(f"Unknown pooling {method!r}. Use one of {', '.join(POOLINGS)}.")
+
+    def pooled_dim(self, method="mean"):
+        """The width of `pool(tokens, method)`: D, or N * D for "flatten"."""
+        if method not in POOLINGS:
+            raise ValueError(f"Unknown pooling {method!r}. Use one of {', '.join(POOLINGS)}.")
+        return self.hidden_dim * (self.num_patches if method == "flatten" else 1)
 
     def no_weight_decay_variables(self):
         """Variables the release keeps out of weight decay: biases, norms,

@@ -24,7 +24,10 @@ x0.001); the
 shared relative position bias copied into every block; layer-wise lr decay
 (the 224 px presets: the release's 0.65, patch embedding/CLS lowest, head and
 final norm at 1; the small presets: none, measured better after a short
-pre-training); drop path 0.1; RandAugment, random erasing (0.25 for the 224
+pre-training); drop path 0.1; the release's train-time geometry (a random crop of
+the image zero-padded by 4 px + flip at 32 px or less, a random resized crop +
+flip above, where test images are center-cropped at 0.875;
+`keras_conmim.data.geometry`), RandAugment, random erasing (0.25 for the 224
 px presets, off for the small ones), then MixUp or CutMix (one of the two per
 batch) with label smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
 packaged Fashion-MNIST slice (default) or `idx:DIR` holding the full
@@ -41,7 +44,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recipes.pretrain import load_presets as _presets  # noqa: E402  (no keras import)
+from recipes.pretrain import keras_free_module, load_presets as _presets  # noqa: E402  (no keras import)
+
+_geometry = keras_free_module("data/geometry.py")
+CROPS, check_geometry = _geometry.CROPS, _geometry.check_geometry
 
 
 def probe_weight_decay(text):
@@ -106,6 +112,20 @@ def parse_args(argv=None):
     p.add_argument("--randaugment-factor", type=float, default=None)
     p.add_argument("--random-erasing", type=float, default=None,
                    help="probability of erasing a random rectangle of each image (0: off)")
+    p.add_argument("--crop", choices=CROPS, default=None,
+                   help="train-time crop: pad (a random window of the image zero-padded by "
+                   "--crop-padding px), resized (random resized crop, area --crop-scale-min to "
+                   "1), none; auto: the release's rule, pad at 32 px or less, else resized "
+                   "(then test images are center-cropped at 0.875)")
+    p.add_argument("--crop-padding", type=int, default=None, help="pixels, for --crop pad")
+    p.add_argument("--crop-scale-min", type=float, default=None,
+                   help="smallest crop area, for --crop resized")
+    p.add_argument("--flip", type=float, default=None,
+                   help="horizontal flip probability at train time (0: off)")
+    p.add_argument("--pooling", choices=("mean", "cls", "flatten"), default=None,
+                   help="what the head sees: mean of the patch tokens (the release), the CLS "
+                   "token, or the patch tokens flattened in grid order (keeps where each "
+                   "patch is)")
     p.add_argument("--output", default=os.path.join(ROOT, "saved_models", "classifier.keras"))
     p.add_argument("--checkpoint-dir", default=None,
                    help="where each epoch's checkpoint goes (default: --output without .keras, "
@@ -129,6 +149,12 @@ def parse_args(argv=None):
         p.error(f"--random-erasing {args.random_erasing}: a probability, in [0, 1]")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         p.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
+    try:
+        check_geometry(padding=4 if args.crop_padding is None else args.crop_padding,
+                       scale_min=0.08 if args.crop_scale_min is None else args.crop_scale_min,
+                       flip=0.5 if args.flip is None else args.flip)
+    except ValueError as e:
+        p.error(str(e))
     if not args.output.endswith(".keras"):
         p.error(f"--output {args.output}: must end in .keras")
     if args.checkpoint_dir is None:
@@ -143,7 +169,8 @@ def parse_args(argv=None):
 
 FINETUNE_KEYS = ("epochs", "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay",
                  "layer_decay", "drop_path", "label_smoothing", "mixup", "cutmix",
-                 "randaugment_ops", "randaugment_factor", "random_erasing")
+                 "randaugment_ops", "randaugment_factor", "random_erasing", "crop",
+                 "crop_padding", "crop_scale_min", "flip", "pooling")
 
 
 ARCHITECTURE_KEYS = ("image_shape", "patch_size", "num_layers", "num_heads", "hidden_dim")
@@ -162,6 +189,15 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def recipe_for(args, preset):
+    """(preset name, recipe dict) the run starts from: `preset`'s
+    `"scratch"` recipe with --from-scratch, else its `"finetune"` one; the
+    small-image recipes when the architecture is no preset's."""
+    presets = _presets()
+    name = preset if preset in presets else "vit_mini_p4_28"
+    return name, presets[name]["scratch" if args.from_scratch else "finetune"]
+
+
 def apply_recipe(args, preset, num_labelled=None):
     """Fill every recipe value the flags left unset from `preset`'s recipe
     (`"scratch"` with --from-scratch, else `"finetune"`; the small-image
@@ -170,10 +206,7 @@ def apply_recipe(args, preset, num_labelled=None):
     description, a line per value with its source."""
     from keras_conmim.finetune_budget import MIN_STEPS, budget_recipe
 
-    presets = _presets()
-    name = preset if preset in presets else "vit_mini_p4_28"
-    kind = "scratch" if args.from_scratch else "finetune"
-    recipe = presets[name][kind]
+    name, recipe = recipe_for(args, preset)
     given = {key for key in FINETUNE_KEYS if getattr(args, key) is not None}
     values = {key: getattr(args, key) if key in given else recipe[key] for key in FINETUNE_KEYS}
     changes = {}
@@ -198,7 +231,8 @@ def apply_recipe(args, preset, num_labelled=None):
 RUN_FILE = "run.json"
 # Settings added after run files were first written, with the value a run
 # file without them was made with.
-ADDED_SINCE = {"random_erasing": 0.0}
+ADDED_SINCE = {"random_erasing": 0.0, "crop": "none", "crop_padding": 0, "crop_scale_min": 1.0,
+               "flip": 0.0, "pooling": "mean"}
 
 
 def run_settings(args):
@@ -262,18 +296,32 @@ def write_run_file(folder, settings, head):
                       json.dumps({"settings": settings, "head": head}, indent=2))
 
 
-def load_splits(spec, image_shape, resize="crop"):
+def load_splits(spec, image_shape, resize="crop", crop="none"):
+    """(train, test) sources at the model's size. With `crop` "auto" or
+    "resized" above 32 px the test images are loaded at size / 0.875 and
+    center-cropped, as the release evaluates (`data.geometry`)."""
     from keras_conmim import data
+    from keras_conmim.data.geometry import eval_center_crop, eval_load_size
 
     h, w, c = image_shape
-    kwargs = dict(image_size=(h, w), channels="rgb" if c == 3 else "gray", resize=resize)
+    kwargs = dict(channels="rgb" if c == 3 else "gray", resize=resize)
+    sizes = {"train": (h, w), "test": eval_load_size((h, w), crop)}
     if spec == "default":
-        return data.load_default("train", **kwargs), data.load_default("test", **kwargs)
-    kind, _, folder = spec.partition(":")
-    if kind != "idx" or not folder:
-        raise SystemExit(f"error: --data {spec!r}: use default or idx:DIR")
-    return tuple(data.from_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), **kwargs)
-                 for prefix in ("train", "t10k"))
+        train, test = (data.load_default(split, image_size=sizes[split], **kwargs)
+                       for split in ("train", "test"))
+    else:
+        kind, _, folder = spec.partition(":")
+        if kind != "idx" or not folder:
+            raise SystemExit(f"error: --data {spec!r}: use default or idx:DIR")
+        train, test = (data.from_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"),
+                                     image_size=sizes[split], **kwargs)
+                       for prefix, split in (("train", "train"), ("t10k", "test")))
+    if sizes["test"] != (h, w):
+        test = data.from_arrays(eval_center_crop(test.images, (h, w)), test.labels)
+    return train, test
+
+
+GEOMETRY_STREAM = 1  # keeps the crop draws apart from the data order's (seed, epoch)
 
 
 def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
@@ -283,6 +331,17 @@ def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
     random augmentation draws are new)."""
     import keras
     import numpy as np
+
+    from keras_conmim.data.geometry import train_geometry
+
+    def images_of(step):
+        """uint8 batch `step`, cropped and flipped by a draw of (seed, step)
+        alone (the release's train-time geometry, `data.geometry`)."""
+        idx = source.batch_indices(args.batch_size, args.seed, int(step))
+        rng = np.random.default_rng((args.seed, GEOMETRY_STREAM, int(step)))
+        images = train_geometry(source.batch(idx), rng, args.crop, args.crop_padding,
+                                args.crop_scale_min, args.flip)
+        return images, source.labels[idx].astype("int64")
 
     augment = (keras.layers.RandAugment(value_range=(0, 255), num_ops=args.randaugment_ops,
                                         factor=args.randaugment_factor, seed=args.seed)
@@ -323,12 +382,10 @@ def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
             return tf.cond(tf.random.uniform(()) < 0.5, branches[0], branches[1])
 
         def batch(step):
-            idx = tf.numpy_function(
-                lambda s: source.batch_indices(args.batch_size, args.seed, int(s)).astype("int64"),
-                [step], tf.int64)
-            idx = tf.reshape(idx, (args.batch_size,))
-            x = tf.cast(tf.gather(tf.constant(source.images), idx), "float32")
-            y = tf.one_hot(tf.gather(tf.constant(source.labels), idx), num_classes)
+            images, labels = tf.numpy_function(images_of, [step], (tf.uint8, tf.int64))
+            x = tf.cast(tf.reshape(images, (args.batch_size, *source.images.shape[1:])),
+                        "float32")
+            y = tf.one_hot(tf.reshape(labels, (args.batch_size,)), num_classes)
             return augment_and_mix(x, y, graph_choice)
 
         return (tf.data.Dataset.counter(start=first_step)
@@ -350,10 +407,9 @@ def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
             self.epoch += 1
 
         def __getitem__(self, i):
-            step = first_step + self.epoch * steps + i
-            idx = source.batch_indices(args.batch_size, args.seed, step)
-            x = keras.ops.convert_to_tensor(source.batch(idx).astype("float32"))
-            y = keras.ops.one_hot(keras.ops.convert_to_tensor(source.labels[idx]), num_classes)
+            images, labels = images_of(first_step + self.epoch * steps + i)
+            x = keras.ops.convert_to_tensor(images.astype("float32"))
+            y = keras.ops.one_hot(keras.ops.convert_to_tensor(labels), num_classes)
             return augment_and_mix(x, y, lambda branches: branches[rng.integers(len(branches))]())
 
     return Batches()
@@ -380,19 +436,21 @@ def main(argv=None):
             encoder = kc.ViT.from_config({**config, "name": "vit"})
     else:
         encoder = load_encoder(args.encoder)
-    train, test = load_splits(args.data, encoder.image_shape)
+    preset = args.preset or preset_for(encoder.get_config())
+    train, test = load_splits(args.data, encoder.image_shape,
+                              crop=args.crop or recipe_for(args, preset)[1]["crop"])
     if args.labels_per_class is not None:
         try:
             train = train.labelled_subset(args.labels_per_class, seed=args.seed)
         except ValueError as e:
             raise SystemExit(f"error: --labels-per-class: {e}")
-    print(apply_recipe(args, args.preset or preset_for(encoder.get_config()), len(train)),
+    print(apply_recipe(args, preset, len(train)),
           flush=True)
     settings = run_settings(args)
     resumed = resumable(args, settings)
     encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    model = ViTClassifier(encoder, num_classes)
+    model = ViTClassifier(encoder, num_classes, pooling=args.pooling)
     from keras_conmim import finetune_budget
 
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(

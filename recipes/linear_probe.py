@@ -6,7 +6,9 @@
 
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
 labels) or `--data idx:DIR` (the full IDX files), resized and channel-converted to the encoder's input. Features are
-the mean-pooled patch tokens (`ViT.pool`), normalised as in pre-training.
+the mean-pooled patch tokens (`ViT.pool`; `--pooling cls` or `flatten` for the
+CLS token or the patch tokens flattened in grid order), normalised as in
+pre-training.
 Prints one line with both accuracies per label count.
 
     python recipes/linear_probe.py --raw-pixels --data idx:/usr/share/datasets/fashion-mnist
@@ -50,6 +52,9 @@ def main(argv=None):
     parser.add_argument("--resize", choices=("crop", "pad", "center"), default="crop",
                         help="how images reach the encoder's size (center: pad 28 -> 32 px, "
                         "as the vit_mini_p4_32 recipe does)")
+    parser.add_argument("--pooling", choices=("mean", "cls", "flatten"), default="mean",
+                        help="the features: mean of the patch tokens, the CLS token, or the "
+                        "patch tokens flattened in grid order (keeps where each patch is)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--probe-epochs", type=int, default=100)
@@ -100,10 +105,11 @@ def main(argv=None):
         if not encoder.built:
             encoder.build((None, *encoder.image_shape))
         train, test = load_splits(args.data, encoder.image_shape, args.resize)
-        train_f = evaluation.extract_features(encoder, train.images)
-        test_f = evaluation.extract_features(encoder, test.images)
+        train_f = evaluation.extract_features(encoder, train.images, pooling=args.pooling)
+        test_f = evaluation.extract_features(encoder, test.images, pooling=args.pooling)
         what = ('random init, ' + (args.preset or 'architecture of ' + args.encoder)
                 if args.from_scratch else args.encoder)
+        what += "" if args.pooling == "mean" else f", {args.pooling} pooling"
     results = {}
     for count in counts:
         if count is None:

@@ -78,15 +78,23 @@ RECIPE_KEYS = tuple(k for k, (_, default, _) in OPTIONS.items() if default == RE
 
 
 @functools.lru_cache(maxsize=None)
-def load_presets():
-    """The preset table, read without importing keras (the backend must be set
-    before keras is imported, and bad flags should fail at once); read once
-    per process. recipes/finetune.py uses it too."""
-    path = os.path.join(ROOT, "keras_conmim", "presets.py")
-    spec = importlib.util.spec_from_file_location("_conmim_presets", path)
+def keras_free_module(relpath):
+    """A module of keras_conmim whose module level imports no keras
+    (`presets.py`, `saving.py`, `data/geometry.py`), loaded by its path:
+    importing the package would import keras, and the backend must be set
+    before that (and bad flags should fail at once). Read once per process;
+    the other recipes and the benchmark drivers use it too."""
+    path = os.path.join(ROOT, "keras_conmim", relpath)
+    name = "_keras_conmim_" + relpath[:-len(".py")].replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.PRESETS
+    return module
+
+
+def load_presets():
+    """The preset table, read without importing keras (`keras_free_module`)."""
+    return keras_free_module("presets.py").PRESETS
 
 
 def _read_config_file(path):

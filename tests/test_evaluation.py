@@ -164,3 +164,41 @@ def test_layer_decay_optimizer_scales_updates():
     np.testing.assert_allclose(1 - to_numpy(c), (1 - to_numpy(d)) / 2, rtol=1e-5)
     restored = LayerDecayAdamW.from_config(opt.get_config())
     assert restored.lr_scales == opt.lr_scales
+
+
+
+def test_flatten_pooling_keeps_the_layout():
+    # Fashion-MNIST is aligned: where the ink is tells the class. Mean pooling
+    # of a ViT without absolute positions keeps only what the patches are;
+    # flattened patch tokens keep where they are too (measured with the full
+    # data: random init 25.0 mean vs 66.5 flatten, linear, 10 per class).
+    from keras_conmim.data import class_balanced_indices, load_default
+
+    train, test = load_default("train"), load_default("test")
+    index = class_balanced_indices(train.labels, 20, seed=0)
+    encoder = kc.ViT.from_preset("vit_mini_p4_28")  # random init
+    accuracy = {}
+    for pooling in ("mean", "flatten"):
+        bank = evaluation.extract_features(encoder, train.images[index], pooling=pooling)
+        queries = evaluation.extract_features(encoder, test.images[:500], pooling=pooling)
+        accuracy[pooling] = evaluation.linear_probe(bank, train.labels[index], queries, test.labels[:500],
+                                                    epochs=30, min_steps=100, weight_decay=1.0)
+    assert accuracy["flatten"] > accuracy["mean"] + 0.25, accuracy  # seen: 0.27 vs 0.67
+
+
+def test_linear_probe_recipe_passes_its_pooling(monkeypatch, capsys):
+    from keras_conmim import evaluation
+    from recipes import linear_probe
+
+    seen = []
+
+    def features(encoder, images, batch_size=256, pooling="mean", mean=None, std=None):
+        seen.append(pooling)
+        return np.random.RandomState(len(seen)).standard_normal((len(images), 4)).astype("float32")
+
+    monkeypatch.setattr(evaluation, "extract_features", features)
+    monkeypatch.setattr(evaluation, "linear_probe", lambda *a, **k: 0.5)
+    linear_probe.main(["--from-scratch", "--preset", "vit_mini_p4_28", "--pooling", "flatten",
+                       "--backend", keras.backend.backend()])
+    assert seen == ["flatten", "flatten"]  # bank and queries
+    assert "flatten pooling" in capsys.readouterr().out

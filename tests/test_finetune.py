@@ -24,6 +24,10 @@ def _pattern_images(n, seed=0):
     return x.astype("uint8"), y
 
 
+# make_batches' geometry switched off: the images as the source holds them.
+NO_GEOMETRY = dict(crop="none", crop_padding=4, crop_scale_min=0.08, flip=0.0)
+
+
 def test_finetune_layout_keeps_the_function():
     vit = tiny_vit()
     randomize_weights(vit)
@@ -167,7 +171,7 @@ def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch)
     monkeypatch.setitem(_sys.modules, "tensorflow", None)  # `import tensorflow` fails
     source = load_default("train", image_size=(28, 28), channels="gray")
     args = argparse.Namespace(batch_size=4, seed=3, randaugment_ops=0, randaugment_factor=0.0,
-                              mixup=0.0, cutmix=0.0, random_erasing=0.0)
+                              mixup=0.0, cutmix=0.0, random_erasing=0.0, **NO_GEOMETRY)
     batches = finetune.make_batches(source, 10, args, first_step=6, steps_per_epoch=3)
     assert isinstance(batches, keras.utils.PyDataset) and len(batches) == 3
     seen = [to_numpy(batches[0][1])]
@@ -199,7 +203,8 @@ def test_random_erasing_fills_one_rectangle_per_image(monkeypatch, tensorflow):
 
     def first_batch(p):
         args = argparse.Namespace(batch_size=16, seed=0, randaugment_ops=0,
-                                  randaugment_factor=0.0, mixup=0.0, cutmix=0.0, random_erasing=p)
+                                  randaugment_factor=0.0, mixup=0.0, cutmix=0.0, random_erasing=p,
+                                  **NO_GEOMETRY)
         batches = finetune.make_batches(source, 10, args, steps_per_epoch=1)
         x, _ = batches[0] if not tensorflow else next(iter(batches))
         return to_numpy(x)
@@ -240,3 +245,114 @@ def test_a_run_file_from_before_random_erasing_resumes_with_it_off(tmp_path):
     finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
     with pytest.raises(SystemExit, match="random_erasing: 0.0 there, 0.25 here"):
         finetune.resumable(args, finetune.run_settings(args))
+
+
+@pytest.mark.parametrize("tensorflow", [True, False], ids=["tf.data", "no-tensorflow"])
+def test_batches_are_the_release_geometry_of_the_step_images(monkeypatch, tensorflow):
+    # Batch k is train_geometry of step k's images with a generator seeded by
+    # (seed, step) alone: the tf.data and the no-TensorFlow paths give the same
+    # pixels, and a resumed run crops as the stopped one would have.
+    import argparse
+    import sys as _sys
+
+    from keras_conmim.data import geometry, load_default
+    from recipes import finetune
+
+    if tensorflow:
+        pytest.importorskip("tensorflow")
+    elif keras.backend.backend() == "tensorflow":
+        pytest.skip("the TensorFlow backend cannot run without TensorFlow")
+    else:
+        monkeypatch.setitem(_sys.modules, "tensorflow", None)
+    source = load_default("train", image_size=(28, 28), channels="gray")
+    args = argparse.Namespace(batch_size=16, seed=2, randaugment_ops=0, randaugment_factor=0.0,
+                              mixup=0.0, cutmix=0.0, random_erasing=0.0, crop="auto",
+                              crop_padding=4, crop_scale_min=0.08, flip=0.5)
+    batches = finetune.make_batches(source, 10, args, first_step=5, steps_per_epoch=3)
+    x, y = batches[1] if not tensorflow else list(batches.take(2))[1]
+    idx = source.batch_indices(16, 2, 6)
+    expected = geometry.train_geometry(
+        source.batch(idx), np.random.default_rng((2, finetune.GEOMETRY_STREAM, 6)), "pad", 4)
+    np.testing.assert_array_equal(to_numpy(x), expected.astype("float32"))
+    np.testing.assert_array_equal(np.argmax(to_numpy(y), 1), source.labels[idx])
+    assert not np.array_equal(expected, source.batch(idx))
+
+
+def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
+    import json
+
+    from recipes import finetune
+
+    encoder = os.path.join(tmp_path, "enc.keras")
+    open(encoder, "w").close()
+    argv = ["--encoder", encoder, "--output", os.path.join(tmp_path, "run.keras")]
+    args = finetune.parse_args(argv)
+    text = finetune.apply_recipe(args, "vit_mini_p4_28")  # the recipe as written
+    assert (args.crop, args.crop_padding, args.flip) == ("auto", 4, 0.5)  # the release's
+    assert "crop                 auto" in text
+    finetune.apply_recipe(args := finetune.parse_args(argv), "vit_mini_p4_28", 1000)
+    assert (args.crop, args.crop_padding, args.flip) == ("none", 0, 0.0)  # 300 steps: none
+    args = finetune.parse_args([*argv, "--crop", "none", "--flip", "0"])
+    finetune.apply_recipe(args, "vit_base_p16_224")
+    assert (args.crop, args.flip, args.crop_scale_min) == ("none", 0.0, 0.08)
+    for bad, message in ((["--flip", "2"], "flip 2.0: a probability"),
+                         (["--crop-padding", "-4"], "crop padding -4"),
+                         (["--crop-scale-min", "0"], "crop scale min 0.0")):
+        with pytest.raises(SystemExit):
+            finetune.parse_args([*argv, *bad])
+    # A run file written before the geometry existed was made without it: it
+    # resumes where the geometry is off (as a short run scales it), and says
+    # so otherwise.
+    folder = os.path.join(tmp_path, "run.checkpoints")
+    os.makedirs(folder)
+    open(os.path.join(folder, "ckpt-00000002.keras"), "w").close()
+    args = finetune.parse_args([*argv, "--checkpoint-dir", folder])
+    finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
+    settings = finetune.run_settings(args)
+    old = {k: v for k, v in settings.items() if k not in finetune.ADDED_SINCE}
+    with open(os.path.join(folder, finetune.RUN_FILE), "w") as f:
+        json.dump({"settings": old, "head": "h"}, f)
+    assert finetune.resumable(args, settings)["head"] == "h"
+    args = finetune.parse_args([*argv, "--checkpoint-dir", folder])
+    finetune.apply_recipe(args, "vit_mini_p4_28")
+    with pytest.raises(SystemExit, match="crop: 'none' there, 'auto' here.*flip: 0.0 there, 0.5"):
+        finetune.resumable(args, finetune.run_settings(args))
+
+
+def test_test_images_above_32_px_are_center_cropped_as_the_release_evaluates():
+    from keras_conmim.data import load_default
+    from recipes import finetune
+
+    train, test = finetune.load_splits("default", (40, 40, 1), crop="auto")
+    assert train.images.shape[1:] == test.images.shape[1:] == (40, 40, 1)
+    loaded = load_default("test", image_size=(45, 45), channels="gray")  # 40 / 0.875
+    np.testing.assert_array_equal(test.images, loaded.images[:, 2:42, 2:42])
+    np.testing.assert_array_equal(test.labels, loaded.labels)
+    _, small = finetune.load_splits("default", (28, 28, 1), crop="auto")  # 28 px: as it is
+    np.testing.assert_array_equal(small.images, load_default("test").images)
+
+
+def test_a_flatten_head_sees_where_each_patch_is(tmp_path):
+    # Mean pooling of a ViT without absolute position embedding keeps what the
+    # patches are, not where: two images whose patches are permuted pool alike.
+    # The flatten head tells them apart, fits LP-FT, and round-trips.
+    encoder = finetune_encoder(tiny_vit(), 0.0)
+    randomize_weights(encoder, scale=0.05)
+    image = np.random.RandomState(0).randint(0, 256, (1, 16, 16, 1)).astype("uint8")
+    swapped = image.copy()
+    swapped[:, :4, :4], swapped[:, -4:, -4:] = image[:, -4:, -4:], image[:, :4, :4]
+    pair = np.concatenate([image, swapped])
+    mean = ViTClassifier(encoder, num_classes=3).features(pair)
+    flat = ViTClassifier(encoder, num_classes=3, pooling="flatten").features(pair)
+    assert flat.shape == (2, encoder.num_patches * encoder.hidden_dim)
+    assert np.abs(flat[0] - flat[1]).max() > 10 * np.abs(mean[0] - mean[1]).max()
+    x, y = _pattern_images(64)
+    model = ViTClassifier(encoder, num_classes=4, pooling="flatten")
+    accuracy, _ = model.init_head_from_probe(x, y, weight_decay=1e-4)
+    assert accuracy > 0.9, accuracy
+    path = os.path.join(tmp_path, "flat.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.pooling == "flatten"
+    np.testing.assert_allclose(to_numpy(loaded.predict(x[:8], verbose=0)),
+                               to_numpy(model.predict(x[:8], verbose=0)), atol=1e-5)

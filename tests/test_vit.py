@@ -135,8 +135,14 @@ def test_pool_and_intermediates():
                                to_numpy(features["patch_tokens"]).mean(1), atol=1e-6)
     np.testing.assert_allclose(to_numpy(vit.pool(features["tokens"], "cls")),
                                to_numpy(features["cls_token"]))
-    with pytest.raises(ValueError, match="mean"):
-        vit.pool(features["tokens"], "max")
+    patches = to_numpy(features["patch_tokens"])  # [B, N, D], grid order
+    flat = to_numpy(vit.pool(features["tokens"], "flatten"))
+    np.testing.assert_array_equal(flat, patches.reshape(len(patches), -1))
+    assert vit.pooled_dim("flatten") == flat.shape[1] == vit.num_patches * vit.hidden_dim
+    assert vit.pooled_dim("mean") == vit.pooled_dim("cls") == vit.hidden_dim
+    for bad in (lambda: vit.pool(features["tokens"], "max"), lambda: vit.pooled_dim("max")):
+        with pytest.raises(ValueError, match="mean, cls, flatten"):
+            bad()
 
 
 @pytest.mark.parametrize("name", list(kc.PRESETS))

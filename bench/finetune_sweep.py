@@ -1,0 +1,151 @@
+"""Fine-tuning ablations: the same cells fine-tuned with and without one
+recipe change, over several seeds, from a pre-trained encoder and from
+scratch. A measurement of one change, not the benchmark (bench/fashion_mnist.py).
+
+    python bench/finetune_sweep.py --backend torch --cells 10/15,100/15 --seeds 0,1,2
+    python bench/finetune_sweep.py --backend torch --cells all/1 --seeds 0 --resume
+    python bench/finetune_sweep.py --report
+
+Every run is `recipes/finetune.py` with the arm's flags on top of the
+cell's (`--labels-per-class N` unless N is "all", `--epochs F`, `--seed S`);
+`--seed` draws the labelled subset as well as the weights' and augmentations'
+randomness. Rows: `conmim` fine-tunes --encoder (default: the shipped
+backbone, the EMA teacher of bench/fashion_mnist.py's E = 6 run), `scratch`
+trains the same classifier from random init with its own recipe. Each run's
+test top-1 goes into --out/results.json as it finishes; the table prints the
+mean over the seeds run and every seed's value. Nothing is typed in.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench.fashion_mnist import percent, run, write_text_atomic  # noqa: E402  (no keras import)
+
+ARMS = {
+    # name: recipes/finetune.py flags (explicit, so that an arm means the same
+    # when a preset's recipe changes)
+    "geometry": "--crop auto --crop-padding 4 --crop-scale-min 0.08 --flip 0.5 --pooling mean",
+    "no_geometry": "--crop none --flip 0 --pooling mean",
+    "flatten": "--crop none --flip 0 --pooling flatten",
+}
+ROWS = ("conmim", "scratch")
+
+
+def parse_cells(text):
+    """"10/15,all/1" -> [("10", 15), ("all", 1)]: labels per class / epochs."""
+    cells = []
+    for item in text.split(","):
+        labels, _, epochs = item.partition("/")
+        if not (labels == "all" or labels.isdigit()) or not epochs.isdigit() or int(epochs) < 1:
+            raise ValueError(f"cell {item!r}: LABELS/EPOCHS with LABELS a count or 'all', "
+                             "e.g. 10/15 or all/1")
+        cells.append((labels, int(epochs)))
+    return cells
+
+
+def key(row, arm, cell, seed):
+    return f"{row}|{arm}|{cell[0]}/{cell[1]}|{seed}"
+
+
+def print_table(report):
+    results = report["results"]
+    cells = sorted({tuple(k.split("|")[2].split("/")) for k in results},
+                   key=lambda c: (c[0] == "all", int(c[0]) if c[0] != "all" else 0, int(c[1])))
+    print(f"fine-tune top-1 % ({report['machine']}); encoder {report['encoder']}")
+    print("cell = labels per class / fine-tuning epochs; mean over seeds [each seed]")
+    header = f"{'row':<9}{'arm':<14}" + "".join(f"{c[0] + '/' + c[1]:>30}" for c in cells)
+    print(header)
+    rows_arms = sorted({tuple(k.split("|")[:2]) for k in results},
+                       key=lambda ra: (ROWS.index(ra[0]) if ra[0] in ROWS else 9, ra[1]))
+    for row, arm in rows_arms:
+        line = f"{row:<9}{arm:<14}"
+        for c in cells:
+            found = sorted((int(k.split("|")[3]), v) for k, v in results.items()
+                           if k.startswith(f"{row}|{arm}|{c[0]}/{c[1]}|"))
+            if not found:
+                line += f"{'-':>30}"
+                continue
+            values = [v for _, v in found]
+            each = " ".join(f"{v:.2f}" for v in values)
+            line += f"{sum(values) / len(values):>12.2f} [{each}]".rjust(30)
+        print(line)
+    print("arms: " + "; ".join(f"{a} = `{f}`" for a, f in report["arms"].items()))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="torch")
+    p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist")
+    p.add_argument("--encoder", default=os.path.join(
+        ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"))
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--arms", default=",".join(ARMS), help=f"from: {', '.join(ARMS)}")
+    p.add_argument("--cells", default="10/15,100/15", help="LABELS/EPOCHS,... (LABELS: N or all)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "finetune_sweep"))
+    p.add_argument("--resume", action="store_true", help="keep the runs results.json has")
+    p.add_argument("--report", action="store_true", help="only print the table")
+    p.add_argument("--quick", action="store_true", help="2 steps per epoch: a smoke test")
+    args = p.parse_args(argv)
+    path = os.path.join(args.out, "results.json")
+    if args.report:
+        with open(path) as f:
+            print_table(json.load(f))
+        return
+    rows, arms = args.rows.split(","), args.arms.split(",")
+    for name, asked, valid in (("rows", rows, ROWS), ("arms", arms, ARMS)):
+        unknown = [x for x in asked if x not in valid]
+        if unknown:
+            p.error(f"--{name} {unknown}: choose from {', '.join(valid)}")
+    try:
+        cells = parse_cells(args.cells)
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as e:
+        p.error(str(e))
+    os.makedirs(args.out, exist_ok=True)
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}",
+              "encoder": os.path.relpath(args.encoder, ROOT), "data": args.data,
+              "quick": args.quick, "arms": {}, "results": {}, "commands": {}}
+    if os.path.isfile(path) and args.resume:
+        with open(path) as f:
+            old = json.load(f)
+        mismatch = [k for k in ("machine", "encoder", "data", "quick") if old[k] != report[k]]
+        if mismatch:
+            p.error(f"--resume: {path} was made with other {', '.join(mismatch)}; pass "
+                    "another --out")
+        report = old
+    report["arms"].update({a: ARMS[a] for a in arms})
+    for seed in seeds:
+        for cell in cells:
+            for row in rows:
+                for arm in arms:
+                    k = key(row, arm, cell, seed)
+                    if k in report["results"]:
+                        continue
+                    start = (["--from-scratch", "--preset", "vit_mini_p4_28"] if row == "scratch"
+                             else ["--encoder", args.encoder])
+                    labels = [] if cell[0] == "all" else ["--labels-per-class", cell[0]]
+                    quick = ["--steps-per-epoch", "2", "--min-steps", "0"] if args.quick else []
+                    work = os.path.join(args.out, k.replace("|", "_").replace("/", "-"))
+                    cmd = ["recipes/finetune.py", "--backend", args.backend, "--data", args.data,
+                           *start, *labels, "--epochs", str(cell[1]), "--seed", str(seed),
+                           *quick, *shlex.split(ARMS[arm]), "--output", work + ".keras",
+                           "--no-resume"]
+                    line, seconds = run(cmd, work + ".log")
+                    report["results"][k] = percent(line, "top-1")
+                    report["commands"][k] = " ".join(["python", *cmd])
+                    print(f"{k}: {report['results'][k]:.2f}% ({seconds:.0f} s)", flush=True)
+                    if os.path.exists(work + ".keras"):
+                        os.remove(work + ".keras")  # the number is what is kept
+                    write_text_atomic(path, json.dumps(report, indent=2))
+    print_table(report)
+
+
+if __name__ == "__main__":
+    main()
