@@ -1,0 +1,76 @@
+"""bench/finetune_sweep.py's orchestration: which recipes/finetune.py runs for
+each row, arm, cell and seed, how their last lines become the table, --resume
+and --report. The recipe is replaced by a stand-in that prints its real last
+line (tests/test_finetune.py runs the recipe itself)."""
+
+import json
+import os
+import shlex
+
+import keras
+import pytest
+
+from conftest import load_bench_script
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="pure orchestration (no Keras computation); run once, on torch")
+
+
+def _sweep(calls):
+    module = load_bench_script("finetune_sweep")
+
+    def run(cmd, log):
+        calls.append(cmd)
+        top1 = 50 + 10 * ("--from-scratch" not in cmd) + int(cmd[cmd.index("--seed") + 1])
+        line = f"done: test top-1 {top1:.2f}% on 10000 images, saved to /x"
+        with open(log, "w") as f:
+            f.write(line + "\n")
+        return line, 1.0
+
+    module.run = run
+    return module
+
+
+def test_every_row_arm_cell_and_seed_runs_once_and_fills_the_table(tmp_path, capsys):
+    calls = []
+    sweep = _sweep(calls)
+    argv = ["--out", str(tmp_path), "--cells", "10/15,all/1", "--seeds", "0,1",
+            "--arms", "no_geometry,flatten"]
+    sweep.main(argv)
+    assert len(calls) == 2 * 2 * 2 * 2  # rows x arms x cells x seeds
+    for cmd in calls:
+        assert cmd[0] == "recipes/finetune.py" and "--no-resume" in cmd
+        flags = " ".join(cmd)
+        assert ("--from-scratch --preset vit_mini_p4_28" in flags) != ("--encoder" in flags)
+        arm = [a for a, f in sweep.ARMS.items() if " ".join(shlex.split(f)) in flags]
+        assert arm and arm[0] in ("no_geometry", "flatten")
+        assert ("--labels-per-class 10" in flags) == ("--epochs 15" in flags)
+    report = json.load(open(os.path.join(tmp_path, "results.json")))
+    assert report["results"]["conmim|flatten|10/15|1"] == 61.0
+    assert report["results"]["scratch|no_geometry|all/1|0"] == 50.0
+    out = capsys.readouterr().out
+    assert "60.50 [60.00 61.00]" in out and "50.50 [50.00 51.00]" in out  # mean [each seed]
+    # --resume runs only what is missing; --report reprints without running
+    calls.clear()
+    sweep.main([*argv[:-2], "--arms", "no_geometry,flatten,geometry", "--resume"])
+    assert len(calls) == 2 * 2 * 2 and all("--crop-padding" in " ".join(c) for c in calls)
+    calls.clear()
+    sweep.main(["--out", str(tmp_path), "--report"])
+    assert calls == [] and "geometry" in capsys.readouterr().out
+
+
+def test_bad_cells_arms_and_mismatched_resume_are_refused(tmp_path, capsys):
+    sweep = _sweep([])
+    for argv, message in ((["--cells", "10"], "LABELS/EPOCHS"), (["--arms", "magic"], "magic"),
+                          (["--rows", "pixel"], "pixel")):
+        with pytest.raises(SystemExit):
+            sweep.main(["--out", str(tmp_path), *argv])
+        assert message in capsys.readouterr().err
+    sweep.main(["--out", str(tmp_path), "--cells", "10/1", "--seeds", "0", "--rows", "scratch",
+                "--arms", "flatten"])
+    with pytest.raises(SystemExit):
+        sweep.main(["--out", str(tmp_path), "--cells", "10/1", "--encoder", "other.keras",
+                    "--resume"])
+    assert "made with other encoder" in capsys.readouterr().err
+    assert sweep.parse_cells("10/15,all/1") == [("10", 15), ("all", 1)]
