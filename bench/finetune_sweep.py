@@ -33,6 +33,7 @@ ARMS = {
     "geometry": "--crop auto --crop-padding 4 --crop-scale-min 0.08 --flip 0.5 --pooling mean",
     "no_geometry": "--crop none --flip 0 --pooling mean",
     "flatten": "--crop none --flip 0 --pooling flatten",
+    "flatten_small_head": "--crop none --flip 0 --pooling flatten --head-init small",
 }
 ROWS = ("conmim", "scratch")
 

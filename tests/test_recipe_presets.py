@@ -188,3 +188,9 @@ def test_every_preset_has_finetune_and_scratch_recipes():
         # presets, whose short pre-training measured better without (presets.py)
         small = preset["config"]["image_shape"][0] < 224
         assert preset["finetune"]["layer_decay"] == (1.0 if small else 0.65), name
+        # the head: flattened patch tokens on aligned 28 px Fashion-MNIST (measured,
+        # presets.py), the release's mean pooling everywhere else; the same for both starts
+        fashion = name.startswith("vit_mini_")
+        for kind in ("finetune", "scratch"):
+            assert preset[kind]["pooling"] == ("flatten" if fashion else "mean"), (name, kind)
+            assert preset[kind]["crop"] == "auto", (name, kind)  # the release's geometry
