@@ -89,7 +89,8 @@ def parse_args(argv=None):
                    help="probe: fit the head as a linear probe on the frozen features of the "
                    "labelled images first (LP-FT); small: the release's head x0.001; auto: "
                    "probe for a pre-trained encoder with at most 1,000 labelled images per "
-                   "class, else small (keras_conmim.finetune_budget.head_init)")
+                   "class and a pooled head, else small (keras_conmim.finetune_budget."
+                   "head_init; the flatten head measured better small)")
     p.add_argument("--probe-weight-decay", type=probe_weight_decay, default="cv",
                    help="the LP-FT probe's weight decay: cv (picked by 4-fold cross-validation "
                    "on the labelled images, keras_conmim.evaluation.select_weight_decay) or a "
@@ -454,7 +455,7 @@ def main(argv=None):
     from keras_conmim import finetune_budget
 
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
-        not args.from_scratch, len(train), num_classes)
+        not args.from_scratch, len(train), num_classes, args.pooling)
     if resumed is not None:
         head = resumed["head"]  # the checkpoint holds the head; no probe to fit again
     elif head_init == "probe":

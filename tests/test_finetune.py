@@ -68,11 +68,13 @@ def test_finetune_recipe_runs(tmp_path):
          keras.backend.backend(), "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
          "--min-steps", "0", "--randaugment-factor", "0.5",  # keeps RandAugment on: tested
          "--batch-size", "16", "--probe-weight-decay", "1e-4",  # cv: test_finetune_budget
+         "--pooling", "mean",  # the pooled head gets LP-FT (the flatten head starts small)
          "--output", out],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1].startswith("done: test top-1")
     assert "head: linear probe on the frozen features" in result.stdout  # LP-FT by default
+    assert re.search(r"pooling +mean   <- flag\n", result.stdout), result.stdout
     assert "weight decay 0.0001 <- flag" in result.stdout
     assert re.search(r"randaugment_ops +2\n", result.stdout), result.stdout  # on: not scaled off
     assert os.path.isfile(out)
@@ -306,7 +308,7 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
     folder = os.path.join(tmp_path, "run.checkpoints")
     os.makedirs(folder)
     open(os.path.join(folder, "ckpt-00000002.keras"), "w").close()
-    args = finetune.parse_args([*argv, "--checkpoint-dir", folder])
+    args = finetune.parse_args([*argv, "--checkpoint-dir", folder, "--pooling", "mean"])
     finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
     settings = finetune.run_settings(args)
     old = {k: v for k, v in settings.items() if k not in finetune.ADDED_SINCE}
@@ -315,7 +317,8 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
     assert finetune.resumable(args, settings)["head"] == "h"
     args = finetune.parse_args([*argv, "--checkpoint-dir", folder])
     finetune.apply_recipe(args, "vit_mini_p4_28")
-    with pytest.raises(SystemExit, match="crop: 'none' there, 'auto' here.*flip: 0.0 there, 0.5"):
+    with pytest.raises(SystemExit, match="crop: 'none' there, 'auto' here.*flip: 0.0 there, 0.5"
+                       ".*pooling: 'mean' there, 'flatten' here"):
         finetune.resumable(args, finetune.run_settings(args))
 
 

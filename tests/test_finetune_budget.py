@@ -147,6 +147,10 @@ def test_auto_head_is_lp_ft_for_a_pretrained_encoder_with_few_labels_only():
     assert fb.head_init(True, num_labelled=10 * fb.LP_FT_MAX_PER_CLASS, num_classes=10) == "probe"
     assert fb.head_init(True, num_labelled=60_000, num_classes=10) == "small"
     assert fb.head_init(False, num_labelled=100, num_classes=10) == "small"  # from scratch
+    # the flatten head starts small (measured: LP-FT gave it nothing at 10 per class and
+    # cost 2 points at 100)
+    assert fb.head_init(True, num_labelled=100, num_classes=10, pooling="flatten") == "small"
+    assert fb.head_init(True, num_labelled=100, num_classes=10, pooling="cls") == "probe"
 
 
 def test_lp_ft_head_starts_at_the_linear_probe():
