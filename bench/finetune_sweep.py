@@ -60,12 +60,12 @@ def print_table(report):
                    key=lambda c: (c[0] == "all", int(c[0]) if c[0] != "all" else 0, int(c[1])))
     print(f"fine-tune top-1 % ({report['machine']}); encoder {report['encoder']}")
     print("cell = labels per class / fine-tuning epochs; mean over seeds [each seed]")
-    header = f"{'row':<9}{'arm':<14}" + "".join(f"{c[0] + '/' + c[1]:>30}" for c in cells)
-    print(header)
     rows_arms = sorted({tuple(k.split("|")[:2]) for k in results},
                        key=lambda ra: (ROWS.index(ra[0]) if ra[0] in ROWS else 9, ra[1]))
+    width = max(len(arm) for _, arm in rows_arms) + 2
+    print(f"{'row':<9}{'arm':<{width}}" + "".join(f"{c[0] + '/' + c[1]:>30}" for c in cells))
     for row, arm in rows_arms:
-        line = f"{row:<9}{arm:<14}"
+        line = f"{row:<9}{arm:<{width}}"
         for c in cells:
             found = sorted((int(k.split("|")[3]), v) for k, v in results.items()
                            if k.startswith(f"{row}|{arm}|{c[0]}/{c[1]}|"))
