@@ -28,6 +28,19 @@ def _pattern_images(n, seed=0):
 NO_GEOMETRY = dict(crop="none", crop_padding=4, crop_scale_min=0.08, flip=0.0)
 
 
+@pytest.fixture(params=[True, False], ids=["tf.data", "no-tensorflow"])
+def tensorflow(request, monkeypatch):
+    """make_batches' two paths: True for tf.data, False for the PyDataset a box
+    without TensorFlow gets (`import tensorflow` made to fail)."""
+    if request.param:
+        pytest.importorskip("tensorflow")
+    elif keras.backend.backend() == "tensorflow":
+        pytest.skip("the TensorFlow backend cannot run without TensorFlow")
+    else:
+        monkeypatch.setitem(sys.modules, "tensorflow", None)
+    return request.param
+
+
 def test_finetune_layout_keeps_the_function():
     vit = tiny_vit()
     randomize_weights(vit)
@@ -184,22 +197,14 @@ def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch)
         np.testing.assert_array_equal(np.argmax(labels, 1), expected)
 
 
-@pytest.mark.parametrize("tensorflow", [True, False], ids=["tf.data", "no-tensorflow"])
-def test_random_erasing_fills_one_rectangle_per_image(monkeypatch, tensorflow):
+def test_random_erasing_fills_one_rectangle_per_image(tensorflow):
     # The release's random erasing: with probability p, a rectangle of 2-33%
     # of the image becomes mid-grey; nothing else changes. p = 0: untouched.
     import argparse
-    import sys as _sys
 
     from keras_conmim.data import load_default
     from recipes import finetune
 
-    if tensorflow:
-        pytest.importorskip("tensorflow")
-    elif keras.backend.backend() == "tensorflow":
-        pytest.skip("the TensorFlow backend cannot run without TensorFlow")
-    else:
-        monkeypatch.setitem(_sys.modules, "tensorflow", None)
     source = load_default("train", image_size=(28, 28), channels="gray")
     originals = source.batch(source.batch_indices(16, 0, 0)).astype("float32")
 
@@ -249,23 +254,15 @@ def test_a_run_file_from_before_random_erasing_resumes_with_it_off(tmp_path):
         finetune.resumable(args, finetune.run_settings(args))
 
 
-@pytest.mark.parametrize("tensorflow", [True, False], ids=["tf.data", "no-tensorflow"])
-def test_batches_are_the_release_geometry_of_the_step_images(monkeypatch, tensorflow):
+def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
     # Batch k is train_geometry of step k's images with a generator seeded by
     # (seed, step) alone: the tf.data and the no-TensorFlow paths give the same
     # pixels, and a resumed run crops as the stopped one would have.
     import argparse
-    import sys as _sys
 
     from keras_conmim.data import geometry, load_default
     from recipes import finetune
 
-    if tensorflow:
-        pytest.importorskip("tensorflow")
-    elif keras.backend.backend() == "tensorflow":
-        pytest.skip("the TensorFlow backend cannot run without TensorFlow")
-    else:
-        monkeypatch.setitem(_sys.modules, "tensorflow", None)
     source = load_default("train", image_size=(28, 28), channels="gray")
     args = argparse.Namespace(batch_size=16, seed=2, randaugment_ops=0, randaugment_factor=0.0,
                               mixup=0.0, cutmix=0.0, random_erasing=0.0, crop="auto",
