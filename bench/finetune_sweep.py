@@ -34,6 +34,13 @@ ARMS = {
     "no_geometry": "--crop none --flip 0 --pooling mean",
     "flatten": "--crop none --flip 0 --pooling flatten",
     "flatten_small_head": "--crop none --flip 0 --pooling flatten --head-init small",
+    # LP-FT with a gentler encoder update: the head starts as the frozen
+    # probe, the encoder moves at a lower rate (few labels: fine-tuning at the
+    # full rate ended below the probe it started from)
+    "flatten_probe_head_ld065": "--crop none --flip 0 --pooling flatten --head-init probe "
+                                "--layer-decay 0.65",
+    "flatten_probe_head_lr1e-4": "--crop none --flip 0 --pooling flatten --head-init probe "
+                                 "--lr 1e-4",
 }
 ROWS = ("conmim", "scratch")
 

@@ -74,3 +74,18 @@ def test_bad_cells_arms_and_mismatched_resume_are_refused(tmp_path, capsys):
                     "--resume"])
     assert "made with other encoder" in capsys.readouterr().err
     assert sweep.parse_cells("10/15,all/1") == [("10", 15), ("all", 1)]
+
+
+def test_every_arm_is_a_valid_finetune_command_line():
+    # An arm is a set of recipes/finetune.py flags: each must parse, and set
+    # what it names, so that a renamed or removed flag fails here and not
+    # an hour into a sweep.
+    from recipes import finetune
+
+    sweep = load_bench_script("finetune_sweep")
+    for arm, flags in sweep.ARMS.items():
+        args = finetune.parse_args(["--from-scratch", "--preset", "vit_mini_p4_28",
+                                    *shlex.split(flags)])
+        assert args.pooling in ("mean", "flatten"), arm
+        if "--head-init probe" in flags:
+            assert args.head_init == "probe", arm
