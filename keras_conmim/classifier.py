@@ -44,9 +44,9 @@ class ViTClassifier(keras.Model):
     Args:
         encoder: `ViT`.
         num_classes: int.
-        pooling: `"mean"` (release), `"cls"` or `"flatten"` (the patch
+        pooling: `"mean"` (release), `"cls"`, `"flatten"` (the patch
             tokens in grid order, `ViT.pool`; `fc_norm` and the head are
-            then N times wider).
+            then N times wider) or `"mean+flatten"` (both, concatenated).
         head_init_scale: float. Defaults to `0.001`.
         mean, std: normalisation (None: ImageNet's, channel-averaged for gray).
     """

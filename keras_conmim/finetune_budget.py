@@ -99,7 +99,7 @@ def head_init(pretrained, num_labelled, num_classes, pooling="mean"):
     class on average and a pooled (not flattened) head, else "small" (the
     release's head x0.001)."""
     few = num_labelled <= LP_FT_MAX_PER_CLASS * num_classes
-    return "probe" if pretrained and few and pooling != "flatten" else "small"
+    return "probe" if pretrained and few and "flatten" not in pooling else "small"
 
 
 def budget_recipe(recipe, num_labelled, fixed=(), min_steps=MIN_STEPS, steps_per_epoch=None):

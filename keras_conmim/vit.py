@@ -16,7 +16,7 @@ from keras_conmim.presets import get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
 MASK_TOKEN_POSITIONS = ("none", "sincos")
-POOLINGS = ("mean", "cls", "flatten")
+POOLINGS = ("mean", "cls", "flatten", "mean+flatten")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -247,20 +247,26 @@ class ViT(keras.Model):
         (the release's fine-tuning pooling), the `"cls"` token, or the patch
         tokens `"flatten"`ed in grid order, `[B, N * D]` (keeps where each
         patch is: mean pooling of a ViT without absolute position embedding
-        keeps only what the patches are)."""
+        keeps only what the patches are), or `"mean+flatten"`: the mean
+        followed by the flattened tokens, `[B, (N + 1) * D]` (what the patches
+        are and where)."""
         if method == "mean":
             return ops.mean(tokens[:, 1:], axis=1)
         if method == "cls":
             return tokens[:, 0]
         if method == "flatten":
             return ops.reshape(tokens[:, 1:], (-1, (tokens.shape[1] - 1) * tokens.shape[2]))
+        if method == "mean+flatten":
+            return ops.concatenate([ViT.pool(tokens, "mean"), ViT.pool(tokens, "flatten")], axis=-1)
         raise ValueError(f"Unknown pooling {method!r}. Use one of {', '.join(POOLINGS)}.")
 
     def pooled_dim(self, method="mean"):
-        """The width of `pool(tokens, method)`: D, or N * D for "flatten"."""
+        """The width of `pool(tokens, method)`: D, N * D for "flatten",
+        (N + 1) * D for "mean+flatten"."""
         if method not in POOLINGS:
             raise ValueError(f"Unknown pooling {method!r}. Use one of {', '.join(POOLINGS)}.")
-        return self.hidden_dim * (self.num_patches if method == "flatten" else 1)
+        widths = {"flatten": self.num_patches, "mean+flatten": self.num_patches + 1}
+        return self.hidden_dim * widths.get(method, 1)
 
     def no_weight_decay_variables(self):
         """Variables the release keeps out of weight decay: biases, norms,

@@ -123,10 +123,11 @@ def parse_args(argv=None):
                    help="smallest crop area, for --crop resized")
     p.add_argument("--flip", type=float, default=None,
                    help="horizontal flip probability at train time (0: off)")
-    p.add_argument("--pooling", choices=("mean", "cls", "flatten"), default=None,
+    p.add_argument("--pooling", choices=("mean", "cls", "flatten", "mean+flatten"),
+                   default=None,
                    help="what the head sees: mean of the patch tokens (the release), the CLS "
-                   "token, or the patch tokens flattened in grid order (keeps where each "
-                   "patch is)")
+                   "token, the patch tokens flattened in grid order (keeps where each "
+                   "patch is), or the mean and the flattened tokens concatenated")
     p.add_argument("--output", default=os.path.join(ROOT, "saved_models", "classifier.keras"))
     p.add_argument("--checkpoint-dir", default=None,
                    help="where each epoch's checkpoint goes (default: --output without .keras, "

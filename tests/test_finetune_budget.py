@@ -150,6 +150,7 @@ def test_auto_head_is_lp_ft_for_a_pretrained_encoder_with_few_labels_only():
     # the flatten head starts small (measured: LP-FT gave it nothing at 10 per class and
     # cost 2 points at 100)
     assert fb.head_init(True, num_labelled=100, num_classes=10, pooling="flatten") == "small"
+    assert fb.head_init(True, num_labelled=100, num_classes=10, pooling="mean+flatten") == "small"
     assert fb.head_init(True, num_labelled=100, num_classes=10, pooling="cls") == "probe"
 
 

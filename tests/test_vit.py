@@ -140,6 +140,10 @@ def test_pool_and_intermediates():
     np.testing.assert_array_equal(flat, patches.reshape(len(patches), -1))
     assert vit.pooled_dim("flatten") == flat.shape[1] == vit.num_patches * vit.hidden_dim
     assert vit.pooled_dim("mean") == vit.pooled_dim("cls") == vit.hidden_dim
+    both = to_numpy(vit.pool(features["tokens"], "mean+flatten"))  # what and where
+    np.testing.assert_allclose(both[:, :vit.hidden_dim], patches.mean(1), atol=1e-6)
+    np.testing.assert_array_equal(both[:, vit.hidden_dim:], flat)
+    assert vit.pooled_dim("mean+flatten") == both.shape[1] == flat.shape[1] + vit.hidden_dim
     for bad in (lambda: vit.pool(features["tokens"], "max"), lambda: vit.pooled_dim("max")):
         with pytest.raises(ValueError, match="mean, cls, flatten"):
             bad()
