@@ -33,7 +33,8 @@ PRESET = "vit_mini_p4_32"
 def probe(args, encoder_flags, log):
     line, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
                          "--data", args.data, "--resize", "center",
-                         "--probe-epochs", str(args.probe_epochs), "--seed", str(args.seed)], log)
+                         "--probe-epochs", str(args.probe_epochs), "--seed", str(args.seed),
+                         "--probe-weight-decay", args.probe_weight_decay], log)
     linear, knn = parse_result(line)
     return {"knn": knn, "linear": linear, "probe_s": round(seconds, 1)}
 
@@ -46,6 +47,9 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="smoke tests only")
     p.add_argument("--probe-epochs", type=int, default=30)
+    p.add_argument("--probe-weight-decay", default="auto",
+                   help="recipes/linear_probe.py's --probe-weight-decay (auto: 1e-4 with the "
+                   "60,000 labels, cross-validated with at most 1,000 per class)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--extra", default="", help="recipes/pretrain.py flags added to the run")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "release_setting"))
@@ -86,6 +90,7 @@ def main(argv=None):
                              *(sys.argv[1:] if argv is None else argv)]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}",
         "data": args.data, "epochs": args.epochs, "probe_epochs": args.probe_epochs,
+        "probe_weight_decay": args.probe_weight_decay,
         "recipe": {k: config[k] for k in config["recipe_sources"]},
         "pretrain_s": round(pretrain_s, 1),
         "lookup_by_epoch": [round(100 * float(r["lookup_accuracy"]), 2) for r in log],

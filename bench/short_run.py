@@ -78,6 +78,9 @@ def main(argv=None):
     p.add_argument("--probe", action="store_true",
                    help="also kNN / linear probe (recipes/linear_probe.py, --data's test split) "
                    "of each run's teacher and student")
+    p.add_argument("--probe-weight-decay", default="auto",
+                   help="recipes/linear_probe.py's --probe-weight-decay (auto: cross-validated "
+                   "with at most 1,000 labels per class)")
     args = p.parse_args(argv)
     out_json = os.path.join(args.out, "short_run.json")
     if args.report:
@@ -92,7 +95,7 @@ def main(argv=None):
     machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
     settings = {"machine": machine, "preset": args.preset, "data": args.data,
                 "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "extra": args.extra,
-                "probe": args.probe}
+                "probe": args.probe, "probe_weight_decay": args.probe_weight_decay}
     rows = []
     if args.resume and os.path.isfile(out_json):
         with open(out_json) as f:
@@ -157,7 +160,8 @@ def print_table(report):
 def _probe(args, encoder):
     """(kNN, linear) top-1 % of a saved encoder's frozen features."""
     line, _ = run(["recipes/linear_probe.py", "--backend", args.backend, "--encoder", encoder,
-                   "--data", args.data, "--probe-epochs", "30"],
+                   "--data", args.data, "--probe-epochs", "30",
+                   "--probe-weight-decay", args.probe_weight_decay],
                   encoder + ".probe.log")
     linear, knn = parse_result(line)
     return knn, linear

@@ -6,8 +6,9 @@
 
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
 labels) or `--data idx:DIR` (the full IDX files), resized and channel-converted to the encoder's input. Features are
-the mean-pooled patch tokens (`ViT.pool`; `--pooling cls` or `flatten` for the
-CLS token or the patch tokens flattened in grid order), normalised as in
+the mean-pooled patch tokens (`ViT.pool`; `--pooling cls`, `flatten` or
+`mean+flatten` for the CLS token, the patch tokens flattened in grid order, or
+both concatenated), normalised as in
 pre-training.
 Prints one line with both accuracies per label count.
 
@@ -18,9 +19,10 @@ Prints one line with both accuracies per label count.
 the baseline a learned feature must beat. `--labels-per-class` gives the
 bank / probe's training set as N images per class (class-balanced, seeded by
 --seed; the test split stays whole); features are extracted once for all the
-counts. With few labels the probe trains at least 300 steps, and with at most
-1,000 images per class its weight decay is the one 4-fold cross-validation on
-the labelled images picks (keras_conmim.evaluation.select_weight_decay).
+counts. The probe trains at least 300 steps, and with at most 1,000 images
+per class its weight decay is the one 4-fold cross-validation on the labelled
+images picks (keras_conmim.evaluation.select_weight_decay; `--probe-weight-decay`
+fixes it instead).
 """
 
 import argparse
@@ -52,9 +54,16 @@ def main(argv=None):
     parser.add_argument("--resize", choices=("crop", "pad", "center"), default="crop",
                         help="how images reach the encoder's size (center: pad 28 -> 32 px, "
                         "as the vit_mini_p4_32 recipe does)")
-    parser.add_argument("--pooling", choices=("mean", "cls", "flatten"), default="mean",
-                        help="the features: mean of the patch tokens, the CLS token, or the "
-                        "patch tokens flattened in grid order (keeps where each patch is)")
+    parser.add_argument("--pooling", choices=("mean", "cls", "flatten", "mean+flatten"),
+                        default="mean",
+                        help="the features: mean of the patch tokens, the CLS token, the "
+                        "patch tokens flattened in grid order (keeps where each patch is), or "
+                        "the mean and the flattened tokens concatenated")
+    parser.add_argument("--probe-weight-decay", type=probe_weight_decay, default="auto",
+                        help="the linear probe's weight decay: auto (cv with at most 1,000 "
+                        "labelled images per class, else 1e-4), cv (picked by 4-fold "
+                        "cross-validation on the labelled images: 16 extra fits) or a number "
+                        ">= 0")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--probe-epochs", type=int, default=100)
@@ -122,9 +131,11 @@ def main(argv=None):
         knn = evaluation.knn_accuracy(train_f[index], train.labels[index], test_f, test.labels,
                                       k=args.k, temperature=args.temperature)
         few = len(index) <= LP_FT_MAX_PER_CLASS * len(np.unique(train.labels))
+        weight_decay = (("cv" if few else 1e-4) if args.probe_weight_decay == "auto"
+                        else args.probe_weight_decay)
         linear = evaluation.linear_probe(train_f[index], train.labels[index], test_f, test.labels,
                                          epochs=args.probe_epochs, min_steps=MIN_PROBE_STEPS,
-                                         weight_decay="cv" if few else 1e-4, seed=args.seed)
+                                         weight_decay=weight_decay, seed=args.seed)
         results["all" if count is None else count] = (linear, knn)
         print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
               f"on {len(test)} test images ({what}) "
@@ -133,6 +144,19 @@ def main(argv=None):
 
 
 MIN_PROBE_STEPS = 300
+
+
+def probe_weight_decay(text):
+    """--probe-weight-decay: "auto", "cv" or a number >= 0."""
+    if text in ("auto", "cv"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: auto, cv or a number >= 0, e.g. 1e-4")
+    return value
 
 
 def parse_label_counts(text):

@@ -23,7 +23,7 @@ def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
     short_run = _script("short_run")
     argv = ["--backend", "torch", "--epochs", "2", "--steps-per-epoch", "2",
             "--variants", "release,sincos", "--extra=--image-size 16 --batch-size 8",
-            "--out", str(tmp_path), "--probe"]
+            "--out", str(tmp_path), "--probe", "--probe-weight-decay", "1e-4"]
     short_run.main(argv)
     with open(os.path.join(tmp_path, "short_run.json")) as f:
         report = json.load(f)
@@ -39,7 +39,7 @@ def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
     short_run.main([*argv, "--resume"])
     short_run.main(["--report", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
-        short_run.main([*argv[:-1], "--resume"])  # without --probe
+        short_run.main([*argv[:-3], "--resume"])  # without --probe
     assert "other settings" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         short_run.main(["--variants", "release,bigger"])
@@ -49,7 +49,8 @@ def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
 def test_release_setting_probes_teacher_student_and_random_init(tmp_path, capsys):
     bench = _script("release_setting")
     bench.main(["--backend", "torch", "--data", "default", "--epochs", "1",
-                "--steps-per-epoch", "2", "--probe-epochs", "1", "--out", str(tmp_path)])
+                "--steps-per-epoch", "2", "--probe-epochs", "1", "--probe-weight-decay", "1e-4",
+                "--out", str(tmp_path)])
     with open(os.path.join(tmp_path, "results.json")) as f:
         report = json.load(f)
     assert set(report["probes"]) == {"teacher_encoder", "student_encoder", "random_init"}

@@ -196,9 +196,25 @@ def test_linear_probe_recipe_passes_its_pooling(monkeypatch, capsys):
         seen.append(pooling)
         return np.random.RandomState(len(seen)).standard_normal((len(images), 4)).astype("float32")
 
+    decays = []
+
+    def probe(*args, weight_decay, **kwargs):
+        decays.append(weight_decay)
+        return 0.5
+
     monkeypatch.setattr(evaluation, "extract_features", features)
-    monkeypatch.setattr(evaluation, "linear_probe", lambda *a, **k: 0.5)
+    monkeypatch.setattr(evaluation, "linear_probe", probe)
     linear_probe.main(["--from-scratch", "--preset", "vit_mini_p4_28", "--pooling", "flatten",
                        "--backend", keras.backend.backend()])
     assert seen == ["flatten", "flatten"]  # bank and queries
     assert "flatten pooling" in capsys.readouterr().out
+    # the probe's weight decay: cross-validated with at most 1,000 labels per class
+    # (the packaged 4,000 images: 400), else 1e-4, unless the flag fixes it
+    linear_probe.main(["--from-scratch", "--preset", "vit_mini_p4_28", "--labels-per-class",
+                       "10,all", "--backend", keras.backend.backend()])
+    linear_probe.main(["--from-scratch", "--preset", "vit_mini_p4_28", "--probe-weight-decay",
+                       "3", "--backend", keras.backend.backend()])
+    assert decays == ["cv", "cv", "cv", 3.0]
+    with pytest.raises(SystemExit):
+        linear_probe.main(["--probe-weight-decay", "-1"])
+    assert "auto, cv or a number >= 0" in capsys.readouterr().err
