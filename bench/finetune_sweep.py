@@ -10,8 +10,10 @@ Every run is `recipes/finetune.py` with the arm's flags on top of the
 cell's (`--labels-per-class N` unless N is "all", `--epochs F`, `--seed S`);
 `--seed` draws the labelled subset as well as the weights' and augmentations'
 randomness. Rows: `conmim` fine-tunes --encoder (default: the shipped
-backbone, the EMA teacher of bench/fashion_mnist.py's E = 6 run), `scratch`
-trains the same classifier from random init with its own recipe. Each run's
+backbone, the EMA teacher of bench/fashion_mnist.py's E = 6 run), `pixel`
+fine-tunes --pixel-encoder (the pixel-regression (SimMIM) baseline's student:
+`recipes/pretrain.py --objective pixel`), `scratch` trains the same
+classifier from random init with its own recipe. Each run's
 test top-1 goes into --out/results.json as it finishes; the table prints the
 mean over the seeds run and every seed's value. Nothing is typed in.
 """
@@ -41,8 +43,13 @@ ARMS = {
                                 "--layer-decay 0.65",
     "flatten_probe_head_lr1e-4": "--crop none --flip 0 --pooling flatten --head-init probe "
                                  "--lr 1e-4",
+    # the mean-pooled features (which pre-training lifts far above random
+    # init) beside the flattened ones (which it does not)
+    "mean_flatten": "--crop none --flip 0 --pooling mean+flatten",
 }
-ROWS = ("conmim", "scratch")
+ROWS = ("conmim", "pixel", "scratch")
+PIXEL_ENCODER = os.path.join(ROOT, "bench", "results", "pixel_e6", "pretrain",
+                             "student_encoder.keras")
 
 
 def parse_cells(text):
@@ -65,7 +72,8 @@ def print_table(report):
     results = report["results"]
     cells = sorted({tuple(k.split("|")[2].split("/")) for k in results},
                    key=lambda c: (c[0] == "all", int(c[0]) if c[0] != "all" else 0, int(c[1])))
-    print(f"fine-tune top-1 % ({report['machine']}); encoder {report['encoder']}")
+    print(f"fine-tune top-1 % ({report['machine']}); encoder {report['encoder']}"
+          + (f", pixel row {report['pixel_encoder']}" if "pixel_encoder" in report else ""))
     print("cell = labels per class / fine-tuning epochs; mean over seeds [each seed]")
     rows_arms = sorted({tuple(k.split("|")[:2]) for k in results},
                        key=lambda ra: (ROWS.index(ra[0]) if ra[0] in ROWS else 9, ra[1]))
@@ -92,7 +100,9 @@ def main(argv=None):
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist")
     p.add_argument("--encoder", default=os.path.join(
         ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"))
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--pixel-encoder", default=PIXEL_ENCODER,
+                   help="the pixel row's encoder (made by the command in README)")
+    p.add_argument("--rows", default="conmim,scratch", help=f"from: {', '.join(ROWS)}")
     p.add_argument("--arms", default=",".join(ARMS), help=f"from: {', '.join(ARMS)}")
     p.add_argument("--cells", default="10/15,100/15", help="LABELS/EPOCHS,... (LABELS: N or all)")
     p.add_argument("--seeds", default="0,1,2")
@@ -120,14 +130,28 @@ def main(argv=None):
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}",
               "encoder": os.path.relpath(args.encoder, ROOT), "data": args.data,
               "quick": args.quick, "arms": {}, "results": {}, "commands": {}}
+    if "pixel" in rows:
+        report["pixel_encoder"] = os.path.relpath(args.pixel_encoder, ROOT)
     if os.path.isfile(path) and args.resume:
         with open(path) as f:
             old = json.load(f)
-        mismatch = [k for k in ("machine", "encoder", "data", "quick") if old[k] != report[k]]
+        compared = ["machine", "encoder", "data", "quick"]
+        if "pixel" in rows and "pixel_encoder" in old:
+            compared.append("pixel_encoder")
+        mismatch = [k for k in compared if old[k] != report[k]]
         if mismatch:
             p.error(f"--resume: {path} was made with other {', '.join(mismatch)}; pass "
                     "another --out")
+        old.setdefault("pixel_encoder", report.get("pixel_encoder"))
+        if old["pixel_encoder"] is None:
+            del old["pixel_encoder"]
         report = old
+    encoders = {"conmim": args.encoder, "pixel": args.pixel_encoder}
+    missing = [f"{r}: {encoders[r]}" for r in rows
+               if r in encoders and not os.path.isfile(encoders[r])]
+    if missing:
+        p.error(f"encoder file not found ({'; '.join(missing)}): pre-train it first (README) "
+                "or pass --encoder / --pixel-encoder")
     report["arms"].update({a: ARMS[a] for a in arms})
     for seed in seeds:
         for cell in cells:
@@ -137,7 +161,7 @@ def main(argv=None):
                     if k in report["results"]:
                         continue
                     start = (["--from-scratch", "--preset", "vit_mini_p4_28"] if row == "scratch"
-                             else ["--encoder", args.encoder])
+                             else ["--encoder", encoders[row]])
                     labels = [] if cell[0] == "all" else ["--labels-per-class", cell[0]]
                     quick = ["--steps-per-epoch", "2", "--min-steps", "0"] if args.quick else []
                     work = os.path.join(args.out, k.replace("|", "_").replace("/", "-"))

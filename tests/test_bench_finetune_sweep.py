@@ -63,7 +63,9 @@ def test_every_row_arm_cell_and_seed_runs_once_and_fills_the_table(tmp_path, cap
 def test_bad_cells_arms_and_mismatched_resume_are_refused(tmp_path, capsys):
     sweep = _sweep([])
     for argv, message in ((["--cells", "10"], "LABELS/EPOCHS"), (["--arms", "magic"], "magic"),
-                          (["--rows", "pixel"], "pixel")):
+                          (["--rows", "simclr"], "simclr"),
+                          (["--rows", "pixel", "--pixel-encoder", "no/such.keras"],
+                           "encoder file not found (pixel: no/such.keras)")):
         with pytest.raises(SystemExit):
             sweep.main(["--out", str(tmp_path), *argv])
         assert message in capsys.readouterr().err
@@ -76,6 +78,28 @@ def test_bad_cells_arms_and_mismatched_resume_are_refused(tmp_path, capsys):
     assert sweep.parse_cells("10/15,all/1") == [("10", 15), ("all", 1)]
 
 
+def test_the_pixel_row_fine_tunes_the_pixel_encoder(tmp_path, capsys):
+    calls = []
+    sweep = _sweep(calls)
+    pixel = os.path.join(tmp_path, "student_encoder.keras")
+    open(pixel, "w").close()
+    argv = ["--out", str(tmp_path), "--cells", "10/15", "--seeds", "0", "--arms", "flatten",
+            "--rows", "conmim,pixel,scratch", "--pixel-encoder", pixel]
+    sweep.main(argv)
+    starts = [cmd[cmd.index("--encoder") + 1] if "--encoder" in cmd else "scratch" for cmd in calls]
+    shipped = os.path.join(sweep.ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras")
+    assert starts == [shipped, pixel, "scratch"]
+    report = json.load(open(os.path.join(tmp_path, "results.json")))
+    assert set(report["results"]) == {"conmim|flatten|10/15|0", "pixel|flatten|10/15|0",
+                                      "scratch|flatten|10/15|0"}
+    assert report["pixel_encoder"] == os.path.relpath(pixel, sweep.ROOT)
+    assert "pixel row" in capsys.readouterr().out
+    # rows are listed conmim, pixel, scratch; another pixel encoder is refused on --resume
+    with pytest.raises(SystemExit):
+        sweep.main([*argv[:-1], __file__, "--resume"])
+    assert "made with other pixel_encoder" in capsys.readouterr().err
+
+
 def test_every_arm_is_a_valid_finetune_command_line():
     # An arm is a set of recipes/finetune.py flags: each must parse, and set
     # what it names, so that a renamed or removed flag fails here and not
@@ -86,6 +110,6 @@ def test_every_arm_is_a_valid_finetune_command_line():
     for arm, flags in sweep.ARMS.items():
         args = finetune.parse_args(["--from-scratch", "--preset", "vit_mini_p4_28",
                                     *shlex.split(flags)])
-        assert args.pooling in ("mean", "flatten"), arm
+        assert args.pooling in ("mean", "flatten", "mean+flatten"), arm
         if "--head-init probe" in flags:
             assert args.head_init == "probe", arm
