@@ -9,6 +9,46 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_configure(config):
+    """On JAX the suite's time is mostly XLA compiling tiny models, so, for
+    this process and the recipe / multi-device subprocesses it starts (they
+    inherit the environment), set before JAX is imported:
+    - XLA's backend optimisation level 0 (LLVM's -O0): compiles faster, runs
+      the tiny models no slower that matters (test_conmim.py: 73 -> 52 s);
+      an XLA_FLAGS that sets the level already wins;
+    - one compilation cache for the whole session (the same programs compile
+      again in every recipe subprocess); an existing
+      JAX_COMPILATION_CACHE_DIR wins."""
+    if os.environ.get("KERAS_BACKEND", "") != "jax":
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    import tempfile
+
+    cache = tempfile.mkdtemp(prefix="keras_conmim_xla_cache_")
+    config._keras_conmim_xla_cache = cache
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=cache,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if "jax" in sys.modules:  # imported by a plugin already
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_keras_conmim_xla_cache", None)
+    if cache:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     import keras

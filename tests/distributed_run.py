@@ -28,7 +28,9 @@ def main():
     args = p.parse_args()
     backend = os.environ.get("KERAS_BACKEND", "jax")
     if backend == "jax":
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+        os.environ["XLA_FLAGS"] = " ".join([  # after the suite's own flags (conftest.py)
+            os.environ.get("XLA_FLAGS", ""),
+            f"--xla_force_host_platform_device_count={args.devices}"]).strip()
     elif backend == "tensorflow":
         import tensorflow as tf
 

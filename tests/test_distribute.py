@@ -24,6 +24,13 @@ DEVICES = {"jax": 4, "tensorflow": 2}
 HELPER = os.path.join(ROOT, "tests", "distributed_run.py")
 
 
+def _with_devices(devices):
+    """XLA_FLAGS for `devices` forced host devices, keeping the suite's other
+    XLA flags (conftest.py)."""
+    return " ".join([os.environ.get("XLA_FLAGS", ""),
+                     f"--xla_force_host_platform_device_count={devices}"]).strip()
+
+
 def _run(devices, mode, out, *extra):
     env = {**os.environ, "KERAS_BACKEND": BACKEND}
     done = subprocess.run([sys.executable, HELPER, "--devices", str(devices), "--mode", mode,
@@ -43,7 +50,7 @@ def _hosts(argv, hosts=2, devices=2):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "KERAS_BACKEND": "jax",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "XLA_FLAGS": _with_devices(devices),
            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
            "KERAS_DISTRIBUTION_NUM_PROCESSES": str(hosts)}
     procs = [subprocess.Popen([sys.executable, *[a.format(host=i) for a in argv]],
@@ -112,7 +119,7 @@ def test_recipe_runs_as_a_two_host_job(tmp_path):
     assert os.path.isfile(os.path.join(out, "teacher_encoder.keras"))
     assert os.listdir(os.path.join(out, "checkpoints")) == ["ckpt-00000003.keras"]
     assert os.listdir(os.path.join(out, "views")) == ["views-epoch0001.png"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": _with_devices(4)}
     cmd = [sys.executable, *cmd]
     # a global batch that does not split: the numbers, before anything compiles
     bad = subprocess.run([*cmd[:-6], "--batch-size", "10", "--output", out + "_bad"],
