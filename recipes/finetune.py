@@ -50,16 +50,17 @@ _geometry = keras_free_module("data/geometry.py")
 CROPS, check_geometry = _geometry.CROPS, _geometry.check_geometry
 
 
-def probe_weight_decay(text):
-    """--probe-weight-decay: "cv" or a number >= 0."""
-    if text == "cv":
+def probe_weight_decay(text, words=("cv",)):
+    """--probe-weight-decay: one of `words` or a number >= 0."""
+    if text in words:
         return text
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: cv or a number >= 0, e.g. 1e-4")
+        raise argparse.ArgumentTypeError(f"{text!r}: {', '.join(words)} or a number >= 0, "
+                                          "e.g. 1e-4")
     return value
 
 

@@ -30,6 +30,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 
 def main(argv=None):
@@ -81,7 +82,6 @@ def main(argv=None):
         parser.error(f"--encoder {args.encoder}: file not found"
                      + ("" if args.from_scratch else " (or pass --from-scratch --preset NAME)"))
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
     import keras
     import numpy as np
 
@@ -148,15 +148,9 @@ MIN_PROBE_STEPS = 300
 
 def probe_weight_decay(text):
     """--probe-weight-decay: "auto", "cv" or a number >= 0."""
-    if text in ("auto", "cv"):
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: auto, cv or a number >= 0, e.g. 1e-4")
-    return value
+    from recipes import finetune  # no keras import
+
+    return finetune.probe_weight_decay(text, words=("auto", "cv"))
 
 
 def parse_label_counts(text):
