@@ -135,17 +135,13 @@ def main(argv=None):
     if os.path.isfile(path) and args.resume:
         with open(path) as f:
             old = json.load(f)
-        compared = ["machine", "encoder", "data", "quick"]
-        if "pixel" in rows and "pixel_encoder" in old:
-            compared.append("pixel_encoder")
+        compared = [k for k in ("machine", "encoder", "data", "quick", "pixel_encoder")
+                    if k in old and k in report]  # the pixel encoder once both name one
         mismatch = [k for k in compared if old[k] != report[k]]
         if mismatch:
             p.error(f"--resume: {path} was made with other {', '.join(mismatch)}; pass "
                     "another --out")
-        old.setdefault("pixel_encoder", report.get("pixel_encoder"))
-        if old["pixel_encoder"] is None:
-            del old["pixel_encoder"]
-        report = old
+        report = {**report, **old}
     encoders = {"conmim": args.encoder, "pixel": args.pixel_encoder}
     missing = [f"{r}: {encoders[r]}" for r in rows
                if r in encoders and not os.path.isfile(encoders[r])]

@@ -26,7 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.fashion_mnist import run, write_text_atomic  # noqa: E402  (no keras import)
-from recipes.linear_probe import parse_result  # noqa: E402
+from recipes.linear_probe import parse_result, probe_weight_decay  # noqa: E402
 PRESET = "vit_mini_p4_32"
 
 
@@ -34,7 +34,7 @@ def probe(args, encoder_flags, log):
     line, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
                          "--data", args.data, "--resize", "center",
                          "--probe-epochs", str(args.probe_epochs), "--seed", str(args.seed),
-                         "--probe-weight-decay", args.probe_weight_decay], log)
+                         "--probe-weight-decay", str(args.probe_weight_decay)], log)
     linear, knn = parse_result(line)
     return {"knn": knn, "linear": linear, "probe_s": round(seconds, 1)}
 
@@ -47,7 +47,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="smoke tests only")
     p.add_argument("--probe-epochs", type=int, default=30)
-    p.add_argument("--probe-weight-decay", default="auto",
+    p.add_argument("--probe-weight-decay", type=probe_weight_decay, default="auto",
                    help="recipes/linear_probe.py's --probe-weight-decay (auto: 1e-4 with the "
                    "60,000 labels, cross-validated with at most 1,000 per class)")
     p.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench.fashion_mnist import run, write_text_atomic  # noqa: E402  (no keras import)
-from recipes.linear_probe import parse_result  # noqa: E402
+from recipes.linear_probe import parse_result, probe_weight_decay  # noqa: E402
 # The release's layout and numbers, with the small-image views and crop.
 RELEASE = ["--mask-token-position", "none", "--mask-unit", "2", "--mask-ratio", "0.75",
            "--lr", "5e-4", "--warmup-epochs", "0.5", "--batch-size", "64",
@@ -78,7 +78,7 @@ def main(argv=None):
     p.add_argument("--probe", action="store_true",
                    help="also kNN / linear probe (recipes/linear_probe.py, --data's test split) "
                    "of each run's teacher and student")
-    p.add_argument("--probe-weight-decay", default="auto",
+    p.add_argument("--probe-weight-decay", type=probe_weight_decay, default="auto",
                    help="recipes/linear_probe.py's --probe-weight-decay (auto: cross-validated "
                    "with at most 1,000 labels per class)")
     args = p.parse_args(argv)
@@ -161,7 +161,7 @@ def _probe(args, encoder):
     """(kNN, linear) top-1 % of a saved encoder's frozen features."""
     line, _ = run(["recipes/linear_probe.py", "--backend", args.backend, "--encoder", encoder,
                    "--data", args.data, "--probe-epochs", "30",
-                   "--probe-weight-decay", args.probe_weight_decay],
+                   "--probe-weight-decay", str(args.probe_weight_decay)],
                   encoder + ".probe.log")
     linear, knn = parse_result(line)
     return knn, linear
