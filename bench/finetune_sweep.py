@@ -46,6 +46,10 @@ ARMS = {
     # the mean-pooled features (which pre-training lifts far above random
     # init) beside the flattened ones (which it does not)
     "mean_flatten": "--crop none --flip 0 --pooling mean+flatten",
+    # the flatten head with crop and flip left to the budget ramp (off up to
+    # 1,000 steps, partly on from F = 5 with all labels): the Fashion-MNIST
+    # presets' recipe as recipes/finetune.py runs it by default
+    "flatten_ramp": "--pooling flatten",
 }
 ROWS = ("conmim", "pixel", "scratch")
 PIXEL_ENCODER = os.path.join(ROOT, "bench", "results", "pixel_e6", "pretrain",
