@@ -89,6 +89,9 @@ SMALL_IMAGE_FINETUNE = dict(
     randaugment_ops=2, randaugment_factor=0.5,
     random_erasing=0.0,  # the release's 0.25 not measured on small images: off
     pooling="mean", **RELEASE_GEOMETRY)
+# What a fine-tuning recipe's `pooling` may name (`ViT.pool`): here, not in
+# vit.py, so that the recipes can offer them without importing keras.
+POOLINGS = ("mean", "cls", "flatten", "mean+flatten")
 # From random init: the same (no layer decay: it would hold an untrained patch
 # embedding at 0.65^7 = 5% of the lr). Only the head's start differs
 # (finetune_budget.head_init).

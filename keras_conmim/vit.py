@@ -12,11 +12,10 @@ from keras_conmim.layers import (
     sincos_position_embedding,
     trunc_normal,
 )
-from keras_conmim.presets import get_preset
+from keras_conmim.presets import POOLINGS, get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
 MASK_TOKEN_POSITIONS = ("none", "sincos")
-POOLINGS = ("mean", "cls", "flatten", "mean+flatten")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -124,7 +124,7 @@ def parse_args(argv=None):
                    help="smallest crop area, for --crop resized")
     p.add_argument("--flip", type=float, default=None,
                    help="horizontal flip probability at train time (0: off)")
-    p.add_argument("--pooling", choices=("mean", "cls", "flatten", "mean+flatten"),
+    p.add_argument("--pooling", choices=keras_free_module("presets.py").POOLINGS,
                    default=None,
                    help="what the head sees: mean of the patch tokens (the release), the CLS "
                    "token, the patch tokens flattened in grid order (keeps where each "

@@ -31,6 +31,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from recipes.pretrain import keras_free_module  # noqa: E402  (no keras import)
 
 
 def main(argv=None):
@@ -55,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--resize", choices=("crop", "pad", "center"), default="crop",
                         help="how images reach the encoder's size (center: pad 28 -> 32 px, "
                         "as the vit_mini_p4_32 recipe does)")
-    parser.add_argument("--pooling", choices=("mean", "cls", "flatten", "mean+flatten"),
+    parser.add_argument("--pooling", choices=keras_free_module("presets.py").POOLINGS,
                         default="mean",
                         help="the features: mean of the patch tokens, the CLS token, the "
                         "patch tokens flattened in grid order (keeps where each patch is), or "
