@@ -19,6 +19,7 @@ mean over the seeds run and every seed's value. Nothing is typed in.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -66,6 +67,14 @@ def parse_cells(text):
                              "e.g. 10/15 or all/1")
         cells.append((labels, int(epochs)))
     return cells
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def key(row, arm, cell, seed):
@@ -136,16 +145,23 @@ def main(argv=None):
               "quick": args.quick, "arms": {}, "results": {}, "commands": {}}
     if "pixel" in rows:
         report["pixel_encoder"] = os.path.relpath(args.pixel_encoder, ROOT)
+    if "conmim" in rows and os.path.isfile(args.encoder):
+        # the file's contents, not only its name: a reshipped backbone keeps its path
+        report["encoder_sha256"] = file_sha256(args.encoder)
     if os.path.isfile(path) and args.resume:
         with open(path) as f:
             old = json.load(f)
-        compared = [k for k in ("machine", "encoder", "data", "quick", "pixel_encoder")
+        compared = [k for k in ("machine", "encoder", "data", "quick", "pixel_encoder",
+                                "encoder_sha256")
                     if k in old and k in report]  # the pixel encoder once both name one
         mismatch = [k for k in compared if old[k] != report[k]]
         if mismatch:
-            p.error(f"--resume: {path} was made with other {', '.join(mismatch)}; pass "
-                    "another --out")
-        report = {**report, **old}
+            p.error(f"--resume: {path} was made with other {', '.join(mismatch)}"
+                    + (" (the encoder file at that path has other contents: reshipped?)"
+                       if mismatch == ["encoder_sha256"] else "")
+                    + "; pass another --out, or the encoder it was made with")
+        report = {**report, **old, **{k: report[k] for k in ("encoder_sha256",)
+                                      if k in report and k not in old}}
     encoders = {"conmim": args.encoder, "pixel": args.pixel_encoder}
     missing = [f"{r}: {encoders[r]}" for r in rows
                if r in encoders and not os.path.isfile(encoders[r])]
@@ -176,6 +192,8 @@ def main(argv=None):
                     if os.path.exists(work + ".keras"):
                         os.remove(work + ".keras")  # the number is what is kept
                     write_text_atomic(path, json.dumps(report, indent=2))
+    write_text_atomic(path, json.dumps(report, indent=2))  # a resume that ran nothing
+    # still records what it checked (encoder_sha256 on a file made before it)
     print_table(report)
 
 

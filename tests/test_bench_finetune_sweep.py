@@ -113,3 +113,24 @@ def test_every_arm_is_a_valid_finetune_command_line():
         assert args.pooling in ("mean", "flatten", "mean+flatten"), arm
         if "--head-init probe" in flags:
             assert args.head_init == "probe", arm
+
+
+def test_resume_refuses_an_encoder_file_with_other_contents_at_the_same_path(tmp_path, capsys):
+    sweep = _sweep([])
+    encoder = os.path.join(tmp_path, "backbone.keras")
+    with open(encoder, "wb") as f:
+        f.write(b"one")
+    out = os.path.join(tmp_path, "sweep")
+    argv = ["--out", out, "--cells", "10/1", "--seeds", "0", "--rows", "conmim", "--arms",
+            "flatten", "--encoder", encoder]
+    sweep.main(argv)
+    report = json.load(open(os.path.join(out, "results.json")))
+    assert report["encoder_sha256"] == sweep.file_sha256(encoder)
+    sweep.main([*argv, "--seeds", "1", "--resume"])  # same file: resumes
+    with open(encoder, "wb") as f:
+        f.write(b"two")
+    with pytest.raises(SystemExit):
+        sweep.main([*argv, "--seeds", "2", "--resume"])
+    assert "other encoder_sha256 (the encoder file at that path" in capsys.readouterr().err
+    assert sorted(json.load(open(os.path.join(out, "results.json")))["results"]) == [
+        "conmim|flatten|10/1|0", "conmim|flatten|10/1|1"]
