@@ -1,16 +1,25 @@
-"""Ship the benchmark's ConMIM backbone: copy the teacher or the student
-encoder of the `conmim` row (the one with the better frozen probes, mean of
-kNN and linear, unless --encoder says) into saved_models/ and write its card
-from results.json (every number on the card comes from that file; nothing is
-typed in).
+"""Ship a ConMIM backbone: copy the teacher or the student encoder (the one
+with the better frozen probes, mean of kNN and linear, unless --encoder says)
+into saved_models/ and write its card. Every number on the card is read from
+the measurement files; nothing is typed in. Two sources:
 
+    # the benchmark's conmim row (bench/fashion_mnist.py's results.json)
     python bench/fashion_mnist.py ...          # first
     python bench/ship_backbone.py
+
+    # one pre-training run measured by bench/finetune_sweep.py and
+    # recipes/linear_probe.py (probe lines saved beside the run as
+    # probe_flatten.txt, probe_student_flatten.txt, probe_mean.txt)
+    python bench/ship_backbone.py --pretrain bench/results/RUN/pretrain \
+        --sweep bench/results/finetune_sweep_RUN --baseline-sweep bench/results/finetune_sweep
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -26,7 +35,20 @@ def main(argv=None):
     p.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
     p.add_argument("--out", default=os.path.join(ROOT, "saved_models"))
     p.add_argument("--encoder", choices=("auto", "teacher", "student"), default="auto")
+    p.add_argument("--pretrain", default=None,
+                   help="a recipes/pretrain.py output folder to ship from instead of --results "
+                   "(needs --sweep; its probe_*.txt files lie in the folder above it)")
+    p.add_argument("--sweep", default=None,
+                   help="with --pretrain: the bench/finetune_sweep.py --out that fine-tuned its "
+                   "teacher (the conmim row)")
+    p.add_argument("--baseline-sweep", default=None,
+                   help="with --pretrain: a finetune_sweep --out whose scratch and pixel rows "
+                   "go on the card beside it")
     args = p.parse_args(argv)
+    if args.pretrain or args.sweep:
+        if not (args.pretrain and args.sweep):
+            p.error("--pretrain and --sweep go together")
+        return ship_from_sweep(args)
     with open(os.path.join(args.results, "results.json")) as f:
         report = json.load(f)
     rows = {r["row"]: r for r in report["rows"]}
@@ -108,6 +130,117 @@ Resolved pre-training config:
 """
     write_text_atomic(os.path.join(args.out, "CARD.md"), card)
     print(f"shipped {target} and {os.path.join(args.out, 'CARD.md')}")
+
+
+PROBE_LINE = re.compile(r"linear probe top-1 ([0-9.]+)%, kNN \(k=20\) top-1 ([0-9.]+)%")
+
+
+def probe_lines(path):
+    """The `linear probe ...` lines recipes/linear_probe.py printed, saved in
+    `path`, and their mean of linear and kNN top-1 (None when absent)."""
+    if not os.path.isfile(path):
+        return [], None
+    with open(path) as f:
+        lines = [line.rstrip("\n") for line in f if PROBE_LINE.search(line)]
+    values = [float(v) for line in lines for v in PROBE_LINE.search(line).groups()]
+    return lines, (sum(values) / len(values) if values else None)
+
+
+def pretrain_command(config):
+    """The recipes/pretrain.py command of a run: the benchmark's flags, and
+    every value its config.json says came from a flag."""
+    keys = ["backend", "preset", "data", "epochs", "batch_size", "warmup_epochs", "seed"]
+    keys += [k for k, source in config.get("recipe_sources", {}).items()
+             if source == "flag" and k not in keys]
+    return " ".join(["python", "recipes/pretrain.py"]
+                    + [f"--{k.replace('_', '-')} {config[k]}" for k in keys if k in config])
+
+
+def ship_from_sweep(args):
+    from bench.finetune_sweep import print_table
+
+    folder = os.path.dirname(os.path.normpath(args.pretrain))
+    teacher_lines, teacher = probe_lines(os.path.join(folder, "probe_flatten.txt"))
+    student_lines, student = probe_lines(os.path.join(folder, "probe_student_flatten.txt"))
+    which = args.encoder
+    if which == "auto":
+        if teacher is None or student is None:
+            raise SystemExit(f"--encoder auto compares {folder}/probe_flatten.txt (teacher) with "
+                             "probe_student_flatten.txt (student): save both "
+                             "(recipes/linear_probe.py --pooling flatten) or pass --encoder")
+        which = "student" if student > teacher else "teacher"
+    with open(os.path.join(args.sweep, "results.json")) as f:
+        sweep = json.load(f)
+    conmim = {k: v for k, v in sweep["results"].items() if k.startswith("conmim|")}
+    if not conmim:
+        raise SystemExit(f"{args.sweep}/results.json has no conmim row: run "
+                         "bench/finetune_sweep.py --rows conmim first")
+    table = dict(sweep, results=dict(conmim), commands={})
+    if args.baseline_sweep:
+        with open(os.path.join(args.baseline_sweep, "results.json")) as f:
+            baseline = json.load(f)
+        arms = {k.split("|")[1] for k in conmim}
+        cells = {k.split("|")[2] for k in conmim}
+        for k, v in baseline["results"].items():
+            row, arm, cell, _ = k.split("|")
+            if row in ("scratch", "pixel") and arm in arms and cell in cells:
+                table["results"][k] = v
+                if row == "pixel" and "pixel_encoder" in baseline:
+                    table["pixel_encoder"] = baseline["pixel_encoder"]
+        table["arms"] = {a: f for a, f in {**baseline["arms"], **sweep["arms"]}.items()
+                         if a in arms}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        print_table(table)
+    with open(os.path.join(args.pretrain, "config.json")) as f:
+        config = json.load(f)
+    target = os.path.join(args.out, NAME)
+    shutil.copyfile(os.path.join(args.pretrain, f"{which}_encoder.keras"), target + ".partial")
+    os.replace(target + ".partial", target)
+    sweeps = [os.path.relpath(d, ROOT) for d in (args.sweep, args.baseline_sweep) if d]
+    probes = teacher_lines if which == "teacher" else student_lines
+    other = student_lines if which == "teacher" else teacher_lines
+    mean_lines, _ = probe_lines(os.path.join(folder, "probe_mean.txt"))
+    card = f"""# `{NAME}`
+
+ConMIM-pre-trained `{config.get('preset')}` encoder ({os.path.getsize(target) / 1e6:.1f} MB): the \
+{"EMA teacher" if which == "teacher" else "student"} after {config.get('epochs')} epochs of ConMIM on \
+`{config.get('data')}`{" (Fashion-MNIST is (c) Zalando SE, MIT licence)" if "fashion" in str(config.get("data")).lower() else ""}{" (its flattened frozen probes, mean of linear and kNN, beat the " + ("student's" if which == "teacher" else "EMA teacher's") + ")" if args.encoder == "auto" else ""}.
+
+Load it in one call (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
+
+```python
+import keras_conmim
+encoder = keras_conmim.load_encoder("saved_models/{NAME}")
+```
+
+`recipes/finetune.py`, `recipes/segment.py`, `recipes/detect.py` and `recipes/export.py` start
+from it by default.
+
+Pre-training: `{pretrain_command(config)}`
+(everything else from the preset's recipe; the run's full resolved config is below).
+
+Fine-tuning, top-1 % on the test images (`recipes/finetune.py`, one run per seed; the conmim row
+fine-tunes this run's EMA teacher; `bench/finetune_sweep.py --report` of {" and ".join(f"`{d}`" for d in sweeps)},
+each run's command in its `results.json`):
+
+```
+{printed.getvalue().rstrip()}
+```
+
+Frozen features of the shipped encoder (`recipes/linear_probe.py`, as it printed them):
+
+```
+{chr(10).join(probes + mean_lines if which == "teacher" else probes) or "(none saved)"}
+```
+{("The other encoder of the run:" + chr(10) + chr(10) + "```" + chr(10) + chr(10).join(other) + chr(10) + "```" + chr(10)) if other else ""}
+Resolved pre-training config:
+
+```json
+{json.dumps(config, indent=2)}
+```
+"""
+    write_text_atomic(os.path.join(args.out, "CARD.md"), card)
+    print(f"shipped {target} ({which}) and {os.path.join(args.out, 'CARD.md')}")
 
 
 if __name__ == "__main__":

@@ -98,3 +98,52 @@ def test_ship_backbone_ships_the_encoder_with_better_probes(tmp_path):
     assert "| raw pixels | - | 84.00 / 85.00 |" in card and "| 80.00 | 50.00 |" in card
     ship.main(["--results", os.path.join(tmp_path, "results"), "--out", out, "--encoder", "teacher"])
     assert kc.load_encoder(os.path.join(out, ship.NAME)).hidden_dim == 16
+
+
+def test_ship_backbone_from_one_run_and_its_fine_tuning_sweep(tmp_path, capsys):
+    import keras_conmim as kc
+    from conftest import tiny_vit
+
+    ship = _script("ship_backbone")
+    run = os.path.join(tmp_path, "run")
+    pretrain = os.path.join(run, "pretrain")
+    os.makedirs(pretrain)
+    tiny_vit(name="teacher").save(os.path.join(pretrain, "teacher_encoder.keras"))
+    tiny_vit(hidden_dim=32, name="student").save(os.path.join(pretrain, "student_encoder.keras"))
+    with open(os.path.join(pretrain, "config.json"), "w") as f:
+        json.dump({"backend": "torch", "preset": "vit_mini_p4_28", "epochs": 6, "mask_unit": 2,
+                   "lr": 5e-4, "recipe_sources": {"mask_unit": "flag", "lr": "preset"}}, f)
+    line = ("linear probe top-1 {}%, kNN (k=20) top-1 {}% on 10000 test images (x, flatten "
+            "pooling) [labels: 10 per class]\n")
+    with open(os.path.join(run, "probe_flatten.txt"), "w") as f:
+        f.write(line.format("60.00", "50.00"))
+    sweep, baseline = (os.path.join(tmp_path, d) for d in ("sweep", "baseline"))
+    for folder, results in ((sweep, {"conmim|flatten|10/15|0": 61.5, "conmim|flatten|10/15|1": 62.5}),
+                            (baseline, {"conmim|flatten|10/15|0": 11.0,  # another encoder's
+                                        "scratch|flatten|10/15|0": 58.25,
+                                        "scratch|mean_flatten|10/15|0": 12.0,  # another arm
+                                        "scratch|flatten|all/1|0": 13.0})):  # another cell
+        os.makedirs(folder)
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"machine": "x86_64", "encoder": "e.keras", "arms": {"flatten": "--pooling flatten"},
+                       "results": results, "commands": {}}, f)
+    out = os.path.join(tmp_path, "shipped")
+    os.makedirs(out)
+    argv = ["--pretrain", pretrain, "--sweep", sweep, "--baseline-sweep", baseline, "--out", out]
+    with pytest.raises(SystemExit, match="probe_student_flatten.txt"):  # auto needs both probes
+        ship.main(argv)
+    with open(os.path.join(run, "probe_student_flatten.txt"), "w") as f:
+        f.write(line.format("70.00", "66.00"))
+    ship.main(argv)
+    assert kc.load_encoder(os.path.join(out, ship.NAME)).hidden_dim == 32  # the better student
+    with open(os.path.join(out, "CARD.md")) as f:
+        card = f.read()
+    assert "the student after 6 epochs" in card and "--mask-unit 2" in card and "--lr" not in card
+    assert "62.00 [61.50 62.50]" in card and "58.25 [58.25]" in card  # conmim, then scratch
+    assert "11.00" not in card and "12.00" not in card and "13.00" not in card
+    assert "top-1 70.00%" in card  # the shipped encoder's probes first
+    ship.main([*argv, "--encoder", "teacher"])
+    assert kc.load_encoder(os.path.join(out, ship.NAME)).hidden_dim == 16
+    with pytest.raises(SystemExit):
+        ship.main(["--pretrain", pretrain, "--out", out])
+    assert "--pretrain and --sweep go together" in capsys.readouterr().err
