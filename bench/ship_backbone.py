@@ -232,7 +232,7 @@ Frozen features of the shipped encoder (`recipes/linear_probe.py`, as it printed
 ```
 {chr(10).join(probes + mean_lines if which == "teacher" else probes) or "(none saved)"}
 ```
-{("The other encoder of the run:" + chr(10) + chr(10) + "```" + chr(10) + chr(10).join(other) + chr(10) + "```" + chr(10)) if other else ""}
+{(chr(10) + "The other encoder of the run:" + chr(10) + chr(10) + "```" + chr(10) + chr(10).join(other) + chr(10) + "```" + chr(10)) if other else ""}
 Resolved pre-training config:
 
 ```json
