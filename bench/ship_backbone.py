@@ -28,6 +28,31 @@ sys.path.insert(0, ROOT)
 from bench.fashion_mnist import write_text_atomic  # noqa: E402  (no keras import)
 
 NAME = "conmim_vit_mini_p4_28_fmnist.keras"
+LOAD = f"""Load it in one call (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
+
+```python
+import keras_conmim
+encoder = keras_conmim.load_encoder("saved_models/{NAME}")
+```
+
+`recipes/finetune.py`, `recipes/segment.py`, `recipes/detect.py` and `recipes/export.py` start
+from it by default.
+"""
+
+
+def write_card(out, card, config):
+    """out/CARD.md: `card`, then the run's resolved pre-training config."""
+    config_json = json.dumps(config, indent=2)
+    write_text_atomic(os.path.join(out, "CARD.md"),
+                      f"{card}Resolved pre-training config:\n\n```json\n{config_json}\n```\n")
+
+
+def copy_encoder(source, out):
+    """Copy `source` to out/NAME whole or not at all; returns the target."""
+    target = os.path.join(out, NAME)
+    shutil.copyfile(source, target + ".partial")
+    os.replace(target + ".partial", target)
+    return target
 
 
 def main(argv=None):
@@ -65,10 +90,7 @@ def main(argv=None):
     source = os.path.join(args.results, "conmim", "pretrain", f"{which}_encoder.keras")
     with open(os.path.join(args.results, "conmim", "pretrain", "config.json")) as f:
         config = json.load(f)
-    target = os.path.join(args.out, NAME)
-    tmp = target + ".partial"
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    target = copy_encoder(source, args.out)
 
     counts = report["labels_per_class"].split(",")
     f_all = [k for k in r["finetune"] if k.endswith("/all")]
@@ -100,17 +122,8 @@ shared relative position bias; {os.path.getsize(target) / 1e6:.1f} MB): the {"EM
 {r['pretrain_epochs']} epochs of ConMIM on the 60,000 Fashion-MNIST training images (Debian package
 `dataset-fashion-mnist`; Fashion-MNIST is (c) Zalando SE, MIT licence).
 
-Load it in one call (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
-
-```python
-import keras_conmim
-encoder = keras_conmim.load_encoder("saved_models/{NAME}")
-```
-
-`recipes/finetune.py`, `recipes/segment.py`, `recipes/detect.py` and `recipes/export.py` start
-from it by default.
-
-Pre-training: `{' '.join(['python', 'recipes/pretrain.py'] + [f'--{k.replace("_", "-")} {v}' for k, v in config.items() if k in ('backend', 'preset', 'data', 'epochs', 'batch_size', 'warmup_epochs', 'seed')])}`
+{LOAD}
+Pre-training: `{pretrain_command(config)}`
 (everything else from the preset's recipe; the run's full resolved config is below), made by
 `{report['command']}` on {report['machine']}.
 
@@ -122,13 +135,8 @@ teacher; `F=k/all`: k epochs on all labels, `F=k/n`: n labels per class):
 Frozen features (linear probe / kNN k=20), by labelled images per class:
 
 {probe_table}
-Resolved pre-training config:
-
-```json
-{json.dumps(config, indent=2)}
-```
 """
-    write_text_atomic(os.path.join(args.out, "CARD.md"), card)
+    write_card(args.out, card, config)
     print(f"shipped {target} and {os.path.join(args.out, 'CARD.md')}")
 
 
@@ -193,9 +201,7 @@ def ship_from_sweep(args):
         print_table(table)
     with open(os.path.join(args.pretrain, "config.json")) as f:
         config = json.load(f)
-    target = os.path.join(args.out, NAME)
-    shutil.copyfile(os.path.join(args.pretrain, f"{which}_encoder.keras"), target + ".partial")
-    os.replace(target + ".partial", target)
+    target = copy_encoder(os.path.join(args.pretrain, f"{which}_encoder.keras"), args.out)
     sweeps = [os.path.relpath(d, ROOT) for d in (args.sweep, args.baseline_sweep) if d]
     probes = teacher_lines if which == "teacher" else student_lines
     other = student_lines if which == "teacher" else teacher_lines
@@ -206,16 +212,7 @@ ConMIM-pre-trained `{config.get('preset')}` encoder ({os.path.getsize(target) / 
 {"EMA teacher" if which == "teacher" else "student"} after {config.get('epochs')} epochs of ConMIM on \
 `{config.get('data')}`{" (Fashion-MNIST is (c) Zalando SE, MIT licence)" if "fashion" in str(config.get("data")).lower() else ""}{" (its flattened frozen probes, mean of linear and kNN, beat the " + ("student's" if which == "teacher" else "EMA teacher's") + ")" if args.encoder == "auto" else ""}.
 
-Load it in one call (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
-
-```python
-import keras_conmim
-encoder = keras_conmim.load_encoder("saved_models/{NAME}")
-```
-
-`recipes/finetune.py`, `recipes/segment.py`, `recipes/detect.py` and `recipes/export.py` start
-from it by default.
-
+{LOAD}
 Pre-training: `{pretrain_command(config)}`
 (everything else from the preset's recipe; the run's full resolved config is below).
 
@@ -233,13 +230,8 @@ Frozen features of the shipped encoder (`recipes/linear_probe.py`, as it printed
 {chr(10).join(probes + mean_lines if which == "teacher" else probes) or "(none saved)"}
 ```
 {(chr(10) + "The other encoder of the run:" + chr(10) + chr(10) + "```" + chr(10) + chr(10).join(other) + chr(10) + "```" + chr(10)) if other else ""}
-Resolved pre-training config:
-
-```json
-{json.dumps(config, indent=2)}
-```
 """
-    write_text_atomic(os.path.join(args.out, "CARD.md"), card)
+    write_card(args.out, card, config)
     print(f"shipped {target} ({which}) and {os.path.join(args.out, 'CARD.md')}")
 
 
