@@ -160,8 +160,7 @@ def main(argv=None):
                     + (" (the encoder file at that path has other contents: reshipped?)"
                        if mismatch == ["encoder_sha256"] else "")
                     + "; pass another --out, or the encoder it was made with")
-        report = {**report, **old, **{k: report[k] for k in ("encoder_sha256",)
-                                      if k in report and k not in old}}
+        report = {**report, **old}  # keeps this run's encoder_sha256 where old has none
     encoders = {"conmim": args.encoder, "pixel": args.pixel_encoder}
     missing = [f"{r}: {encoders[r]}" for r in rows
                if r in encoders and not os.path.isfile(encoders[r])]

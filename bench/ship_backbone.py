@@ -193,8 +193,8 @@ def ship_from_sweep(args):
             row, arm, cell, _ = k.split("|")
             if row in ("scratch", "pixel") and arm in arms and cell in cells:
                 table["results"][k] = v
-                if row == "pixel" and "pixel_encoder" in baseline:
-                    table["pixel_encoder"] = baseline["pixel_encoder"]
+        if "pixel_encoder" in baseline and any(k.startswith("pixel|") for k in table["results"]):
+            table["pixel_encoder"] = baseline["pixel_encoder"]
         table["arms"] = {a: f for a, f in {**baseline["arms"], **sweep["arms"]}.items()
                          if a in arms}
     with contextlib.redirect_stdout(io.StringIO()) as printed:
@@ -203,9 +203,11 @@ def ship_from_sweep(args):
         config = json.load(f)
     target = copy_encoder(os.path.join(args.pretrain, f"{which}_encoder.keras"), args.out)
     sweeps = [os.path.relpath(d, ROOT) for d in (args.sweep, args.baseline_sweep) if d]
-    probes = teacher_lines if which == "teacher" else student_lines
-    other = student_lines if which == "teacher" else teacher_lines
-    mean_lines, _ = probe_lines(os.path.join(folder, "probe_mean.txt"))
+    mean_lines, _ = probe_lines(os.path.join(folder, "probe_mean.txt"))  # the teacher's
+    probes, other = ((teacher_lines + mean_lines, student_lines) if which == "teacher"
+                     else (student_lines, teacher_lines))
+    other_block = ("\nThe other encoder of the run:\n\n```\n" + "\n".join(other) + "\n```\n"
+                   if other else "")
     card = f"""# `{NAME}`
 
 ConMIM-pre-trained `{config.get('preset')}` encoder ({os.path.getsize(target) / 1e6:.1f} MB): the \
@@ -227,9 +229,9 @@ each run's command in its `results.json`):
 Frozen features of the shipped encoder (`recipes/linear_probe.py`, as it printed them):
 
 ```
-{chr(10).join(probes + mean_lines if which == "teacher" else probes) or "(none saved)"}
+{chr(10).join(probes) or "(none saved)"}
 ```
-{(chr(10) + "The other encoder of the run:" + chr(10) + chr(10) + "```" + chr(10) + chr(10).join(other) + chr(10) + "```" + chr(10)) if other else ""}
+{other_block}
 """
     write_card(args.out, card, config)
     print(f"shipped {target} ({which}) and {os.path.join(args.out, 'CARD.md')}")
