@@ -51,6 +51,11 @@ ARMS = {
     # 1,000 steps, partly on from F = 5 with all labels): the Fashion-MNIST
     # presets' recipe as recipes/finetune.py runs it by default
     "flatten_ramp": "--pooling flatten",
+    # the flatten head with every regulariser the ramp scales held off (what
+    # F = 1 with all labels gets, 937 steps being under the ramp's start), at
+    # any length: flatten_ramp at F = 5 ended below F = 1 for both rows
+    "flatten_plain": "--crop none --flip 0 --pooling flatten --mixup 0 --cutmix 0 "
+                     "--randaugment-ops 0 --drop-path 0",
 }
 ROWS = ("conmim", "pixel", "scratch")
 PIXEL_ENCODER = os.path.join(ROOT, "bench", "results", "pixel_e6", "pretrain",
