@@ -13,7 +13,8 @@ pre-trained encoder, `["scratch"]` with --from-scratch: --preset, or the
 preset whose architecture the encoder has), then are scaled to the run's
 length and number of labelled images (`keras_conmim.finetune_budget`: small
 batch and at least --min-steps steps with few labels, MixUp / CutMix / drop
-path / RandAugment magnitude ramped up with the run's optimizer steps, warm-up
+path / RandAugment magnitude / crop / flip ramped up with the run's optimizer
+steps from --ramp-start-steps (5,000) on, warm-up
 at most a fifth of the run; --fixed-recipe turns the scaling off). A flag's value
 is never scaled; the run prints every value and where it came from.
 `--labels-per-class N` fine-tunes on a class-balanced subset of N images per
@@ -84,6 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--min-steps", type=int, default=None,
                    help="few labels: raise the epochs until the run has this many steps "
                    "(default finetune_budget.MIN_STEPS; 0: off)")
+    p.add_argument("--ramp-start-steps", type=int, default=None,
+                   help="the optimizer steps up to which MixUp, CutMix, RandAugment, drop "
+                   "path, random erasing, crop and flip are off (default "
+                   "finetune_budget.SHORT_STEPS, 5,000; 1,000 before it was measured)")
     p.add_argument("--fixed-recipe", action="store_true",
                    help="use the preset's recipe as written, not scaled to the run")
     p.add_argument("--head-init", choices=("auto", "probe", "small"), default="auto",
@@ -146,6 +151,9 @@ def parse_args(argv=None):
         p.error("--labels-per-class must be >= 1")
     if args.min_steps is not None and args.min_steps < 0:
         p.error("--min-steps must be >= 0")
+    long_steps = keras_free_module("finetune_budget.py").LONG_STEPS
+    if args.ramp_start_steps is not None and not 0 <= args.ramp_start_steps < long_steps:
+        p.error(f"--ramp-start-steps must be >= 0 and below LONG_STEPS ({long_steps})")
     if args.lr is not None and args.lr <= 0:
         p.error("--lr must be > 0")
     if args.random_erasing is not None and not 0 <= args.random_erasing <= 1:
@@ -207,7 +215,7 @@ def apply_recipe(args, preset, num_labelled=None):
     recipes when the architecture is no preset's), scaled to a run on
     `num_labelled` images unless --fixed-recipe. Returns the printable
     description, a line per value with its source."""
-    from keras_conmim.finetune_budget import MIN_STEPS, budget_recipe
+    from keras_conmim.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
 
     name, recipe = recipe_for(args, preset)
     given = {key for key in FINETUNE_KEYS if getattr(args, key) is not None}
@@ -216,8 +224,10 @@ def apply_recipe(args, preset, num_labelled=None):
     if num_labelled is not None and not args.fixed_recipe:
         min_steps = MIN_STEPS if args.min_steps is None else args.min_steps
         try:
-            values, changes = budget_recipe(values, num_labelled, fixed=given, min_steps=min_steps,
-                                            steps_per_epoch=args.steps_per_epoch)
+            values, changes = budget_recipe(
+                values, num_labelled, fixed=given, min_steps=min_steps,
+                steps_per_epoch=args.steps_per_epoch,
+                ramp_start=SHORT_STEPS if args.ramp_start_steps is None else args.ramp_start_steps)
         except ValueError as e:
             raise SystemExit(f"error: {e}")
     label = "from-scratch" if args.from_scratch else "fine-tuning"
