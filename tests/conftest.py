@@ -11,8 +11,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def pytest_configure(config):
     """On JAX the suite's time is mostly XLA compiling tiny models, so, for
-    this process and the recipe / multi-device subprocesses it starts (they
-    inherit the environment), set before JAX is imported:
+    this process, its pytest-xdist workers (`-n 2`: started after this hook,
+    they inherit the environment and return early here, sharing the cache)
+    and the recipe / multi-device subprocesses they start, set before JAX is
+    imported:
     - XLA's backend optimisation level 0 (LLVM's -O0): compiles faster, runs
       the tiny models no slower that matters (test_conmim.py: 73 -> 52 s);
       an XLA_FLAGS that sets the level already wins;
