@@ -94,12 +94,19 @@ RULES = {
 }
 
 
-def ramp(steps, start=SHORT_STEPS):
-    """0 for runs of `start` (SHORT_STEPS) optimizer steps or fewer, 1 from
-    LONG_STEPS, linear between."""
+def check_ramp_start(start):
+    """Raises ValueError unless `start` (optimizer steps) can start the ramp:
+    0 <= start < LONG_STEPS. `recipes/finetune.py` calls it on its flag, so a
+    bad value fails before training starts."""
     if not 0 <= start < LONG_STEPS:
         raise ValueError(f"the ramp's start must be >= 0 and below LONG_STEPS ({LONG_STEPS}) "
                          f"steps, received {start}.")
+
+
+def ramp(steps, start=SHORT_STEPS):
+    """0 for runs of `start` (SHORT_STEPS) optimizer steps or fewer, 1 from
+    LONG_STEPS, linear between."""
+    check_ramp_start(start)
     return min(1.0, max(0.0, (steps - start) / (LONG_STEPS - start)))
 
 

@@ -151,9 +151,11 @@ def parse_args(argv=None):
         p.error("--labels-per-class must be >= 1")
     if args.min_steps is not None and args.min_steps < 0:
         p.error("--min-steps must be >= 0")
-    long_steps = keras_free_module("finetune_budget.py").LONG_STEPS
-    if args.ramp_start_steps is not None and not 0 <= args.ramp_start_steps < long_steps:
-        p.error(f"--ramp-start-steps must be >= 0 and below LONG_STEPS ({long_steps})")
+    if args.ramp_start_steps is not None:
+        try:
+            keras_free_module("finetune_budget.py").check_ramp_start(args.ramp_start_steps)
+        except ValueError as err:
+            p.error(f"--ramp-start-steps {args.ramp_start_steps}: {err}")
     if args.lr is not None and args.lr <= 0:
         p.error("--lr must be > 0")
     if args.random_erasing is not None and not 0 <= args.random_erasing <= 1:

@@ -130,7 +130,9 @@ def test_the_recipe_moves_the_ramp_start_by_flag_and_refuses_a_bad_one(capsys):
     for bad in ("-1", str(fb.LONG_STEPS)):
         with pytest.raises(SystemExit):
             finetune.parse_args([*argv, "--ramp-start-steps", bad])
-        assert "--ramp-start-steps must be >= 0 and below LONG_STEPS" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert (f"--ramp-start-steps {bad}: the ramp's start must be >= 0 and below LONG_STEPS "
+                f"({fb.LONG_STEPS}) steps, received {bad}.") in err
 
 
 def test_label_subset_is_class_balanced_seeded_and_reproducible():
