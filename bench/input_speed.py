@@ -13,7 +13,8 @@ Rates (images/s) printed:
   224 x 224 (shorter side, center crop) by both paths: tf.io inside tf.data
   (`data.tf_decode`) and PIL (in tf.numpy_function; and the numpy PyDataset
   used without TensorFlow). Each on one core (tf.data's private thread pool
-  of 1; one PyDataset worker) and on all cores.
+  of 1; one PyDataset worker) and on all cores. Without TensorFlow (a JAX
+  or torch GPU box) the tf.data rows are left out and said so.
 - how many such cores one GPU's ConMIM step would need: ViT-B/16 at 224 px
   is `step_speed.step_flops` = 173.6 GFLOP per image per step, so a GPU at
   --gpu-tflops (default 300, bf16 achieved) takes 300e12 / 173.6e9 = 1,728
@@ -21,6 +22,7 @@ Rates (images/s) printed:
 """
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -59,6 +61,10 @@ def write_jpegs(folder, n, seed=0):
         Image.fromarray(image).save(path, quality=90)
         total += os.path.getsize(path)
     return total / n
+
+
+def tensorflow_installed():
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def single_threaded(ds):
@@ -103,7 +109,9 @@ def main(argv=None):
         model.fit(images, batch_size=b, epochs=1, verbose=0, shuffle=False)
         step_rate = len(images) / (time.perf_counter() - start)
         rows.append(("train step (" + args.backend + ", " + args.preset + ")", step_rate))
-    rows.append(("default data, tf.data", rate(source.dataset(b, backend="tf"), b, 60)))
+    has_tf = tensorflow_installed()
+    if has_tf:
+        rows.append(("default data, tf.data", rate(source.dataset(b, backend="tf"), b, 60)))
     rows.append(("default data, numpy PyDataset", rate(source.dataset(b, backend="numpy"), b, 60)))
 
     jb = args.jpeg_batch
@@ -112,10 +120,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         size = write_jpegs(tmp, args.jpegs)
         folder = data.from_directory(tmp, image_size=224, channels="rgb", labels=None)
-        for name, make in (
-                ("tf.io in tf.data", lambda: folder.dataset(jb, decoder="tf", backend="tf")),
-                ("PIL in tf.data", lambda: folder.dataset(jb, decoder="pil", backend="tf")),
-                ("PIL, numpy PyDataset", None)):
+        paths = [("tf.io in tf.data", lambda: folder.dataset(jb, decoder="tf", backend="tf")),
+                 ("PIL in tf.data", lambda: folder.dataset(jb, decoder="pil", backend="tf")),
+                 ("PIL, numpy PyDataset", None)]
+        for name, make in paths if has_tf else paths[-1:]:
             if make is None:
                 one = rate(data.sources.UInt8Batches(folder, jb, lambda s: folder.batch_indices(
                     jb, 0, s), 0, workers=1), jb, steps)
@@ -128,6 +136,8 @@ def main(argv=None):
             rows.append((f"JPEG -> 224, {name}, {os.cpu_count()} cores", every))
     print(f"{platform.machine()}, {os.cpu_count()} cores; JPEGs {args.jpegs} x "
           f"{size / 1e3:.0f} kB average (300-420 x 330-480 px), batch {jb}; small data batch {b}")
+    if not has_tf:
+        print("TensorFlow is not installed: the tf.data rows are left out")
     for name, value in rows:
         ratio = (f"  ({value / step_rate:.1f}x the train step)"
                  if step_rate and not name.startswith("train") and "JPEG" not in name else "")

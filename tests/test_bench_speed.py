@@ -1,6 +1,7 @@
 """The speed benches run end to end on tiny budgets, and the FLOP model is the
 formula its docstring states (the figures themselves are printed, not tested)."""
 
+import sys
 
 import keras
 import pytest
@@ -43,3 +44,16 @@ def test_input_speed_times_both_decoders(capsys):
     for name in ("tf.io in tf.data, 1 core", "PIL in tf.data, 1 core", "PIL, numpy PyDataset"):
         assert name in out
     assert "cores of this machine it needs" in out and "1,728 images/s" in out
+
+
+def test_input_speed_runs_without_tensorflow(capsys, monkeypatch):
+    # the GPU machines this is measured on have JAX and torch, no TensorFlow
+    # (None in sys.modules: `import tensorflow` raises ImportError, find_spec
+    # finds nothing, whether or not another test imported it already)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    script = _script("input_speed")
+    script.main(["--backend", "torch", "--skip-step", "--jpegs", "8", "--jpeg-batch", "2"])
+    out = capsys.readouterr().out
+    assert "tf.data" not in out.replace("the tf.data rows are left out", "")
+    assert "default data, numpy PyDataset" in out and "PIL, numpy PyDataset, 1 core" in out
+    assert "TensorFlow is not installed: the tf.data rows are left out" in out
