@@ -22,7 +22,6 @@ Rates (images/s) printed:
 """
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -61,10 +60,6 @@ def write_jpegs(folder, n, seed=0):
         Image.fromarray(image).save(path, quality=90)
         total += os.path.getsize(path)
     return total / n
-
-
-def tensorflow_installed():
-    return importlib.util.find_spec("tensorflow") is not None
 
 
 def single_threaded(ds):
@@ -109,7 +104,7 @@ def main(argv=None):
         model.fit(images, batch_size=b, epochs=1, verbose=0, shuffle=False)
         step_rate = len(images) / (time.perf_counter() - start)
         rows.append(("train step (" + args.backend + ", " + args.preset + ")", step_rate))
-    has_tf = tensorflow_installed()
+    has_tf = data.sources._has_tensorflow()  # the package's own test for tf.data
     if has_tf:
         rows.append(("default data, tf.data", rate(source.dataset(b, backend="tf"), b, 60)))
     rows.append(("default data, numpy PyDataset", rate(source.dataset(b, backend="numpy"), b, 60)))

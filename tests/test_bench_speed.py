@@ -48,8 +48,8 @@ def test_input_speed_times_both_decoders(capsys):
 
 def test_input_speed_runs_without_tensorflow(capsys, monkeypatch):
     # the GPU machines this is measured on have JAX and torch, no TensorFlow
-    # (None in sys.modules: `import tensorflow` raises ImportError, find_spec
-    # finds nothing, whether or not another test imported it already)
+    # (None in sys.modules: `import tensorflow` raises ImportError, whether
+    # or not another test imported it already)
     monkeypatch.setitem(sys.modules, "tensorflow", None)
     script = _script("input_speed")
     script.main(["--backend", "torch", "--skip-step", "--jpegs", "8", "--jpeg-batch", "2"])
