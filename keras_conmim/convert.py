@@ -8,7 +8,10 @@ torch is needed only to open `.pth` files; a dict of numpy arrays works
 without it.
 """
 
+import argparse
 import math
+import os
+import pickle
 import re
 
 import numpy as np
@@ -18,17 +21,21 @@ from keras_conmim.layers import relative_position_index
 IGNORED = re.compile(r"^(lm_head\..*|.*relative_position_index|.*num_batches_tracked)$")
 
 
-def load_state_dict(state_dict_or_path):
+def load_state_dict(state_dict_or_path, allow_unsafe_pickle=False):
     """A `{name: numpy array}` dict from a dict (numpy or torch tensors) or a
-    `.pth` path; unwraps `{"model": ...}` / `{"state_dict": ...}`."""
+    `.pth` path; unwraps `{"model": ...}` / `{"state_dict": ...}`.
+
+    A `.pth` file is a pickle, and a pickle can run code when it is opened.
+    It is read with `torch.load(weights_only=True)`: tensors, numbers,
+    strings and containers only, plus `argparse.Namespace` (the `args` the
+    release saves beside its weights), so opening a file executes nothing
+    from it. A file that needs more is refused with the reason.
+    `allow_unsafe_pickle=True` unpickles anything: UNSAFE, only for a file
+    you made yourself or trust as you would a program.
+    """
     state = state_dict_or_path
-    if isinstance(state, str):
-        try:
-            import torch
-        except ImportError as e:
-            raise ImportError("Reading a .pth file needs torch (pip install torch); "
-                              "or pass a dict of numpy arrays.") from e
-        state = torch.load(state, map_location="cpu", weights_only=False)
+    if isinstance(state, (str, os.PathLike)):
+        state = _read_pth(os.fspath(state), allow_unsafe_pickle)
     for key in ("model", "state_dict", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -39,6 +46,27 @@ def load_state_dict(state_dict_or_path):
         out[k[len("module."):] if k.startswith("module.") else k] = np.asarray(v)
     return out
 
+
+def _read_pth(path, allow_unsafe_pickle):
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("Reading a .pth file needs torch (pip install torch); "
+                          "or pass a dict of numpy arrays.") from e
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file.")
+    if allow_unsafe_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path} was refused: it holds objects other than tensors and plain containers, "
+            "and unpickling them could run code from the file (torch says: "
+            f"{str(e).splitlines()[0] if str(e) else e}). The release's checkpoints hold "
+            "tensors only. If you made this file yourself or trust it as you would a "
+            "program, pass allow_unsafe_pickle=True (UNSAFE: the file can run any code).") from e
 
 def infer_vit_config(state, num_heads=None):
     """ViT arguments from tensor shapes (image size from the bias table)."""
@@ -124,19 +152,21 @@ def _assign(layer, mapping, state, used):
         raise ValueError(f"The checkpoint leaves these {type(layer).__name__} weights unset: {missing}.")
 
 
-def from_torch(state_dict_or_path, num_heads=None):
+def from_torch(state_dict_or_path, num_heads=None, allow_unsafe_pickle=False):
     """Build Keras models from a ConMIM release checkpoint.
 
     Returns a dict with `encoder` (`ViT`), and, when the checkpoint holds
     them, `projector` (`ProjectionHead`, pre-training layout) and
     `classifier` (`ViTClassifier` around the encoder, fine-tuned layout).
     Any key it does not know, any weight it cannot fill, is an error naming it.
+    A `.pth` path is read without running code from it (`load_state_dict`;
+    `allow_unsafe_pickle=True` lifts that, UNSAFE).
     """
     from keras_conmim.classifier import ViTClassifier
     from keras_conmim.projector import ProjectionHead
     from keras_conmim.vit import ViT
 
-    state = load_state_dict(state_dict_or_path)
+    state = load_state_dict(state_dict_or_path, allow_unsafe_pickle)
     config = infer_vit_config(state, num_heads)
     used = {k for k in state if IGNORED.match(k)}
     grid = (config["image_shape"][0] // config["patch_size"],) * 2

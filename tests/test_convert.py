@@ -100,3 +100,75 @@ def test_pth_file_round_trip(tmp_path):
     torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in release_state_dict().items()}}, path)
     out = from_torch(path)
     assert set(out) == {"encoder", "projector"}
+
+
+class _RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling it calls `Path.touch(marker)`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_pth_with_code_is_refused_and_runs_nothing(tmp_path):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "pwned"
+    path = str(tmp_path / "evil.pth")
+    weights = {k: torch.from_numpy(np.asarray(v)) for k, v in release_state_dict().items()}
+    torch.save({"model": weights, "extra": _RunsCodeWhenUnpickled(str(marker))}, path)
+    with pytest.raises(ValueError, match=r"evil\.pth was refused.*allow_unsafe_pickle=True"):
+        from_torch(path)
+    assert not marker.exists()
+
+
+def test_pth_as_the_release_saves_it_loads_safely(tmp_path):
+    """The release's `save_model` stores weights, optimizer state, epoch,
+    scaler state and its argparse `args`: all of it loads with
+    weights_only=True, and maps exactly as the dict does."""
+    import argparse
+
+    torch = pytest.importorskip("torch")
+    sd = release_state_dict()
+    path = str(tmp_path / "checkpoint-799.pth")
+    torch.save({"model": {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},
+                "optimizer": {"state": {0: {"step": torch.tensor(3.0)}},
+                              "param_groups": [{"lr": 1e-3, "params": [0]}]},
+                "epoch": 799, "scaler": {"scale": 1024.0},
+                "args": argparse.Namespace(model="pretrain_conmim_base_patch16_224", lr=5e-4)},
+               path)
+    from_file, from_dict = from_torch(path), from_torch(sd)
+    for a, b in zip(from_file["encoder"].weights + from_file["projector"].weights,
+                    from_dict["encoder"].weights + from_dict["projector"].weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_no_code_running_loaders_in_the_package():
+    """No call that can execute a file's contents: pickle loads, unsafe
+    torch / numpy loads, Keras' safe mode switched off, eval / exec. The one
+    opt-in (`allow_unsafe_pickle`) is the documented exception in convert.py."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    banned = re.compile(r"safe_mode\s*=\s*False|pickle\.loads?\(|allow_pickle\s*=\s*True"
+                        r"|(?<![\w.])(eval|exec)\(|weights_only\s*=\s*False|marshal\.loads?\(")
+    found = []
+    for folder in ("keras_conmim", "recipes", "bench"):
+        for base, _, names in os.walk(os.path.join(root, folder)):
+            for name in names:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(base, name)
+                with open(path) as f:
+                    for number, line in enumerate(f, 1):
+                        if banned.search(line):
+                            found.append(f"{os.path.relpath(path, root)}:{number}: {line.strip()}")
+    # The documented opt-in, behind `if allow_unsafe_pickle:`, is the one exception.
+    opt_in = [f for f in found if f.startswith(os.path.join("keras_conmim", "convert.py"))
+              and "weights_only=False" in f]
+    assert len(opt_in) == 1, opt_in
+    assert [f for f in found if f not in opt_in] == []
