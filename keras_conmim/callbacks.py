@@ -41,22 +41,57 @@ def list_checkpoints(directory):
     return [os.path.join(directory, n) for n in sorted(names)]
 
 
+def checkpoint_step(path):
+    """The step in a checkpoint's name (`ckpt-<step>.keras`)."""
+    return int(CHECKPOINT_PATTERN.match(os.path.basename(path)).group(1))
+
+
+def nonfinite_variables(model):
+    """Paths of the variables of `model` (weights, optimizer state) that hold
+    a NaN or an Inf: a model with any is no checkpoint to resume from."""
+    variables = list(model.variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and getattr(optimizer, "built", False):
+        variables += list(optimizer.variables)
+    bad = []
+    for v in variables:
+        value = np.asarray(keras.ops.convert_to_numpy(v))
+        if value.dtype.kind == "f" or value.dtype.name == "bfloat16":
+            if not np.all(np.isfinite(value.astype("float32"))):
+                bad.append(v.path)
+    return bad
+
+
+def _describe(paths, most=3):
+    return f"{len(paths)} (e.g. {', '.join(paths[:most])})"
+
+
 def _newest_that_loads(directory, load):
-    """`(load(path), path)` for the newest checkpoint `load` accepts, or
-    `(None, None)`. A checkpoint that fails to load (it cannot be
-    half-written, but a disk can still corrupt it) is reported and the next
-    older one is tried."""
+    """`(load(path), path)` for the newest checkpoint that `load` accepts and
+    whose variables are all finite, or `(None, None)`. `load(path)` returns
+    the model that now holds the checkpoint. One that fails to load (it
+    cannot be half-written, but a disk can still corrupt it) or holds a NaN
+    or Inf (written by an older version) is reported and the next older one
+    is tried."""
     for path in reversed(list_checkpoints(directory)):
         try:
-            return load(path), path
+            model = load(path)
         except Exception as e:  # noqa: BLE001
             warnings.warn(f"Could not load checkpoint {path} ({e}); trying an older one.",
                           stacklevel=3)
+            continue
+        bad = nonfinite_variables(model)
+        if bad:
+            warnings.warn(f"Skipping checkpoint {path}: {_describe(bad)} of its variables hold "
+                          "NaN or Inf; trying an older one.", stacklevel=3)
+            continue
+        return model, path
     return None, None
 
 
 def load_latest_checkpoint(directory):
-    """`(model, path)` for the newest checkpoint that loads, or `(None, None)`."""
+    """`(model, path)` for the newest checkpoint that loads and is finite, or
+    `(None, None)`."""
     return _newest_that_loads(directory, keras.saving.load_model)
 
 
@@ -64,9 +99,14 @@ def restore_latest_checkpoint(model, directory):
     """Load the newest checkpoint in `directory` that loads into `model` (built,
     with its optimizer built) by `model.load_weights`: weights and optimizer
     state, so a learning-rate schedule continues. Returns its path, or None
-    when there is none; one that fails to load is reported and the next older
-    one is tried."""
-    return _newest_that_loads(directory, model.load_weights)[1]
+    when there is none; one that fails to load or holds a NaN / Inf is
+    reported and the next older one is tried."""
+
+    def load(path):
+        model.load_weights(path)
+        return model
+
+    return _newest_that_loads(directory, load)[1]
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -74,7 +114,12 @@ class Checkpointer(keras.callbacks.Callback):
     state, step counter, RNG state) at each epoch end and every `every_n_steps`
     steps, atomically, as `ckpt-<step>.keras`; keeps the last `keep`.
 
-    Never saves a model whose last logged loss is NaN or Inf.
+    Never saves a model whose last logged loss is NaN or Inf, nor one with a
+    NaN or Inf in any variable (the update after the last finite loss can
+    break the weights): that save is skipped with a warning, and `last_path`
+    stays the newest checkpoint that is good. Rotation deletes only
+    checkpoints older than the one just written, never a newer-numbered one
+    (which can only belong to another run).
     """
 
     def __init__(self, directory, keep=3, every_n_steps=None):
@@ -95,13 +140,28 @@ class Checkpointer(keras.callbacks.Callback):
                     os.remove(os.path.join(self.directory, name))
 
     def save(self):
+        """Write `ckpt-<step>.keras` and rotate; returns its path, or None when
+        the model holds a NaN / Inf (nothing is written then)."""
         _sync(self.model)
-        path = os.path.join(self.directory, f"ckpt-{_step(self.model):08d}.keras")
+        step = _step(self.model)
+        bad = nonfinite_variables(self.model)
+        if bad:
+            warnings.warn(f"Not saving a checkpoint at step {step}: {_describe(bad)} variables "
+                          f"hold NaN or Inf. The newest good checkpoint is "
+                          f"{self.last_path or self.newest()}.", stacklevel=2)
+            return None
+        path = os.path.join(self.directory, f"ckpt-{step:08d}.keras")
         save_atomic(self.model, path)
         self.last_path = path
-        for old in list_checkpoints(self.directory)[: -self.keep]:
+        ours = [p for p in list_checkpoints(self.directory) if checkpoint_step(p) <= step]
+        for old in ours[: -self.keep]:
             os.remove(old)
         return path
+
+    def newest(self):
+        """The newest checkpoint in the folder (None when there is none)."""
+        found = list_checkpoints(self.directory)
+        return found[-1] if found else None
 
     def on_train_batch_end(self, batch, logs=None):
         self._last_loss = (logs or {}).get("loss", self._last_loss)
@@ -134,7 +194,8 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not _finite(loss):
             self.model.stop_training = True
-            last = self.checkpointer.last_path if self.checkpointer else None
+            last = (self.checkpointer.last_path or self.checkpointer.newest()
+                    if self.checkpointer else None)
             raise NonFiniteLossError(
                 f"The loss became {float(np.asarray(keras.ops.convert_to_numpy(loss)))} at batch "
                 f"{batch} of this epoch; training stopped. Last good checkpoint: "
@@ -165,6 +226,9 @@ class TrainingScalars(keras.callbacks.Callback):
             return
         lr = self.model.optimizer.learning_rate
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        # Always present (NaN when too few batches to time), so that log.csv
+        # keeps one set of columns across epochs and resumes.
+        logs["images_per_second"] = float("nan")
         if self._batches:
             elapsed = time.perf_counter() - self._start
             logs["images_per_second"] = self._batches * self.batch_size / elapsed

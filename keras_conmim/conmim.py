@@ -14,6 +14,32 @@ from keras_conmim.vit import ViT
 
 
 OBJECTIVES = ("contrast", "pixel")
+NAN_POLICIES = ("raise", "ignore")
+
+
+def check_images(images, image_shape):
+    """The contract of `ConMIM`'s input: uint8 `[B, H, W, C]` with the
+    encoder's channel count (any H, W: the views resample). A ValueError that
+    says how to convert, instead of a model that trains on constant inputs
+    (floats in [0, 1]) or an einsum error (channels first)."""
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    channels = image_shape[-1]
+    if dtype != "uint8":
+        raise ValueError(
+            f"ConMIM takes uint8 images in [0, 255], received dtype {dtype}. Floats in [0, 1] "
+            "would train on nearly constant inputs. Convert with "
+            "np.clip(np.round(x * 255), 0, 255).astype('uint8') for [0, 1] floats, or "
+            "np.clip(x, 0, 255).astype('uint8') for [0, 255] values.")
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[-1] != channels:
+        hint = ""
+        if len(shape) == 4 and shape[1] == channels:
+            hint = " This looks channels-first: transpose with x.transpose(0, 2, 3, 1)."
+        elif len(shape) == 3:
+            hint = " A channel axis is missing: add it with x[..., None]."
+        raise ValueError(
+            f"ConMIM takes images shaped [B, H, W, C] with C={channels} (channels last), "
+            f"received shape {shape}.{hint}")
 
 
 def _clone(layer, name):
@@ -171,6 +197,7 @@ class ConMIM(keras.Model):
 
     def pretext_outputs(self, images, training=False):
         """Views and masks from uint8 `images`, then the pretext loss."""
+        check_images(images, self.encoder.image_shape)
         student_view, teacher_view = self.views(images)
         patch_mask = self.mask_generator(images)
         return self.pretext_loss(student_view, teacher_view, patch_mask, training)
@@ -224,12 +251,23 @@ class ConMIM(keras.Model):
     def tracker_results(self):
         return {m.name: m.result() for m in self.metrics}
 
-    def compile(self, optimizer="adamw", **kwargs):
+    def compile(self, optimizer="adamw", nan_policy="raise", **kwargs):
         """As `keras.Model.compile`; `jit_compile` defaults to `"auto"` (XLA on
         JAX and TensorFlow). Biases, norms, tokens and position tables are kept
-        out of weight decay, as in the release."""
+        out of weight decay, as in the release.
+
+        `nan_policy`: `"raise"` (default): `fit()` stops at the first NaN or
+        Inf loss by raising `keras_conmim.callbacks.NonFiniteLossError`, which
+        says what to try (a `NaNGuard` is added to its callbacks unless one
+        is there); `"ignore"`: Keras' own behaviour, training goes on.
+        """
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, "
+                             f"received {nan_policy!r}.")
+        self.nan_policy = nan_policy
         kwargs.setdefault("jit_compile", "auto")
         super().compile(optimizer=optimizer, **kwargs)
+        self._compile_config.config["nan_policy"] = nan_policy
         if hasattr(self.optimizer, "exclude_from_weight_decay"):
             no_decay = self.encoder.no_weight_decay_variables()
             no_decay += [v for v in self.projector.trainable_weights if len(v.shape) <= 1]
@@ -248,9 +286,15 @@ class ConMIM(keras.Model):
         return backend_step.test_step(self, *args)
 
     def fit(self, *args, **kwargs):
+        from keras_conmim.callbacks import NaNGuard
+
+        callbacks = list(kwargs.get("callbacks") or [])
         if float(ops.convert_to_numpy(self.total_steps)) == 0:
-            kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [
-                _SetTotalSteps(self, kwargs.get("initial_epoch", 0))]
+            callbacks.append(_SetTotalSteps(self, kwargs.get("initial_epoch", 0)))
+        if getattr(self, "nan_policy", "raise") == "raise" and not any(
+                isinstance(c, NaNGuard) for c in callbacks):
+            callbacks.insert(0, NaNGuard())
+        kwargs["callbacks"] = callbacks
         return super().fit(*args, **kwargs)
 
     def get_config(self):

@@ -20,7 +20,7 @@ def parser(description):
     p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                    default=os.environ.get("KERAS_BACKEND", "jax"))
     p.add_argument("--data", default="default",
-                   help="items: default (packaged Fashion-MNIST slice) or idx:DIR")
+                   help="items: default (packaged Fashion-MNIST slice) or idx:PATH")
     p.add_argument("--canvas-size", type=int, default=64,
                    help="side of the canvases; a multiple of 32 (the coarsest pyramid stride)")
     p.add_argument("--max-items", type=int, default=3)
@@ -67,14 +67,10 @@ def canvases(args, image_shape):
 
     h, w, c = image_shape
     kwargs = dict(image_size=(h, w), channels="rgb" if c == 3 else "gray")
-    if args.data == "default":
-        items = data.load_default("train", **kwargs), data.load_default("test", **kwargs)
-    else:
-        kind, _, folder = args.data.partition(":")
-        if kind != "idx" or not folder:
-            raise SystemExit(f"error: --data {args.data!r}: use default or idx:DIR")
-        items = tuple(data.from_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"),
-                                    **kwargs) for prefix in ("train", "t10k"))
+    try:
+        items = data.load_splits(args.data, **kwargs)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     num_classes = int(max(s.labels.max() for s in items)) + 1
     train = make_canvases(items[0].images, items[0].labels, args.train_canvases,
                           args.canvas_size, args.max_items, seed=args.seed)

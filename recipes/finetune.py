@@ -31,8 +31,8 @@ flip above, where test images are center-cropped at 0.875;
 `keras_conmim.data.geometry`), RandAugment, random erasing (0.25 for the 224
 px presets, off for the small ones), then MixUp or CutMix (one of the two per
 batch) with label smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
-packaged Fashion-MNIST slice (default) or `idx:DIR` holding the full
-Fashion-MNIST IDX files. Prints the test top-1 and saves the classifier.
+packaged Fashion-MNIST slice (default) or `idx:PATH`: the folder of the full
+Fashion-MNIST IDX files, or its train images file. Prints the test top-1 and saves the classifier.
 
 Every epoch end checkpoints into --checkpoint-dir; the same command run again
 continues from the last epoch (--no-resume starts over). The checkpoints go
@@ -78,7 +78,7 @@ def parse_args(argv=None):
                    help="architecture for --from-scratch without an --encoder file")
     p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                    default=os.environ.get("KERAS_BACKEND", "jax"))
-    p.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
+    p.add_argument("--data", default="default", help="default | idx:PATH (a folder of train-*/t10k-* IDX files, or the train images file)")
     p.add_argument("--labels-per-class", type=int, default=None,
                    help="fine-tune on N labelled images per class (class-balanced, seeded by "
                    "--seed); default: every training image")
@@ -319,19 +319,13 @@ def load_splits(spec, image_shape, resize="crop", crop="none"):
     from keras_conmim.data.geometry import eval_center_crop, eval_load_size
 
     h, w, c = image_shape
-    kwargs = dict(channels="rgb" if c == 3 else "gray", resize=resize)
-    sizes = {"train": (h, w), "test": eval_load_size((h, w), crop)}
-    if spec == "default":
-        train, test = (data.load_default(split, image_size=sizes[split], **kwargs)
-                       for split in ("train", "test"))
-    else:
-        kind, _, folder = spec.partition(":")
-        if kind != "idx" or not folder:
-            raise SystemExit(f"error: --data {spec!r}: use default or idx:DIR")
-        train, test = (data.from_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"),
-                                     image_size=sizes[split], **kwargs)
-                       for prefix, split in (("train", "train"), ("t10k", "test")))
-    if sizes["test"] != (h, w):
+    test_size = eval_load_size((h, w), crop)
+    try:
+        train, test = data.load_splits(spec, (h, w), test_size, resize=resize,
+                                       channels="rgb" if c == 3 else "gray")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if test_size != (h, w):
         test = data.from_arrays(eval_center_crop(test.images, (h, w)), test.labels)
     return train, test
 

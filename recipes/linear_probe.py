@@ -5,7 +5,7 @@
     python recipes/linear_probe.py --from-scratch --preset vit_mini_p4_28    # random-init reference
 
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
-labels) or `--data idx:DIR` (the full IDX files), resized and channel-converted to the encoder's input. Features are
+labels) or `--data idx:PATH` (the full IDX files: their folder or the train images file), resized and channel-converted to the encoder's input. Features are
 the mean-pooled patch tokens (`ViT.pool`; `--pooling cls`, `flatten` or
 `mean+flatten` for the CLS token, the patch tokens flattened in grid order, or
 both concatenated), normalised as in
@@ -52,7 +52,7 @@ def main(argv=None):
                         "training image (e.g. 10,100,all)")
     parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
                         default=os.environ.get("KERAS_BACKEND", "jax"))
-    parser.add_argument("--data", default="default", help="default | idx:DIR (train-*/t10k-* IDX files)")
+    parser.add_argument("--data", default="default", help="default | idx:PATH (a folder of train-*/t10k-* IDX files, or the train images file)")
     parser.add_argument("--resize", choices=("crop", "pad", "center"), default="crop",
                         help="how images reach the encoder's size (center: pad 28 -> 32 px, "
                         "as the vit_mini_p4_32 recipe does)")

@@ -183,3 +183,50 @@ def test_numpy_path_without_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", NO_TF_SCRIPT],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0 and "OK 2" in out.stdout, out.stderr[-3000:]
+
+
+def test_idx_spec_is_a_folder_or_the_train_file_everywhere(tmp_path):
+    """`idx:PATH` means the same in every recipe: the folder of MNIST-format
+    files or its train images file (the test split is the t10k sibling)."""
+    rng = np.random.RandomState(0)
+    for prefix, n in (("train", 12), ("t10k", 6)):
+        _write_idx(os.path.join(tmp_path, f"{prefix}-images-idx3-ubyte.gz"),
+                   rng.randint(0, 256, (n, 28, 28)), True)
+        _write_idx(os.path.join(tmp_path, f"{prefix}-labels-idx1-ubyte.gz"), np.arange(n) % 3, True)
+    train_file = os.path.join(tmp_path, "train-images-idx3-ubyte.gz")
+    by_folder = data.load_splits(f"idx:{tmp_path}", 28)
+    by_file = data.load_splits(f"idx:{train_file}", 28)
+    for a, b, n in zip(by_folder, by_file, (12, 6)):
+        assert len(a) == len(b) == n
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    assert len(data.parse_data_spec(f"idx:{tmp_path}", 28)) == 12  # pre-training's spec too
+    assert len(data.parse_data_spec(f"idx:{train_file}", 28)) == 12
+    empty = os.path.join(tmp_path, "empty")
+    os.makedirs(empty)
+    with pytest.raises(ValueError, match="No train-images-idx3-ubyte"):
+        data.from_idx(empty)
+    with pytest.raises(ValueError, match="use default or idx:PATH"):
+        data.load_splits("dir:/photos", 28)
+
+
+def test_16_bit_png_and_gif_decode_as_tf_io_does(tmp_path):
+    """16-bit gray PNGs scale to 8 bits (not clip to white); GIFs are read
+    by `dir:` on both paths."""
+    tf = pytest.importorskip("tensorflow")
+    from keras_conmim.data.images import decode_file
+
+    wide = (np.arange(64, dtype="uint16").reshape(8, 8) * 1000 + 128).astype("uint16")
+    png16 = os.path.join(tmp_path, "a", "deep.png")
+    os.makedirs(os.path.dirname(png16))
+    Image.fromarray(wide).save(png16)
+    with open(png16, "rb") as f:
+        truth = tf.io.decode_image(f.read(), channels=1).numpy()[..., 0]
+    ours = decode_file(png16)
+    np.testing.assert_array_equal(ours, truth)
+    assert abs(float(ours.mean()) - float(wide.mean()) / 256) < 1
+    gif = os.path.join(tmp_path, "a", "anim.gif")
+    Image.fromarray(np.full((8, 8, 3), 200, "uint8")).save(gif)
+    source = data.from_directory(str(tmp_path), image_size=8, labels=None)
+    assert sorted(os.path.basename(p) for p in source.paths) == ["anim.gif", "deep.png"]
+    assert source.batch(np.arange(2)).shape == (2, 8, 8, 3)

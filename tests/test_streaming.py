@@ -125,3 +125,32 @@ def test_a_truncated_jpeg_does_not_stop_the_stream(tmp_path):
     batches = _take(source.dataset(4, seed=0, decoder="tf"), 2)
     assert all(b.shape == (4, 16, 16, 3) for b in batches)
     assert source.failed_at_decode >= 1  # skipped and counted, batch kept full
+
+
+def test_any_file_tf_io_cannot_read_is_decoded_by_pil_or_skipped_and_named(tmp_path):
+    """A TIFF named .png (PIL reads it, tf.io does not), a file deleted after
+    listing and a garbage file: the tf.io pipeline goes on, the batch stays
+    full, PIL decodes the TIFF, the other two are skipped, counted and named,
+    and a resumed stream reads the same batches."""
+    from PIL import Image
+
+    root = _write_folder(str(tmp_path), n=8)  # two full batches an epoch: every file read
+    paths = sorted(os.path.join(r, n) for r, _, names in os.walk(root) for n in names)
+    tiff, gone, garbage = paths[0], paths[1], paths[2]
+    Image.fromarray(np.full((20, 20, 3), 77, "uint8")).save(tiff, format="TIFF")
+    source = data.from_directory(root, image_size=16, verify=False)
+    os.remove(gone)
+    with open(garbage, "wb") as f:
+        f.write(b"not an image at all")
+    steps = source.steps_per_epoch(4)
+    with pytest.warns(UserWarning, match="cannot be decoded"):
+        batches = _take(source.dataset(4, seed=0, decoder="tf"), 2 * steps)
+    assert all(b.shape == (4, 16, 16, 3) for b in batches)
+    assert sorted(source.failed_files) == sorted([gone, garbage])
+    assert source.failed_at_decode >= 2
+    index = source.paths.index(tiff)
+    step, row = next((s, list(source.batch_indices(4, 0, s)).index(index))
+                     for s in range(steps) if index in source.batch_indices(4, 0, s))
+    np.testing.assert_array_equal(batches[step][row], 77)  # the TIFF, decoded by PIL
+    np.testing.assert_array_equal(_take(source.dataset(4, seed=0, decoder="tf",
+                                                       start_step=steps), 1)[0], batches[steps])

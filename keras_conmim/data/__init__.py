@@ -10,11 +10,11 @@ from keras_conmim.data.idx import read_idx
 from keras_conmim.data.images import CHANNEL_POLICIES, RESIZE_POLICIES
 from keras_conmim.data.sources import (
     FASHION_MNIST_CLASSES, ImageSource, class_balanced_indices, from_arrays, from_directory, from_idx, from_tfds,
-    load_default, load_default_data, parse_data_spec,
+    load_default, load_default_data, load_splits, parse_data_spec,
 )
 
 __all__ = [
     "CHANNEL_POLICIES", "FASHION_MNIST_CLASSES", "ImageSource", "RESIZE_POLICIES", "class_balanced_indices",
     "from_arrays", "from_directory", "from_idx", "from_tfds", "load_default",
-    "load_default_data", "parse_data_spec", "read_idx",
+    "load_default_data", "load_splits", "parse_data_spec", "read_idx",
 ]

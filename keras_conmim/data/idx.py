@@ -1,6 +1,7 @@
 """MNIST-format IDX files (Fashion-MNIST, MNIST, KMNIST), numpy only."""
 
 import gzip
+import os
 
 import numpy as np
 
@@ -26,3 +27,33 @@ def read_idx(path):
             f"({expected} bytes), file holds {len(data) - offset}."
         )
     return np.frombuffer(data, dtype, offset=offset).reshape(shape)
+
+
+_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def idx_images_path(path, split="train"):
+    """The images file of `split` ("train" or "test") for `path`, which is
+    either a folder holding MNIST's file names (`train-images-idx3-ubyte[.gz]`,
+    `t10k-images-idx3-ubyte[.gz]`) or one images file: the train file, whose
+    `t10k-` sibling is the test split. Every `idx:` spec of the recipes goes
+    through here, so a folder and a file work everywhere."""
+    if split not in _SPLIT_PREFIX:
+        raise ValueError(f"split must be 'train' or 'test', received {split!r}.")
+    prefix = _SPLIT_PREFIX[split]
+    if os.path.isdir(path):
+        for name in (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte"):
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise ValueError(f"No {prefix}-images-idx3-ubyte[.gz] in the folder {path!r}: pass the "
+                         "folder holding the MNIST-format files, or one images file.")
+    if not os.path.isfile(path):
+        raise ValueError(f"IDX file or folder not found: {path!r}.")
+    if split == "train":
+        return path
+    name = os.path.basename(path)
+    sibling = os.path.join(os.path.dirname(path), name.replace("train-images", "t10k-images"))
+    if sibling == path or not os.path.isfile(sibling):
+        raise ValueError(f"No test split beside {path!r}: expected a t10k-images-idx3-ubyte "
+                         "file next to it (or pass the folder holding both).")
+    return sibling

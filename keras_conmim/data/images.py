@@ -8,7 +8,7 @@ import numpy as np
 
 RESIZE_POLICIES = ("crop", "pad", "center")
 CHANNEL_POLICIES = ("keep", "rgb", "gray")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def _pil():
@@ -100,10 +100,19 @@ def prepare(image, size, resize="crop", channels="keep"):
 
 
 def decode_file(path):
-    """Decode one image file to uint8 `[h, w, c]` (c = 1 or 3)."""
+    """Decode one image file to uint8 `[h, w, c]` (c = 1 or 3). The first
+    frame of an animation; 16-bit gray scaled to 8 bits by keeping the high
+    byte (`v >> 8`), as tf.io does."""
     Image = _pil()
     with Image.open(path) as img:
         img.load()
+        if img.mode.startswith("I;16") or img.mode == "I":
+            # PIL's convert("L") clips 16-bit values at 255 (a nearly white image).
+            wide = np.asarray(img).astype("int64")
+            if wide.min(initial=0) < 0 or wide.max(initial=0) > 65535:
+                raise ValueError(f"{path}: 32-bit integer pixels; expected at most 16 bits.")
+            return (wide >> 8).astype("uint8")
         if img.mode not in ("L", "RGB"):
-            img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "LA", "I;16") else "L")
+            img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "LA", "PA", "RGBX")
+                              else "L")
         return np.asarray(img)

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from keras_conmim.data.idx import read_idx
+from keras_conmim.data.idx import idx_images_path, read_idx
 from keras_conmim.data.images import (
     IMAGE_EXTENSIONS, check_policies, decode_file, prepare,
 )
@@ -44,7 +44,8 @@ class ImageSource:
         self.labels = None if labels is None else np.asarray(labels)
         self.resize, self.channels = resize, channels
         self.class_names = class_names
-        self.skipped = list(skipped)  # files found unreadable
+        self.skipped = list(skipped)  # files found unreadable when listed
+        self.failed_files = []  # files that failed to decode during training
         self.failed_at_decode = 0
 
     def __len__(self):
@@ -72,8 +73,15 @@ class ImageSource:
             image = (decode_file(self.paths[index]) if self.paths is not None
                      else np.asarray(self.records[int(index)][self.image_key]))
             return prepare(image, self.image_size, self.resize, self.channels)
-        except Exception:  # noqa: BLE001 -- any decoder failure means "skip it"
+        except Exception as e:  # noqa: BLE001 -- any decoder failure means "skip it"
+            name = self.paths[index] if self.paths is not None else f"record {int(index)}"
             self.failed_at_decode += 1
+            if name not in self.failed_files:
+                self.failed_files.append(name)
+                if len(self.failed_files) <= 10:
+                    warnings.warn(f"Skipped an image that cannot be decoded: {name} "
+                                  f"({type(e).__name__}: {e}); its batch takes the next image.",
+                                  stacklevel=2)
             return None
 
     def order(self, seed, epoch):
@@ -290,11 +298,12 @@ def from_arrays(x, y=None, image_size=None, resize="crop", channels="keep"):
     return ImageSource(size, images=x, labels=y, resize=resize, channels=channels)
 
 
-def from_idx(path, labels_path=None, **kwargs):
+def from_idx(path, labels_path=None, split="train", **kwargs):
     """MNIST-format IDX images (gzipped or not); labels from `labels_path`,
-    or guessed as the sibling `*labels-idx1-ubyte*` file when it exists."""
-    if not os.path.isfile(path):
-        raise ValueError(f"IDX file not found: {path}.")
+    or guessed as the sibling `*labels-idx1-ubyte*` file when it exists.
+    `path`: an images file, or a folder holding MNIST's file names, whose
+    `split` ("train" or "test") is read (`idx.idx_images_path`)."""
+    path = idx_images_path(path, split)
     x = read_idx(path)
     if labels_path is None:
         guess = path.replace("images-idx3", "labels-idx1")
@@ -431,6 +440,24 @@ def from_tfds(name, split="train", data_dir=None, download=True, image_size=None
     size = image_size or xs[0].shape[:2]
     x = np.stack([prepare(img, check_policies(size, resize, channels), resize, channels) for img in xs])
     return from_arrays(x, np.array(ys) if len(ys) == len(xs) else None)
+
+
+def load_splits(spec, image_size=None, test_image_size=None, **kwargs):
+    """`(train, test)` labelled sources for the evaluation recipes' `--data`:
+    `default` (the packaged slice) or `idx:PATH` (a folder of MNIST-format
+    files, or the train images file with its `t10k-` sibling beside it).
+    `test_image_size` (default: `image_size`) loads the test split at another
+    size; `kwargs` go to the sources (`resize`, `channels`)."""
+    kind, _, path = spec.partition(":")
+    sizes = {"train": image_size, "test": test_image_size or image_size}
+    if spec == "default":
+        return tuple(load_default(split, image_size=sizes[split], **kwargs)
+                     for split in ("train", "test"))
+    if kind == "idx" and path:
+        return tuple(from_idx(path, split=split, image_size=sizes[split], **kwargs)
+                     for split in ("train", "test"))
+    raise ValueError(f"--data {spec!r}: use default or idx:PATH (a folder of MNIST-format "
+                     "files, or the train images file).")
 
 
 def parse_data_spec(spec, image_size, channels="keep", resize="crop"):

@@ -5,10 +5,13 @@ per image. Used by `ImageSource.dataset` for folders whose files `tf.io` can
 decode (JPEG, PNG, BMP, GIF, WebP); PIL (`images.py`) remains the path
 without TensorFlow and for other formats.
 
-A file that looks truncated (no JPEG end marker, no PNG IEND chunk) is read
-by the PIL path instead, which skips and counts what it cannot decode
-(`source.failed_at_decode`) and fills the batch with the next good image, as
-without TensorFlow. The two paths agree on the policies (channel conversion BT.601, shorter/
+A file that tf.io cannot read or decode (deleted since it was listed, in a
+format its name hides, such as a TIFF named `.png`, corrupt) or that looks
+truncated (no JPEG end marker, no PNG IEND chunk) is read by the PIL path
+instead, which decodes what PIL can and otherwise skips, counts and names the
+file (`source.failed_at_decode`, `source.failed_files`) and fills the batch
+with the next good image, as without TensorFlow: one bad file never stops the
+pipeline. The two paths agree on the policies (channel conversion BT.601, shorter/
 longer side scaled, centered crop/pad) but not bit for bit: TensorFlow's
 bilinear antialiased resampler is not PIL's bicubic. A run keeps one path from start to resume, so
 resume stays exact.
@@ -74,9 +77,9 @@ def resize(image, size, policy):
 def file_dataset(paths, image_size, resize_policy, channels, batch_size, indices, start_step,
                  prefetch, fallback):
     """Endless uint8 batches: batch `step` holds the files `indices(step)`.
-    A file that looks truncated goes to `fallback(index)` (Python: PIL, which
-    skips and counts what it cannot read and returns the next good image), so
-    the batch stays full and aligned."""
+    A file tf.io fails on, or that looks truncated, goes to `fallback(index)`
+    (Python: PIL, which skips, counts and names what it cannot read and
+    returns the next good image), so the batch stays full and aligned."""
     h, w = image_size
     table = tf.constant([str(p) for p in paths])
 
@@ -84,14 +87,26 @@ def file_dataset(paths, image_size, resize_policy, channels, batch_size, indices
         idx = tf.numpy_function(lambda s: indices(int(s)).astype("int64"), [step], tf.int64)
         return tf.reshape(idx, (batch_size,))
 
-    def load(i):
+    def decode_with_tf(i):
         raw = tf.io.read_file(table[i])
-        image = tf.cond(
-            looks_complete(raw),
-            lambda: resize(decode(raw, channels), (h, w), resize_policy),
-            lambda: tf.numpy_function(lambda j: fallback(int(j)), [i], tf.uint8))
+        # A truncated file may decode without an error: make it one.
+        tf.debugging.assert_equal(looks_complete(raw), True, message="looks truncated")
+        return tf.ensure_shape(resize(decode(raw, channels), (h, w), resize_policy),
+                               (h, w, channels))
+
+    def decode_with_pil(i):
+        image = tf.numpy_function(lambda j: fallback(int(j)), [i], tf.uint8)
         return tf.ensure_shape(image, (h, w, channels))
 
+    def load(i):
+        # Any error of tf.io on this file (read, format, data) drops its one
+        # element, and the PIL path gives the image instead: the first of the
+        # two that yields one. The batch stays full and aligned.
+        one = tf.data.Dataset.from_tensors(i)
+        return (one.map(decode_with_tf).ignore_errors()
+                .concatenate(one.map(decode_with_pil)).take(1))
+
     ds = tf.data.Dataset.counter(start=start_step).map(step_indices).unbatch()
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.interleave(load, cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
