@@ -73,7 +73,7 @@ def resume_problems(saved, config, mutable):
             continue
         if key == "epochs":
             problems.append(
-                f"epochs: this run was sized for {saved[key]} epochs (its learning-rate cosine "
+                f"epochs: this run was sized for {saved[key]} epoch{'' if saved[key] == 1 else 's'} (its learning-rate cosine "
                 f"and teacher momentum end there), this command asks for {value}; resuming "
                 "cannot re-size them")
         else:

@@ -12,13 +12,18 @@ images, 28 x 28 gray). In --output (default saved_models/) it writes:
 TensorFlow is installed), `views/` (pictures of what the model is given), and
 at the end `conmim.keras`, `teacher_encoder.keras`, `student_encoder.keras`.
 Run it again with the same --output and it resumes from the newest
-checkpoint, exactly where it stopped (`--no-resume` starts over).
+checkpoint, exactly where it stopped; a command whose settings differ from
+the run's (other than where files go and how often) is refused, naming the
+differences. `--no-resume` starts over, moving the run that was there to
+`previous_runs/<time>/` inside --output (nothing is deleted). config.json is
+the configuration that ran, with a history of its starts and resumes.
 """
 
 import argparse
 import functools
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -42,7 +47,9 @@ OPTIONS = {
     "preset": (str, "vit_mini_p4_28", "encoder preset: architecture and its pre-training recipe"),
     "image_size": (int, None, "override the preset's image size"),
     "patch_size": (int, None, "override the preset's patch size"),
-    "data": (str, "default", "default | idx:PATH | dir:PATH | tfds:NAME"),
+    "data": (str, "default", "default | idx:PATH (folder or images file) | dir:PATH | tfds:NAME"),
+    "tfds_download": (bool, False, "tfds:NAME: download and prepare it when it is not prepared "
+                      "(default: read a prepared copy only; see $TFDS_DATA_DIR)"),
     "resize": (str, RECIPE, "crop | pad | center: how images reach the model's size"),
     "epochs": (int, RECIPE, "epochs to train in total"),
     "steps_per_epoch": (int, None, "default: one pass over the data"),
@@ -75,6 +82,12 @@ OPTIONS = {
     "seed": (int, 0, "seed for weights, data order, views and masks"),
 }
 RECIPE_KEYS = tuple(k for k, (_, default, _) in OPTIONS.items() if default == RECIPE)
+# Settings a resumed run may change: where files go and how often, and how the
+# same global batch is computed. Any other difference refuses to resume.
+RESUMABLE_CHANGES = ("backend", "output", "keep_checkpoints", "checkpoint_every",
+                     "view_grid_every", "distribute", "tfds_download")
+# Options that may be unset (None); clip_norm's "none" is None too.
+NULLABLE = tuple(k for k, (_, default, _) in OPTIONS.items() if default is None) + ("clip_norm",)
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,14 +169,58 @@ def resolve_config(argv=None):
         else:
             config[key] = recipe[key]
             sources[key] = "preset"
-    if config["clip_norm"] == "none":
-        config["clip_norm"] = None
     if config["backend"] is None:
         config["backend"] = os.environ.get("KERAS_BACKEND", "jax")
-    errors = validate(config)
+    errors = []
+    for name, (kind, _, _) in OPTIONS.items():
+        origin = "flag" if name in from_flags else "file" if name in from_file else "default"
+        try:
+            config[name] = coerce(config[name], kind, name in NULLABLE)
+        except ValueError as e:
+            errors.append(f"{name}={config[name]!r} (from the {origin}): {e}")
+    errors = errors or validate(config)
     if errors:
         parser.error("\n  ".join(["invalid configuration:"] + errors))
     return config, not args.no_resume, sources
+
+
+def coerce(value, kind, nullable=False):
+    """`value` as `kind` where that is unambiguous ("1e-3" -> 0.001, 4.0 ->
+    4, "true" -> True), else ValueError saying what is expected. Floats must
+    be finite; a bool is no number."""
+    if value is None or (nullable and isinstance(value, str) and value.lower() == "none"):
+        if nullable:
+            return None
+        raise ValueError("must be set")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError("must be true or false")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError("must be a string")
+    if kind is dict:
+        if isinstance(value, dict):
+            return value
+        raise ValueError("must be a mapping")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if not number.is_integer():
+            raise ValueError("must be an integer")
+        return int(number)
+    return number
 
 
 def _float_or_none(text):
@@ -234,6 +291,7 @@ def validate(config):
         bad = sorted(set(views) - set(VIEW_ARGS))
         if bad:
             errors.append(f"views: unknown keys {bad}; valid: {', '.join(VIEW_ARGS)}")
+        errors += view_errors(views)
     ratio = config["mask_ratio"]
     if ratio is not None and not 0 < ratio < 1:
         errors.append(f"mask_ratio={ratio}: must be in (0, 1), exclusive")
@@ -248,6 +306,44 @@ def validate(config):
         if size % patch:
             errors.append(f"patch_size={patch} does not divide image_size={size}: "
                           f"pick a patch size among the divisors of {size}")
+        elif (config["mask"] == "random" and isinstance(config["mask_unit"], int)
+              and config["mask_unit"] > size // patch):
+            errors.append(f"mask_unit={config['mask_unit']}: larger than the {size // patch} x "
+                          f"{size // patch} patch grid ({size} px / patch {patch}); use at most "
+                          f"{size // patch}")
+    return errors
+
+
+def view_errors(views):
+    """Type and range of each `views` value (PairedViews checks the ranges
+    again; here they fail before Keras loads, with the key named)."""
+    errors = []
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    for key, value in views.items():
+        if key == "interpolation":
+            valid = keras_free_module("data/geometry.py").INTERPOLATIONS
+            ok, need = value in valid, " or ".join(valid)
+        elif key in ("crop_ratio", "blur_sigma"):
+            ok = (isinstance(value, (list, tuple)) and len(value) == 2
+                  and all(number(v) and v > 0 for v in value) and value[0] <= value[1])
+            need = "two numbers [low, high], 0 < low <= high"
+        elif key in ("mean", "std"):
+            ok = (isinstance(value, (list, tuple)) and len(value) in (1, 3)
+                  and all(number(v) and (key == "mean" or v > 0) for v in value))
+            need = "1 or 3 numbers" + (", all > 0" if key == "std" else "")
+        elif key == "hue":
+            ok, need = number(value) and 0 <= value <= 0.5, "a number in [0, 0.5]"
+        elif key in ("brightness", "contrast", "saturation"):
+            ok, need = number(value) and value >= 0, "a number >= 0"
+        elif key in VIEW_ARGS:  # the probabilities
+            ok, need = number(value) and 0 <= value <= 1, "a probability in [0, 1]"
+        else:
+            continue
+        if not ok:
+            errors.append(f"views.{key}={value!r}: must be {need}")
     return errors
 
 
@@ -294,8 +390,58 @@ def build_model(config, steps_per_epoch):
     return model
 
 
+def check_resume(config, resume):
+    """Whether this run resumes the one in --output (it has checkpoints and
+    --no-resume was not given), checked before Keras loads: the run there
+    must have been made with these settings, else exit naming each
+    difference and the ways out. Returns (resuming, saved config or None)."""
+    run = keras_free_module("run_folder.py")
+    output = config["output"]
+    if not (resume and run.has_checkpoints(output)):
+        return False, None
+    saved = run.read_config(output)
+    if saved is None:
+        print(f"warning: {output} has checkpoints but no config.json (an older version's run): "
+              "resuming without checking its settings", flush=True)
+        return True, None
+    problems = run.resume_problems(saved, config, RESUMABLE_CHANGES)
+    if problems:
+        raise SystemExit(
+            f"error: {output} holds a run made with other settings, which a resume would "
+            "silently ignore:\n  " + "\n  ".join(problems) + "\nResume it with its own "
+            f"settings ({os.path.join(output, run.CONFIG)} lists them), or start a new run: "
+            f"add --no-resume (the run there is moved to {os.path.join(output, run.PREVIOUS)}/, "
+            "not deleted) or pass another --output.")
+    return True, saved
+
+
+def load_source(config, size, channels):
+    """The --data source, or exit with what is wrong (before any file is
+    written)."""
+    from keras_conmim.data import parse_data_spec
+
+    spec = config["data"]
+    kind, _, name = spec.partition(":")
+    try:
+        if kind == "tfds":
+            from keras_conmim.data import from_tfds
+
+            source = from_tfds(name, image_size=size, channels=channels, resize=config["resize"],
+                               download=config["tfds_download"])
+        else:
+            source = parse_data_spec(spec, size, channels, resize=config["resize"])
+    except (ValueError, OSError, ImportError) as e:
+        raise SystemExit(f"error: --data {spec}: {e}")
+    batch = config["batch_size"]
+    if batch > len(source):
+        raise SystemExit(f"error: --batch-size {batch} is larger than the {len(source)} images "
+                         f"of --data {spec}: use at most {len(source)}.")
+    return source
+
+
 def main(argv=None):
     config, resume, sources = resolve_config(argv)
+    resuming, saved = check_resume(config, resume)
     os.environ["KERAS_BACKEND"] = config["backend"]
     sys.path.insert(0, ROOT)
     import keras
@@ -303,10 +449,9 @@ def main(argv=None):
 
     import keras_conmim as kc
     from keras_conmim import callbacks as cb
-    from keras_conmim.data import parse_data_spec
-    from keras_conmim.saving import save_atomic, write_text_atomic
-
     from keras_conmim import distribute
+    from keras_conmim import run_folder as run
+    from keras_conmim.saving import save_atomic, write_text_atomic
 
     print(describe_recipe(config, sources), flush=True)
     print("resolved config:\n" + json.dumps(config, indent=2), flush=True)
@@ -319,32 +464,41 @@ def main(argv=None):
     print(f"devices: {plan.describe(batch)}", flush=True)
     chief = plan.is_chief  # only one process writes files
     output = config["output"]
-    ckpt_dir = os.path.join(output, "checkpoints")
-    if chief:
-        os.makedirs(ckpt_dir, exist_ok=True)
-        write_text_atomic(os.path.join(output, "config.json"),
-                          json.dumps({**config, "recipe_sources": sources}, indent=2))
+    ckpt_dir = os.path.join(output, run.CHECKPOINTS)
 
     keras.utils.set_random_seed(config["seed"])
     keras.config.set_dtype_policy(config["precision"])
     preset = kc.PRESETS[config["preset"]]
     size = config["image_size"] or preset["config"]["image_shape"][0]
     channels = preset["config"]["image_shape"][-1]
-
-    source = parse_data_spec(config["data"], size, "rgb" if channels == 3 else "gray",
-                             resize=config["resize"])
+    source = load_source(config, size, "rgb" if channels == 3 else "gray")
     steps = config["steps_per_epoch"] or source.steps_per_epoch(batch)
-    if steps < 1:
-        raise SystemExit(f"error: batch_size={batch} is larger than the {len(source)} images.")
 
+    # Everything that can fail on the inputs has been checked; nothing in
+    # --output was touched until here.
     with plan.scope():
-        model, path = (cb.load_latest_checkpoint(ckpt_dir) if resume else (None, None))
+        model, path = cb.load_latest_checkpoint(ckpt_dir) if resuming else (None, None)
+        if resuming and model is None:
+            raise SystemExit(f"error: no checkpoint in {ckpt_dir} loads with finite weights "
+                             "(see the warnings above). Start over with --no-resume (the run "
+                             f"is moved to {os.path.join(output, run.PREVIOUS)}/, not deleted).")
         if model is None:
-            model = build_model(config, steps)
+            try:
+                model = build_model(config, steps)
+            except ValueError as e:
+                raise SystemExit(f"error: invalid configuration: {e}")
             done = 0
         else:
             done = int(keras.ops.convert_to_numpy(model.step_counter))
             print(f"resuming from {path} at step {done}", flush=True)
+    if chief:
+        if not resuming:
+            moved = run.move_aside(output)
+            if moved:
+                print(f"{output} held another run's files: moved them to {moved}", flush=True)
+        os.makedirs(ckpt_dir, exist_ok=True)
+        write_text_atomic(os.path.join(output, run.CONFIG), run.record(
+            config, sources, saved, "resume" if resuming else "start", done, path))
 
     checkpointer = cb.Checkpointer(ckpt_dir, keep=config["keep_checkpoints"],
                                    every_n_steps=config["checkpoint_every"]) if chief else None
@@ -387,17 +541,29 @@ def main(argv=None):
                 break  # a callback stopped the run
             epoch, offset = divmod(done, steps)
     except cb.NonFiniteLossError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(
+            f"error: {e}\nWith this recipe: resuming as is repeats the same steps. Start over "
+            "with other settings (a lower --lr, --clip-norm 1.0, --precision float32) and "
+            f"--no-resume: this run is then moved to {os.path.join(output, run.PREVIOUS)}/, "
+            "not deleted.")
 
     for name, obj in (("conmim", model), ("teacher_encoder", model.teacher_encoder),
                       ("student_encoder", model.encoder)):
         if chief:
             save_atomic(obj, os.path.join(output, f"{name}.keras"))
-    rate = history.get("images_per_second", [float("nan")])[-1]
-    loss = history["loss"][-1] if history else float("nan")
-    acc = history["lookup_accuracy"][-1] if history else float("nan")
-    print(f"done: {rate:.1f} images/s, final loss {loss:.4f}, lookup accuracy {acc:.4f} "
-          f"(chance {1 / model.encoder.num_patches:.4f}), saved to {os.path.abspath(output)}")
+    if source.failed_files:
+        print(f"skipped {len(source.failed_files)} image file(s) that could not be decoded "
+              f"({source.failed_at_decode} reads), e.g. {', '.join(source.failed_files[:3])}")
+    if not history:
+        print(f"done: nothing left to train, the run in {os.path.abspath(output)} already "
+              f"completed its {config['epochs']} epochs (step {done}); final models re-written. "
+              "To train longer, start a new run (--no-resume or another --output).")
+        return model
+    rates = [r for r in history.get("images_per_second", []) if np.isfinite(r)]
+    rate = f"{rates[-1]:.1f} images/s" if rates else "too few steps to time"
+    print(f"done: {rate}, final loss {history['loss'][-1]:.4f}, lookup accuracy "
+          f"{history['lookup_accuracy'][-1]:.4f} (chance {1 / model.encoder.num_patches:.4f}), "
+          f"saved to {os.path.abspath(output)}")
     return model
 
 

@@ -136,10 +136,11 @@ def test_tf_and_numpy_paths_agree():
         np.testing.assert_array_equal(x, y)
 
 
-def test_from_tfds_offline_mock():
+def test_from_tfds_mock():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=10):
-        source = data.from_tfds("mnist", split="train", download=False, image_size=32,
+        # mock_data stands in for the download (download=True) and the records
+        source = data.from_tfds("mnist", split="train", download=True, image_size=32,
                                 channels="rgb")
     assert len(source) == 10 and source.images.shape == (10, 32, 32, 3)
     assert source.labels is not None

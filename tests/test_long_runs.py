@@ -76,22 +76,10 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     kept = sorted(os.listdir(os.path.join(interrupted, "checkpoints")))
     assert kept == ["ckpt-00000008.keras", "ckpt-00000010.keras", "ckpt-00000012.keras"]
     with open(os.path.join(interrupted, "log.csv")) as f:
-        assert len(f.read().strip().splitlines()) >= 3  # header + both epochs
-
-
-def test_nan_stops_the_run_and_keeps_the_checkpoint(tmp_path):
-    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
-    model.compile(optimizer="adamw")
-    images = uint8_images(16).astype("float32")
-    images[12] = np.nan  # the 4th batch: epoch 2
-    ckpt = cb.Checkpointer(os.path.join(tmp_path, "ckpt"), keep=2)
-    with pytest.raises(cb.NonFiniteLossError, match="Last good checkpoint: .*ckpt-00000002"):
-        model.fit(images, batch_size=4, epochs=2, steps_per_epoch=2, shuffle=False, verbose=0,
-                  callbacks=[cb.NaNGuard(ckpt), ckpt])
-    assert cb.list_checkpoints(ckpt.directory) == [ckpt.last_path]
-    restored, _ = cb.load_latest_checkpoint(ckpt.directory)
-    assert all(np.isfinite(to_numpy(v)).all() for v in restored.weights)
-    assert int(to_numpy(restored.step_counter)) == 2
+        rows = f.read().strip().splitlines()
+    assert len(rows) >= 3  # header + both epochs
+    # a resumed run's rows keep the header's columns (images_per_second too)
+    assert all(len(r.split(",")) == len(rows[0].split(",")) for r in rows), rows
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -73,6 +73,16 @@ def test_tfds_streaming_needs_array_record(tmp_path):
     assert source.images.shape == (30, 8, 8, 3) and len(source.labels) == 30  # auto: in memory
 
 
+def test_tfds_not_prepared_fails_at_once_without_downloading(tmp_path):
+    """Offline, nothing is downloaded unless asked: an unprepared dataset is
+    an error naming the folder and how to prepare it; so is an unknown name."""
+    with pytest.raises(ValueError, match=r"'conmim_tiny_images' is not prepared in .*"
+                                         r"tfds build conmim_tiny_images.*--tfds-download"):
+        data.from_tfds("conmim_tiny_images", data_dir=str(tmp_path), download=False)
+    with pytest.raises(ValueError, match="tfds has no dataset 'no_such_set_xyz'"):
+        data.from_tfds("no_such_set_xyz", data_dir=str(tmp_path), download=False)
+
+
 def _write_folder(root, n=12):
     from PIL import Image
 

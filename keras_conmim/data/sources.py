@@ -402,8 +402,9 @@ def from_tfds(name, split="train", data_dir=None, download=True, image_size=None
     ArrayRecord once: `tfds.builder(name, data_dir=..., file_format=
     "array_record").download_and_prepare()`.
 
-    Offline: `download=False` with a `data_dir` where the dataset was
-    prepared. Needs `tensorflow-datasets`.
+    `download=True` downloads and prepares a dataset that is not prepared;
+    `download=False` fails at once, saying how to prepare it (offline: a
+    `data_dir` where it was prepared). Needs `tensorflow-datasets`.
     """
     try:
         import tensorflow_datasets as tfds
@@ -411,10 +412,21 @@ def from_tfds(name, split="train", data_dir=None, download=True, image_size=None
         raise ImportError("from_tfds needs tensorflow-datasets: pip install tensorflow-datasets") from e
     if streaming not in ("auto", True, False):
         raise ValueError(f"streaming must be 'auto', True or False, received {streaming!r}.")
-    if streaming is not False:
+    try:
         builder = tfds.builder(name, data_dir=data_dir)
-        if download:
-            builder.download_and_prepare()
+    except Exception as e:  # noqa: BLE001 -- tfds raises its own not-found types
+        raise ValueError(f"tfds has no dataset {name!r} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else e}).") from e
+    if not builder.is_prepared():
+        if not download:
+            raise ValueError(
+                f"tfds dataset {name!r} is not prepared in {builder.data_dir_root}. Prepare it "
+                f"once on a machine with internet: `tfds build {name} --data_dir DIR` (add "
+                "--file_format array_record to stream it), then set TFDS_DATA_DIR=DIR (or "
+                "data_dir=DIR); or let this download it: download=True (recipes: "
+                "--tfds-download).")
+        builder.download_and_prepare()
+    if streaming is not False:
         array_record = str(builder.info.file_format).lower().endswith("array_record")
         if array_record:
             records = builder.as_data_source(split=split)
@@ -429,7 +441,7 @@ def from_tfds(name, split="train", data_dir=None, download=True, image_size=None
                 "random access: prepare it as ArrayRecord (tfds.builder(name, data_dir=..., "
                 "file_format='array_record').download_and_prepare()) or pass streaming=False "
                 "to read it into memory.")
-    ds = tfds.load(name, split=split, data_dir=data_dir, download=download)
+    ds = builder.as_dataset(split=split)
     xs, ys = [], []
     for example in tfds.as_numpy(ds):
         xs.append(np.asarray(example[image_key]))

@@ -1,0 +1,258 @@
+"""What a run promises (README "What a run promises"): no checkpoint with a
+NaN, resume only with the run's own settings, two runs never mixed in one
+folder, bad configs refused before Keras loads, and the model's input
+contract. The recipe scenarios run the real recipe on tiny data, on JAX
+only (the logic is the recipe's, not the backend's); the library parts run
+on every backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_conmim as kc
+from keras_conmim import callbacks as cb
+from conftest import ROOT, tiny_vit, to_numpy, uint8_images
+
+RECIPE = os.path.join(ROOT, "recipes", "pretrain.py")
+BACKEND = keras.backend.backend()
+TINY = ["--image-size", "16", "--patch-size", "4", "--batch-size", "4", "--steps-per-epoch", "2",
+        "--view-grid-every", "100"]
+recipe_backend_only = pytest.mark.skipif(
+    BACKEND != "jax", reason="recipe scenario: the backend does not matter, run on JAX")
+
+
+def _recipe(out, *args, block_keras=False):
+    """recipes/pretrain.py on tiny settings; `block_keras` makes importing
+    keras fail, to show a check ran before Keras loads."""
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    command = [sys.executable, RECIPE, "--backend", "jax", "--output", str(out), *TINY, *args]
+    if block_keras:
+        code = ("import runpy, sys; sys.modules['keras'] = None; sys.argv = sys.argv[1:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')")
+        command = [sys.executable, "-c", code, *command[1:]]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+def _model():
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+    model.compile(optimizer="adamw")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _poison(model):
+    weight = model.projector.trainable_weights[0]
+    weight.assign(np.full(weight.shape, np.nan, "float32"))
+
+
+# ---- NaN: never written, never resumed, named honestly ------------------------
+
+def test_checkpointer_never_writes_a_model_with_a_nan(tmp_path):
+    model = _model()
+    ckpt = cb.Checkpointer(str(tmp_path), keep=2)
+    ckpt.set_model(model)
+    good = ckpt.save()
+    assert good and cb.list_checkpoints(str(tmp_path)) == [good]
+    model.step_counter.assign(4)
+    _poison(model)
+    with pytest.warns(UserWarning, match=r"Not saving a checkpoint at step 4: 1 .*projection_head"):
+        assert ckpt.save() is None
+    assert cb.list_checkpoints(str(tmp_path)) == [good] and ckpt.last_path == good
+
+
+def test_resume_skips_a_checkpoint_with_a_nan_and_says_so(tmp_path):
+    from keras_conmim.saving import save_atomic
+
+    model = _model()
+    ckpt = cb.Checkpointer(str(tmp_path))
+    ckpt.set_model(model)
+    good = ckpt.save()
+    model.step_counter.assign(6)
+    _poison(model)
+    save_atomic(model, os.path.join(tmp_path, "ckpt-00000006.keras"))  # as older versions did
+    with pytest.warns(UserWarning, match=r"Skipping checkpoint .*ckpt-00000006.*NaN or Inf"):
+        restored, path = cb.load_latest_checkpoint(str(tmp_path))
+    assert path == good and int(to_numpy(restored.step_counter)) == 0
+    assert cb.nonfinite_variables(restored) == []
+
+
+def test_rotation_never_deletes_a_newer_numbered_checkpoint(tmp_path):
+    model = _model()
+    for step in (78, 79, 80):  # another run's, left in the folder
+        open(os.path.join(tmp_path, f"ckpt-{step:08d}.keras"), "w").close()
+    ckpt = cb.Checkpointer(str(tmp_path), keep=1)
+    ckpt.set_model(model)
+    for step in (1, 2):
+        model.step_counter.assign(step)
+        ckpt.save()
+    names = sorted(os.listdir(tmp_path))
+    assert names == [f"ckpt-{s:08d}.keras" for s in (2, 78, 79, 80)]
+
+
+def test_fit_stops_at_a_nan_loss_unless_told_to_ignore_it():
+    model = _model()
+    _poison(model)
+    with pytest.raises(cb.NonFiniteLossError, match="The loss became nan"):
+        model.fit(uint8_images(8), batch_size=4, epochs=1, verbose=0)
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+    model.compile(optimizer="adamw", nan_policy="ignore")
+    _poison(model)
+    history = model.fit(uint8_images(8), batch_size=4, epochs=1, verbose=0)
+    assert np.isnan(history.history["loss"][-1])
+    with pytest.raises(ValueError, match="nan_policy must be one of raise, ignore"):
+        model.compile(optimizer="adamw", nan_policy="warn")
+
+
+def test_images_per_second_is_always_logged():
+    """log.csv keeps one set of columns: an epoch too short to time logs NaN."""
+    scalars = cb.TrainingScalars(4)
+    scalars.set_model(_model())
+    logs = {}
+    scalars.on_epoch_begin(0)
+    scalars.on_train_batch_end(0)
+    scalars.on_epoch_end(0, logs)
+    assert set(logs) == {"learning_rate", "images_per_second"}
+    assert np.isnan(logs["images_per_second"])
+
+
+@recipe_backend_only
+def test_recipe_nan_names_only_a_good_checkpoint(tmp_path):
+    """--lr 1e3 breaks the weights: the run stops, no checkpoint with a NaN
+    exists, and the one the message names (if any) loads finite."""
+    out = tmp_path / "run"
+    result = _recipe(out, "--lr", "1e3", "--epochs", "3", "--warmup-epochs", "0")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()
+    assert any("The loss became nan" in line for line in message), result.stderr[-3000:]
+    assert "--no-resume" in result.stderr
+    for path in cb.list_checkpoints(str(out / "checkpoints")):
+        assert cb.nonfinite_variables(keras.saving.load_model(path)) == [], path
+    named = [w for line in message for w in line.split() if "ckpt-" in w]
+    for path in named:
+        assert os.path.isfile(path.rstrip(".")), named
+
+
+# ---- resume with the run's own settings, runs never mixed --------------------
+
+@recipe_backend_only
+def test_resume_refuses_changed_settings_and_no_resume_moves_the_run_aside(tmp_path):
+    out = tmp_path / "run"
+    first = _recipe(out, "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    with open(out / "config.json") as f:
+        ran = f.read()
+
+    # changed settings: refused before Keras loads, nothing written
+    refused = _recipe(out, "--epochs", "3", "--mask-unit", "1", block_keras=True)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "epochs: this run was sized for 1 epoch" in refused.stderr
+    assert "mask_unit: the run has 2, this command 1" in refused.stderr
+    assert "--no-resume" in refused.stderr and "another --output" in refused.stderr
+    with open(out / "config.json") as f:
+        assert f.read() == ran
+
+    # same settings, where files go changed: resumes, nothing left, history says so
+    again = _recipe(out, "--epochs", "1", "--keep-checkpoints", "5")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "done: nothing left to train" in again.stdout and "nan" not in again.stdout
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["keep_checkpoints"] == 5 and config["epochs"] == 1
+    assert [h["event"] for h in config["history"]] == ["start", "resume"]
+    assert config["history"][1]["changed"] == {"keep_checkpoints": [3, 5]}
+
+    # --no-resume: the old run is moved aside whole, the new one is alone
+    new = _recipe(out, "--epochs", "2", "--no-resume")
+    assert new.returncode == 0, new.stderr[-3000:]
+    previous = os.listdir(out / "previous_runs")
+    assert len(previous) == 1 and f"moved them to {out / 'previous_runs' / previous[0]}" in new.stdout
+    old = out / "previous_runs" / previous[0]
+    assert sorted(os.listdir(old / "checkpoints")) == ["ckpt-00000002.keras"]
+    assert json.load(open(old / "config.json"))["epochs"] == 1
+    assert sorted(os.listdir(out / "checkpoints")) == ["ckpt-00000002.keras", "ckpt-00000004.keras"]
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["epochs"] == 2 and [h["event"] for h in config["history"]] == ["start"]
+    model = keras.saving.load_model(str(out / "conmim.keras"))
+    assert int(to_numpy(model.step_counter)) == 4
+
+
+# ---- configs and data refused before anything is written ----------------------
+
+def _resolve(argv, capsys):
+    from test_long_runs import _recipe_module
+
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe_module().resolve_config(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"lr": [1, 2]}', "lr=[1, 2] (from the file): must be a number"),
+    ('{"epochs": true}', "epochs=True (from the file): must be an integer"),
+    ('{"batch_size": 4.5}', "batch_size=4.5 (from the file): must be an integer"),
+    ('{"views": {"hue": "lots"}}', "views.hue='lots': must be a number in [0, 0.5]"),
+    ('{"views": {"blur_sigma": [2, 1]}}', "views.blur_sigma=[2, 1]: must be two numbers"),
+    ('{"mask_unit": 8, "image_size": 16}', "mask_unit=8: larger than the 4 x 4 patch grid"),
+    ('{"symmetric_views": "yes"}', "symmetric_views='yes' (from the file): must be true or false"),
+])
+def test_bad_config_values_are_named(tmp_path, capsys, text, message):
+    if BACKEND != "jax":
+        pytest.skip("config parsing: the backend does not matter")
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    assert message in _resolve(["--config", str(path)], capsys)
+
+
+def test_unambiguous_config_values_are_coerced(tmp_path):
+    if BACKEND != "jax":
+        pytest.skip("config parsing: the backend does not matter")
+    from test_long_runs import _recipe_module
+
+    pytest.importorskip("yaml")
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nbatch_size: 4.0\nmin_lr: '1e-6'\nsymmetric_views: 'true'\n")
+    config, _, _ = _recipe_module().resolve_config(["--config", str(path)])
+    assert config["lr"] == 0.001 and config["min_lr"] == 1e-6
+    assert config["batch_size"] == 4 and isinstance(config["batch_size"], int)
+    assert config["symmetric_views"] is True
+
+
+def test_non_finite_flags_are_refused(capsys):
+    if BACKEND != "jax":
+        pytest.skip("config parsing: the backend does not matter")
+    assert "lr=inf (from the flag): must be a finite number" in _resolve(["--lr", "inf"], capsys)
+    assert "clip_norm=nan" in _resolve(["--clip-norm", "nan"], capsys)
+
+
+@recipe_backend_only
+def test_data_errors_come_before_any_file_is_written(tmp_path):
+    out = tmp_path / "run"
+    too_big = _recipe(out, "--epochs", "1", "--batch-size", "5000")
+    assert too_big.returncode == 1
+    assert "--batch-size 5000 is larger than the 4000 images" in too_big.stderr
+    offline = _recipe(out, "--epochs", "1", "--data", "tfds:conmim_no_such_set")
+    assert offline.returncode == 1 and "tfds has no dataset" in offline.stderr
+    assert not out.exists()
+
+
+# ---- the model's input contract -----------------------------------------------
+
+def test_conmim_refuses_float_and_channels_first_images():
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+    with pytest.raises(ValueError, match=r"uint8 images in \[0, 255\], received dtype float32.*"
+                                         r"np.clip\(np.round\(x \* 255\)"):
+        model.pretext_outputs(uint8_images(2).astype("float32") / 255.0)
+    with pytest.raises(ValueError, match=r"\[B, H, W, C\] with C=1.*channels-first"):
+        model.pretext_outputs(np.zeros((2, 1, 16, 16), "uint8"))
+    with pytest.raises(ValueError, match="channel axis is missing"):
+        model.pretext_outputs(np.zeros((2, 16, 16), "uint8"))
+    model.compile(optimizer="adamw")
+    with pytest.raises(ValueError, match="ConMIM takes uint8 images"):
+        model.fit(uint8_images(8).astype("float32"), batch_size=4, epochs=1, verbose=0)
