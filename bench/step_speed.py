@@ -9,9 +9,13 @@ the share of the step spent on views + masking.
 
 For each backend (one subprocess each, since the backend is fixed at import)
 it times `fit` over --steps steps after a warm-up fit that compiles. JAX and
-TensorFlow run with jit_compile=True (XLA); torch runs eagerly (Keras' torch
-trainer has no XLA). `--views-share` also times the same step with views
-and masking off (float views given, one fixed mask): share = 1 - t_off / t_full.
+TensorFlow run with jit_compile=True (XLA); torch runs eagerly unless
+`--torch-compile` (Keras' torch trainer then runs `torch.compile`; the
+compile time and graph breaks are printed). `--attention fused|manual|both`
+picks the attention path (`ViT(fused_attention=...)`): `both` times each in
+the same process, back to back. `--views-share` also times the same step
+with views and masking off (float views given, one fixed mask): share =
+1 - t_off / t_full.
 
 FLOP model (`step_flops`, per image; a multiply-add is 2 FLOPs; softmax,
 norms, GELU, views and EMA left out as O(T D)): with N patches of p x p x C,
@@ -51,6 +55,23 @@ def step_flops(config, projector):
     return 3 * (encoder + head + logits) + (encoder + head)
 
 
+def cpu_name():
+    """The CPU's model name and whether it has AVX-512 / AMX (Linux), the
+    facts a CPU speed figure needs beside it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                  if line.startswith("model name")), platform.machine())
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    extras = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
+                                      ("AMX", "amx_tile")) if flag in flags]
+    return f"{model}, {os.cpu_count()} cores, " + (", ".join(extras) or "no AVX-512, no AMX")
+
+
 def measure(args):
     os.environ["KERAS_BACKEND"] = args.backend
     sys.path.insert(0, ROOT)
@@ -72,10 +93,14 @@ def measure(args):
     keras.config.set_dtype_policy(args.precision)
     rng = np.random.RandomState(0)
     results = {}
-    variants = (("full", kc.ConMIM),) + ((("views_masks_off", ViewsAndMasksOff),)
-                                         if args.views_share else ())
-    for name, cls in variants:
-        model = cls.from_preset(args.preset, seed=0, total_steps=10_000)
+    attention = ("fused", "manual") if args.attention == "both" else (args.attention,)
+    variants = [(f"full_{a}", kc.ConMIM, a) for a in attention]
+    variants += [("views_masks_off", ViewsAndMasksOff, attention[0])] if args.views_share else []
+    jit = args.backend != "torch" or args.torch_compile
+    compile_seconds = {}
+    for name, cls, how in variants:
+        model = cls.from_preset(args.preset, seed=0, total_steps=10_000,
+                                encoder_kwargs={"fused_attention": how == "fused"})
         shape = model.encoder.image_shape
         n = args.batch_size * args.steps
         if name == "full":
@@ -83,30 +108,38 @@ def measure(args):
         else:
             model.fixed_mask = kc.RandomUnitMasking(model.encoder.grid_size, seed=0).sample(1)
             data = rng.standard_normal((n,) + shape).astype("float32")
-        jit = args.backend != "torch"
         model.compile(optimizer=keras.optimizers.AdamW(5e-4, weight_decay=0.05),
                       jit_compile=jit)
         fit = dict(batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False)
+        start = time.perf_counter()
         model.fit(data[: args.batch_size * 2], **fit)  # compile + warm up
+        compile_seconds[name] = time.perf_counter() - start
         start = time.perf_counter()
         model.fit(data, **fit)
         results[name] = time.perf_counter() - start
-    full = results["full"]
     images = args.batch_size * args.steps
     preset = kc.PRESETS[args.preset]
     flops = step_flops(preset["config"], preset["projector"])
-    tflops = flops * images / full / 1e12
-    out = {
-        "backend": args.backend, "preset": args.preset, "batch_size": args.batch_size,
-        "precision": args.precision, "steps": args.steps, "images_per_s": images / full,
-        "gflop_per_image": flops / 1e9, "tflops": tflops,
-        "mfu": tflops / args.peak_tflops if args.peak_tflops else None,
-        "jit_compile": args.backend != "torch",
-    }
-    if args.views_share:
-        off = results["views_masks_off"]
-        out.update(images_per_s_views_masks_off=images / off, views_masks_share=1 - off / full)
-    return out
+    rows = []
+    for how in attention:
+        full = results[f"full_{how}"]
+        tflops = flops * images / full / 1e12
+        out = {
+            "backend": args.backend, "preset": args.preset, "batch_size": args.batch_size,
+            "precision": args.precision, "steps": args.steps, "images_per_s": images / full,
+            "gflop_per_image": flops / 1e9, "tflops": tflops,
+            "mfu": tflops / args.peak_tflops if args.peak_tflops else None,
+            "jit_compile": jit, "attention": how,
+            "warmup_seconds": compile_seconds[f"full_{how}"],
+        }
+        if args.views_share and how == attention[0]:
+            off = results["views_masks_off"]
+            out.update(images_per_s_views_masks_off=images / off,
+                       views_masks_share=1 - off / full)
+        if args.backend == "torch" and jit:
+            out["graph_breaks"] = sum(kc.train_step.torch_graph_breaks().values())
+        rows.append(out)
+    return rows
 
 
 def main(argv=None):
@@ -120,36 +153,47 @@ def main(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak at this precision, for MFU (H100 SXM dense "
                         "bf16: 989)")
+    parser.add_argument("--attention", choices=("fused", "manual", "both"), default="fused",
+                        help="attention path: keras.ops.dot_product_attention or the explicit "
+                        "matmul-softmax-matmul; both: each, back to back")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="torch: run the step under torch.compile (jit_compile=True)")
     parser.add_argument("--views-share", action="store_true",
                         help="also time the step with views and masking off")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.backend != "all":
-        rows = [measure(args)]
-        print("RESULT " + json.dumps(rows[0]), flush=True)
+        rows = measure(args)
+        for row in rows:
+            print("RESULT " + json.dumps(row), flush=True)
     else:
         rows = []
         for backend in ("jax", "tensorflow", "torch"):
             cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
                    "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                   "--precision", args.precision]
+                   "--precision", args.precision, "--attention", args.attention]
             cmd += ["--views-share"] if args.views_share else []
+            cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
             cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
             out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode or not line:
+            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not lines:
                 print(f"{backend}: failed\n{out.stderr[-2000:]}")
                 continue
-            rows.append(json.loads(line[0][7:]))
+            rows += [json.loads(line[7:]) for line in lines]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; preset {args.preset}, "
           f"batch {args.batch_size}, {args.precision}, {args.steps} timed steps; "
           f"{rows[0]['gflop_per_image'] if rows else 0:.3f} GFLOP per image per step")
-    print(f"{'backend':<11} {'img/s':>9} {'TFLOP/s':>9} {'MFU':>7} {'views+masks share':>18}")
+    print(f"machine: {cpu_name()}")
+    print(f"{'backend':<11} {'attention':<9} {'compiled':<9} {'img/s':>9} {'TFLOP/s':>9} "
+          f"{'MFU':>7} {'views+masks share':>18} {'warm-up s':>10}")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         share = f"{100 * r['views_masks_share']:.1f}%" if "views_masks_share" in r else "-"
-        print(f"{r['backend']:<11} {r['images_per_s']:>9.1f} {r['tflops']:>9.4f} {mfu:>7} "
-              f"{share:>18}")
+        compiled = str(r["jit_compile"]) + (f" ({r['graph_breaks']} breaks)"
+                                            if "graph_breaks" in r else "")
+        print(f"{r['backend']:<11} {r['attention']:<9} {compiled:<9} {r['images_per_s']:>9.1f} "
+              f"{r['tflops']:>9.4f} {mfu:>7} {share:>18} {r['warmup_seconds']:>10.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -226,6 +226,17 @@ class RelativePositionBias(keras.layers.Layer):
         return config
 
 
+def _fused_attention_runs(dtype):
+    """False where `keras.ops.dot_product_attention` cannot run: float16 on
+    JAX's CPU backend (XLA:CPU has no float16 dot with float32 accumulation);
+    the manual path serves there."""
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(dtype) != "float16":
+        return True
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Attention(keras.layers.Layer):
     """Multi-head self-attention with q/v biases (no k bias) and an optional
@@ -237,9 +248,15 @@ class Attention(keras.layers.Layer):
         output_init_scale: float. The output projection's init std is
             `0.02 * output_init_scale` (the release divides block l's by
             `sqrt(2 l)`). Defaults to `1.0`.
+        fused: bool. `True`: `keras.ops.dot_product_attention` (cuDNN flash
+            attention on JAX GPUs, PyTorch's SDPA kernels on torch, XLA's
+            fused einsums elsewhere), the bias passed as its `bias`, logits
+            and softmax in float32 under mixed precision. `False`: the
+            release's explicit matmul / softmax / matmul, the reference the
+            tests compare the fused path with. Defaults to `True`.
     """
 
-    def __init__(self, hidden_dim, num_heads, output_init_scale=1.0, **kwargs):
+    def __init__(self, hidden_dim, num_heads, output_init_scale=1.0, fused=True, **kwargs):
         super().__init__(**kwargs)
         if hidden_dim % num_heads:
             raise ValueError(
@@ -248,6 +265,7 @@ class Attention(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.output_init_scale = output_init_scale
+        self.fused = bool(fused)
         self.head_dim = hidden_dim // num_heads
 
     def build(self, input_shape):
@@ -280,6 +298,13 @@ class Attention(keras.layers.Layer):
         qkv = ops.reshape(
             qkv, (-1, num_tokens, 3, self.num_heads, self.head_dim)
         )
+        if self.fused and _fused_attention_runs(x.dtype):
+            out = ops.dot_product_attention(  # [B, T, heads, hd] in and out
+                qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                bias=None if bias is None else ops.cast(bias, x.dtype)[None],
+                scale=self.head_dim**-0.5)
+            out = ops.reshape(out, (-1, num_tokens, self.hidden_dim))
+            return ops.matmul(out, self.proj_kernel) + self.proj_bias
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, heads, T, hd]
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = q * ops.cast(self.head_dim**-0.5, q.dtype)
@@ -300,6 +325,7 @@ class Attention(keras.layers.Layer):
             hidden_dim=self.hidden_dim,
             num_heads=self.num_heads,
             output_init_scale=self.output_init_scale,
+            fused=self.fused,
         )
         return config
 
@@ -321,6 +347,7 @@ class TransformerBlock(SeedStateMixin, keras.layers.Layer):
         use_relative_position_bias: bool. Give this block its own relative
             position bias table (fine-tuning layout). Defaults to `False`.
         grid_size: tuple. Patch grid, needed with `use_relative_position_bias`.
+        fused_attention: bool. `Attention(fused=...)`. Defaults to `True`.
     """
 
     def __init__(
@@ -334,9 +361,11 @@ class TransformerBlock(SeedStateMixin, keras.layers.Layer):
         output_init_scale=1.0,
         use_relative_position_bias=False,
         grid_size=None,
+        fused_attention=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.fused_attention = bool(fused_attention)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
@@ -358,6 +387,7 @@ class TransformerBlock(SeedStateMixin, keras.layers.Layer):
             self.hidden_dim,
             self.num_heads,
             output_init_scale=self.output_init_scale,
+            fused=self.fused_attention,
             dtype=p,
             name="attn",
         )
@@ -424,5 +454,6 @@ class TransformerBlock(SeedStateMixin, keras.layers.Layer):
             output_init_scale=self.output_init_scale,
             use_relative_position_bias=self.use_relative_position_bias,
             grid_size=self.grid_size,
+            fused_attention=self.fused_attention,
         )
         return config

@@ -34,6 +34,46 @@ def ema(teacher_value, student_value, momentum):
     return m * teacher_value + (1.0 - m) * ops.cast(student_value, teacher_value.dtype)
 
 
+JIT_MODES = ("auto", "on", "off")
+
+
+def jit_compile_for(mode="auto"):
+    """`Model.compile(jit_compile=...)` for a recipe's `--jit-compile`.
+
+    `"on"`: compiled on every backend (XLA on JAX and TensorFlow,
+    `torch.compile` on torch); `"off"`: op by op (debugging); `"auto"`: where
+    it measurably helps: XLA on JAX, XLA on TensorFlow with a GPU/TPU (Keras'
+    own rule), `torch.compile` on torch only with a CUDA device (on CPU it
+    gained nothing measurable and takes minutes to compile). Always a bool,
+    so it can also be set on a loaded model (`model.jit_compile = ...`)."""
+    if mode not in JIT_MODES:
+        raise ValueError(f"jit_compile mode must be one of {', '.join(JIT_MODES)}, "
+                         f"received {mode!r}.")
+    if mode != "auto":
+        return mode == "on"
+    if BACKEND == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return any(d.device_type != "CPU" for d in tf.config.list_physical_devices())
+    return True
+
+
+def torch_graph_breaks():
+    """`{reason: count}` of the graph breaks `torch.compile` met so far in
+    this process (empty on other backends, or when none)."""
+    if BACKEND != "torch":
+        return {}
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # pragma: no cover
+        return {}
+    return {str(k): int(v) for k, v in counters["graph_break"].items()}
+
+
 def _images(data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     return x

@@ -138,6 +138,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-dir", default=None,
                    help="where each epoch's checkpoint goes (default: --output without .keras, "
                    "plus .checkpoints); removed once the run has saved --output")
+    p.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                   help="compile the step (XLA on JAX / TensorFlow, torch.compile on torch); "
+                   "auto: XLA on JAX, and on TensorFlow and torch only with a GPU")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if --checkpoint-dir holds a checkpoint of this run")
     p.add_argument("--seed", type=int, default=0)
@@ -490,7 +493,8 @@ def main(argv=None):
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                             label_smoothing=args.label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                  jit_compile=kc.train_step.jit_compile_for(args.jit_compile))
     start = "random init" if args.from_scratch else args.encoder
     print(f"fine-tuning from {start}: backend={args.backend} train={len(train)}"
           f"{'' if args.labels_per_class is None else f' ({args.labels_per_class} per class)'} "

@@ -72,6 +72,9 @@ OPTIONS = {
     "crop_scale_min": (float, RECIPE, "smallest random-resized-crop area fraction"),
     "views": (dict, RECIPE, "PairedViews arguments (config file only): view strengths"),
     "precision": (str, "float32", f"one of {', '.join(PRECISIONS)}"),
+    "jit_compile": (str, "auto", "auto | on | off: compile the step (XLA on JAX / TensorFlow, "
+                    "torch.compile on torch); auto: XLA on JAX, and on TensorFlow and torch "
+                    "only with a GPU"),
     "distribute": (str, "auto", "auto | none | data_parallel: spread the global batch over "
                    "every device (JAX: keras.distribution, also multi-host; TensorFlow: "
                    "tf.distribute); auto: all devices when there are several"),
@@ -85,7 +88,7 @@ RECIPE_KEYS = tuple(k for k, (_, default, _) in OPTIONS.items() if default == RE
 # Settings a resumed run may change: where files go and how often, and how the
 # same global batch is computed. Any other difference refuses to resume.
 RESUMABLE_CHANGES = ("backend", "output", "keep_checkpoints", "checkpoint_every",
-                     "view_grid_every", "distribute", "tfds_download")
+                     "view_grid_every", "distribute", "tfds_download", "jit_compile")
 # Options that may be unset (None); clip_norm's "none" is None too.
 NULLABLE = tuple(k for k, (_, default, _) in OPTIONS.items() if default is None) + ("clip_norm",)
 
@@ -251,6 +254,7 @@ def validate(config):
     choice("backend", BACKENDS)
     choice("mask", MASKS)
     choice("precision", PRECISIONS)
+    choice("jit_compile", ("auto", "on", "off"))
     choice("distribute", DISTRIBUTE_MODES)
     if config["distribute"] == "data_parallel" and config["backend"] == "torch":
         errors.append("distribute=data_parallel: not on torch (Keras 3's torch trainer has no "
@@ -386,7 +390,8 @@ def build_model(config, steps_per_epoch):
         warmup_target=config["lr"] if warmup else None, warmup_steps=warmup)
     model.compile(optimizer=keras.optimizers.AdamW(
         schedule, weight_decay=config["weight_decay"], beta_1=0.9, beta_2=0.98,
-        epsilon=1e-8, global_clipnorm=config["clip_norm"]))
+        epsilon=1e-8, global_clipnorm=config["clip_norm"]),
+        jit_compile=kc.train_step.jit_compile_for(config.get("jit_compile", "auto")))
     return model
 
 
@@ -490,6 +495,7 @@ def main(argv=None):
             done = 0
         else:
             done = int(keras.ops.convert_to_numpy(model.step_counter))
+            model.jit_compile = kc.train_step.jit_compile_for(config["jit_compile"])
             print(f"resuming from {path} at step {done}", flush=True)
     if chief:
         if not resuming:
@@ -520,7 +526,8 @@ def main(argv=None):
                   "(log.csv has the same scalars)")
 
     print(f"ConMIM pre-training: backend={config['backend']} preset={config['preset']} "
-          f"mask={config['mask']} precision={config['precision']} images={len(source)} "
+          f"mask={config['mask']} precision={config['precision']} "
+          f"jit_compile={model.jit_compile} images={len(source)} "
           f"batch={batch} epochs={config['epochs']} steps/epoch={steps}", flush=True)
     history = {}
     try:
@@ -551,6 +558,10 @@ def main(argv=None):
                       ("student_encoder", model.encoder)):
         if chief:
             save_atomic(obj, os.path.join(output, f"{name}.keras"))
+    breaks = kc.train_step.torch_graph_breaks()
+    if model.jit_compile and config["backend"] == "torch":
+        print(f"torch.compile: {sum(breaks.values())} graph break(s)"
+              + "".join(f"\n  {n} x {reason}" for reason, n in breaks.items()))
     if source.failed_files:
         print(f"skipped {len(source.failed_files)} image file(s) that could not be decoded "
               f"({source.failed_at_decode} reads), e.g. {', '.join(source.failed_files[:3])}")

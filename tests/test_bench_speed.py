@@ -29,11 +29,14 @@ def test_step_flops_of_vit_base_and_the_bench_reports_mfu(capsys):
     assert speed.step_flops(base["config"], base["projector"]) == expected
     assert abs(expected / 1e9 - 173.6) < 0.1  # the figure the docstrings quote
     rows = speed.main(["--backend", "torch", "--batch-size", "4", "--steps", "1",
-                       "--peak-tflops", "2", "--views-share"])
+                       "--peak-tflops", "2", "--views-share", "--attention", "both"])
+    assert [r["attention"] for r in rows] == ["fused", "manual"]
     row = rows[0]
     assert row["mfu"] == pytest.approx(row["tflops"] / 2)
     assert row["tflops"] == pytest.approx(row["images_per_s"] * row["gflop_per_image"] / 1e3)
-    assert "views_masks_share" in row and "MFU" in capsys.readouterr().out
+    assert "views_masks_share" in row and "views_masks_share" not in rows[1]
+    out = capsys.readouterr().out
+    assert "MFU" in out and "machine: " in out and ("AVX-512" in out or "no AVX-512" in out)
 
 
 def test_input_speed_times_both_decoders(capsys):

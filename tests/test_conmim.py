@@ -217,3 +217,4 @@ def test_compile_keeps_norms_biases_and_tokens_out_of_weight_decay():
         assert not model.optimizer._use_weight_decay(by_name[name]), name
     assert model.optimizer._use_weight_decay(by_name["blocks_0/attn/qkv_kernel"])
     assert model.optimizer._use_weight_decay(model.projector.dense_layers[0].kernel)
+

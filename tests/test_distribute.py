@@ -67,7 +67,8 @@ def _assert_same_state(a, b):
     a, b = np.load(a), np.load(b)
     assert sorted(a.files) == sorted(b.files)  # every variable, optimizer state included
     for key in a.files:
-        np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=0, err_msg=key)
+        # rtol: fused attention sums in another order on split batches (seen: 2.3e-5)
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=1e-4, err_msg=key)
 
 
 @pytest.mark.skipif(BACKEND not in DEVICES, reason="torch: no multi-device fit (refusal tested below)")

@@ -212,3 +212,45 @@ def test_no_weight_decay_and_layer_groups():
     # the release's grouping: an absolute position embedding decays with the patch embedding
     absolute = tiny_vit(position_embedding="absolute", use_shared_relative_position_bias=False)
     assert "pos_embed" in {v.path.split("/", 1)[1] for v in absolute.layer_groups()[0]}
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_attention_equals_the_manual_path(with_bias):
+    """keras.ops.dot_product_attention (the default) against the release's
+    explicit matmul / softmax / matmul: the same layer weights give the same
+    outputs, with and without the relative position bias."""
+    from keras_conmim.layers import Attention
+
+    x = np.random.RandomState(0).standard_normal((2, 17, 16)).astype("float32")
+    bias = np.random.RandomState(1).standard_normal((2, 17, 17)).astype("float32")
+    manual = Attention(16, 2, fused=False)
+    manual.build(x.shape)
+    randomize_weights(manual)
+    fused = Attention.from_config({**manual.get_config(), "fused": True})
+    fused.build(x.shape)
+    fused.set_weights(manual.get_weights())
+    kwargs = {"bias": bias} if with_bias else {}
+    np.testing.assert_allclose(to_numpy(fused(x, **kwargs)), to_numpy(manual(x, **kwargs)),
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_fused_and_manual_attention_train_the_same():
+    """One ConMIM step (masked student, unmasked teacher, relative bias
+    learned) with SGD(1): the weight change is minus the gradient, so equal
+    updates mean equal gradients through the fused and the manual path."""
+    models = []
+    for fused in (False, True):
+        model = kc.ConMIM(tiny_vit(fused_attention=fused), projector=kc.ProjectionHead(32, 16),
+                          seed=0, total_steps=4)
+        models.append(model)
+    randomize_weights(models[0].encoder)
+    models[1].encoder.set_weights(models[0].encoder.get_weights())
+    models[1].projector.set_weights(models[0].projector.get_weights())
+    for model in models:
+        model.teacher_encoder.set_weights(model.encoder.get_weights())
+        model.teacher_projector.set_weights(model.projector.get_weights())
+        model.compile(optimizer=keras.optimizers.SGD(1.0))
+        model.train_on_batch(np.random.RandomState(3).randint(0, 256, (4, 16, 16, 1)).astype("uint8"))
+    assert models[1].encoder.get_config()["fused_attention"] is True
+    for a, b in zip(models[0].encoder.weights, models[1].encoder.weights):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=2e-5, rtol=1e-4, err_msg=a.path)
