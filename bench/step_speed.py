@@ -103,7 +103,7 @@ def measure(args):
                                 encoder_kwargs={"fused_attention": how == "fused"})
         shape = model.encoder.image_shape
         n = args.batch_size * args.steps
-        if name == "full":
+        if name.startswith("full"):
             data = rng.randint(0, 256, (n,) + shape).astype("uint8")
         else:
             model.fixed_mask = kc.RandomUnitMasking(model.encoder.grid_size, seed=0).sample(1)

@@ -187,7 +187,9 @@ def test_encoders_stand_alone(tmp_path):
         path = os.path.join(tmp_path, f"{name}.keras")
         encoder.save(path)
         loaded = keras.saving.load_model(path)
-        np.testing.assert_array_equal(to_numpy(loaded(images)), to_numpy(encoder(images)))
+        # fused attention kernels (torch SDPA) may differ in the last bit between calls
+        np.testing.assert_allclose(to_numpy(loaded(images)), to_numpy(encoder(images)),
+                                   rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,match", [
