@@ -2,7 +2,6 @@
 scalars, and a picture of what the model is given."""
 
 import os
-import re
 import time
 import warnings
 
@@ -10,9 +9,9 @@ import keras
 import numpy as np
 
 from keras_conmim.distribute import this_host_only
+from keras_conmim.run_folder import CHECKPOINT_PATTERN
 from keras_conmim.saving import save_atomic
 
-CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,7 +147,7 @@ class Checkpointer(keras.callbacks.Callback):
         if bad:
             warnings.warn(f"Not saving a checkpoint at step {step}: {_describe(bad)} variables "
                           f"hold NaN or Inf. The newest good checkpoint is "
-                          f"{self.last_path or self.newest()}.", stacklevel=2)
+                          f"{self.last_good()}.", stacklevel=2)
             return None
         path = os.path.join(self.directory, f"ckpt-{step:08d}.keras")
         save_atomic(self.model, path)
@@ -158,10 +157,11 @@ class Checkpointer(keras.callbacks.Callback):
             os.remove(old)
         return path
 
-    def newest(self):
-        """The newest checkpoint in the folder (None when there is none)."""
+    def last_good(self):
+        """The checkpoint this run wrote last, else the newest in the folder
+        (a resumed run's), else None: every checkpoint written is finite."""
         found = list_checkpoints(self.directory)
-        return found[-1] if found else None
+        return self.last_path or (found[-1] if found else None)
 
     def on_train_batch_end(self, batch, logs=None):
         self._last_loss = (logs or {}).get("loss", self._last_loss)
@@ -194,8 +194,7 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not _finite(loss):
             self.model.stop_training = True
-            last = (self.checkpointer.last_path or self.checkpointer.newest()
-                    if self.checkpointer else None)
+            last = self.checkpointer.last_good() if self.checkpointer else None
             raise NonFiniteLossError(
                 f"The loss became {float(np.asarray(keras.ops.convert_to_numpy(loss)))} at batch "
                 f"{batch} of this epoch; training stopped. Last good checkpoint: "

@@ -303,8 +303,14 @@ class Attention(keras.layers.Layer):
                 qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
                 bias=None if bias is None else ops.cast(bias, x.dtype)[None],
                 scale=self.head_dim**-0.5)
-            out = ops.reshape(out, (-1, num_tokens, self.hidden_dim))
-            return ops.matmul(out, self.proj_kernel) + self.proj_bias
+        else:
+            out = self._manual_attention(qkv, bias)
+        out = ops.reshape(out, (-1, num_tokens, self.hidden_dim))
+        return ops.matmul(out, self.proj_kernel) + self.proj_bias
+
+    def _manual_attention(self, qkv, bias):
+        """The release's matmul / float32 softmax / matmul on `qkv`
+        `[B, T, 3, heads, hd]`; returns `[B, T, heads, hd]`."""
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, heads, T, hd]
         q, k, v = qkv[0], qkv[1], qkv[2]
         q = q * ops.cast(self.head_dim**-0.5, q.dtype)
@@ -313,11 +319,7 @@ class Attention(keras.layers.Layer):
             logits = logits + ops.cast(bias, logits.dtype)[None]
         # Softmax in float32: under mixed precision the logits can overflow.
         weights = ops.cast(ops.softmax(ops.cast(logits, "float32")), v.dtype)
-        out = ops.matmul(weights, v)  # [B, heads, T, hd]
-        out = ops.reshape(
-            ops.transpose(out, (0, 2, 1, 3)), (-1, num_tokens, self.hidden_dim)
-        )
-        return ops.matmul(out, self.proj_kernel) + self.proj_bias
+        return ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
 
     def get_config(self):
         config = super().get_config()

@@ -21,12 +21,12 @@ PREVIOUS = "previous_runs"
 # (the default output, saved_models/, also holds the shipped backbone).
 RUN_FILES = (CONFIG, "log.csv", CHECKPOINTS, "tensorboard", "views", "conmim.keras",
              "teacher_encoder.keras", "student_encoder.keras")
-_CHECKPOINT = re.compile(r"^ckpt-(\d{8})\.keras$")
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
 
 
 def has_checkpoints(output):
     folder = os.path.join(output, CHECKPOINTS)
-    return os.path.isdir(folder) and any(_CHECKPOINT.match(n) for n in os.listdir(folder))
+    return os.path.isdir(folder) and any(CHECKPOINT_PATTERN.match(n) for n in os.listdir(folder))
 
 
 def run_files(output):

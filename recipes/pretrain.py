@@ -426,15 +426,9 @@ def load_source(config, size, channels):
     from keras_conmim.data import parse_data_spec
 
     spec = config["data"]
-    kind, _, name = spec.partition(":")
     try:
-        if kind == "tfds":
-            from keras_conmim.data import from_tfds
-
-            source = from_tfds(name, image_size=size, channels=channels, resize=config["resize"],
-                               download=config["tfds_download"])
-        else:
-            source = parse_data_spec(spec, size, channels, resize=config["resize"])
+        source = parse_data_spec(spec, size, channels, resize=config["resize"],
+                                 download=config["tfds_download"])
     except (ValueError, OSError, ImportError) as e:
         raise SystemExit(f"error: --data {spec}: {e}")
     batch = config["batch_size"]
@@ -558,8 +552,8 @@ def main(argv=None):
                       ("student_encoder", model.encoder)):
         if chief:
             save_atomic(obj, os.path.join(output, f"{name}.keras"))
-    breaks = kc.train_step.torch_graph_breaks()
     if model.jit_compile and config["backend"] == "torch":
+        breaks = kc.train_step.torch_graph_breaks()
         print(f"torch.compile: {sum(breaks.values())} graph break(s)"
               + "".join(f"\n  {n} x {reason}" for reason, n in breaks.items()))
     if source.failed_files:

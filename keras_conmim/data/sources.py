@@ -472,8 +472,10 @@ def load_splits(spec, image_size=None, test_image_size=None, **kwargs):
                      "files, or the train images file).")
 
 
-def parse_data_spec(spec, image_size, channels="keep", resize="crop"):
-    """The recipe's `--data`: `default`, `idx:PATH`, `dir:PATH` or `tfds:NAME`."""
+def parse_data_spec(spec, image_size, channels="keep", resize="crop", download=False):
+    """The recipe's `--data`: `default`, `idx:PATH`, `dir:PATH` or `tfds:NAME`.
+    `download`: `from_tfds(download=...)`; off, an unprepared TFDS dataset is
+    an error saying how to prepare it."""
     kind, _, arg = spec.partition(":")
     kwargs = dict(image_size=image_size, channels=channels, resize=resize)
     if kind == "default" and not arg:
@@ -483,6 +485,6 @@ def parse_data_spec(spec, image_size, channels="keep", resize="crop"):
     if kind == "dir" and arg:
         return from_directory(arg, **kwargs)
     if kind == "tfds" and arg:
-        return from_tfds(arg, **kwargs)
+        return from_tfds(arg, download=download, **kwargs)
     raise ValueError(
         f"Unknown --data {spec!r}. Use one of: default, idx:PATH, dir:PATH, tfds:NAME.")
