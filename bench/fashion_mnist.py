@@ -35,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from recipes.linear_probe import parse_label_counts, parse_results  # noqa: E402  (no keras import)
-from recipes.pretrain import keras_free_module  # noqa: E402  (no keras import)
+from keras_conmim.saving import write_text_atomic  # noqa: E402  (keras-free)
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),
@@ -57,11 +57,6 @@ LABELS = {
 }
 DEFAULT_ROWS = "conmim,pixel,scratch,random_init,raw_pixels"
 PROBE_ONLY = ("random_init", "raw_pixels")
-
-
-# saving.py loaded by its path (its module level imports only `os`): this
-# driver, and the others that run recipes as subprocesses, leave keras to them.
-write_text_atomic = keras_free_module("saving.py").write_text_atomic
 
 
 def run(cmd, log):

@@ -32,7 +32,7 @@ VARIANTS = {
     "base": ("the preset's recipe (crop 0.35-1, strong teacher view)", [], {}),
     "weak_teacher": ("no photometric perturbation of the teacher view", [], PHOTOMETRIC_OFF),
     "no_crop": ("no random resized crop (flip only)", ["--crop-scale-min", "1.0"], {}),
-    "wide_crop": ("crop 0.08-1 (the spec's ImageNet range)", ["--crop-scale-min", "0.08"], {}),
+    "wide_crop": ("crop 0.08-1 (the release's ImageNet range)", ["--crop-scale-min", "0.08"], {}),
     "lr_2e-3": ("peak lr 2e-3", ["--lr", "2e-3"], {}),
     "momentum_0.99": ("teacher momentum 0.99 -> 0.999",
                       ["--base-momentum", "0.99", "--final-momentum", "0.999"], {}),

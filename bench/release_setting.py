@@ -1,4 +1,4 @@
-"""The benchmark's release-setting configuration: the spec's calibration of
+"""The benchmark's release-setting configuration: the calibration (docs/benchmarks.md) of
 the release's own code, rebuilt from this package, probed the same way.
 
     apt-get install -y dataset-fashion-mnist
@@ -8,7 +8,7 @@ the release's own code, rebuilt from this package, probed the same way.
 Setting (preset `vit_mini_p4_32` and its recipe): Fashion-MNIST padded to
 32 px, width 128, 6 layers, 4 heads, projector 512 -> 128, batch 128, lr 5e-4
 with half an epoch of warmup, random 2x2 units at 75%, crop scale 0.35-1,
-brightness/contrast 0.4, light blur, solarize, 3 epochs. Probes (the spec's):
+brightness/contrast 0.4, light blur, solarize, 3 epochs. Probes (the calibration's):
 mean-pooled final-norm patch tokens of the teacher, the student and a
 random-init encoder of the same architecture; kNN k=20 T=0.07 and a 30-epoch
 linear probe on standardised features, the full train split as bank, the

@@ -67,7 +67,7 @@ class ConMIM(keras.Model):
         mask_generator: `"random"`, `"block"` or a mask generator layer.
             Defaults to `"random"` (the release's random units, ratio 0.75,
             units of 2x2 patches).
-        views: `PairedViews` or None (the spec's defaults at the encoder's
+        views: `PairedViews` or None (docs/method.md's defaults at the encoder's
             image size).
         temperature: float. InfoNCE temperature. Defaults to `0.1`.
         base_momentum: float. Teacher momentum at step 0. Defaults to `0.996`.
@@ -186,10 +186,13 @@ class ConMIM(keras.Model):
         self.built = True
 
     @classmethod
-    def from_preset(cls, name, encoder_kwargs=None, **kwargs):
-        """ConMIM with a preset's encoder and its matching projection head."""
+    def from_preset(cls, name, encoder_kwargs=None, load_weights=True, **kwargs):
+        """ConMIM with a preset's encoder and its matching projection head.
+        For a preset that carries weights the student and the EMA teacher
+        both start from them (the projection heads start fresh: only
+        encoders are shipped), to go on pre-training."""
         preset = get_preset(name)
-        encoder = ViT.from_preset(name, **(encoder_kwargs or {}))
+        encoder = ViT.from_preset(name, load_weights=load_weights, **(encoder_kwargs or {}))
         kwargs.setdefault("projector", ProjectionHead(**preset["projector"]))
         return cls(encoder, **kwargs)
 

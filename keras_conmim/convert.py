@@ -1,6 +1,6 @@
 """Import the authors' PyTorch checkpoints (BEiT-style names) into Keras.
 
-The layout is listed in the spec: Linear weights are `[out, in]` (transposed
+The layout is listed in docs/method.md: Linear weights are `[out, in]` (transposed
 for Keras), the patch conv is `[D, C, p, p]` (Keras: `[p, p, C, D]`). Both
 the pre-training layout (shared relative bias, `norm`, `projectors.*`) and
 the fine-tuned one (per-block bias tables, `fc_norm`, `head`) are read.

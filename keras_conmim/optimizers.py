@@ -59,3 +59,18 @@ class LayerDecayAdamW(keras.optimizers.AdamW):
         config = super().get_config()
         config["lr_scales"] = self.lr_scales
         return config
+
+
+def warmup_cosine(lr, total_steps, warmup_steps=0, min_lr=0.0):
+    """The recipes' one learning-rate schedule (the release's): linear warmup
+    from 0 to `lr` over `warmup_steps`, then a per-step cosine down to
+    `min_lr` at `total_steps`. The warm-up is capped at `total_steps - 1`
+    steps so the cosine always has at least one."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, received {total_steps}.")
+    if lr <= 0 or min_lr < 0:
+        raise ValueError(f"lr must be > 0 and min_lr >= 0, received lr={lr}, min_lr={min_lr}.")
+    warmup = max(0, min(int(warmup_steps), total_steps - 1))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else lr, decay_steps=max(total_steps - warmup, 1),
+        alpha=min_lr / lr, warmup_target=lr if warmup else None, warmup_steps=warmup)

@@ -1,5 +1,6 @@
-"""Architecture presets and their recipes, as data. No weights: ConMIM's
-authors published none.
+"""Architecture presets and their recipes, as data, and the presets that
+carry weights (`WEIGHTS`; ConMIM's authors published none, this package
+ships one). Imports nothing: recipes read it before choosing a backend.
 
 Each entry holds the `ViT` arguments (`config`), the projection head that fits
 that width (`projector`), its pre-training recipe (`pretrain`: the values
@@ -18,10 +19,10 @@ recipes were chosen by measurement on Fashion-MNIST (README, "Recipes per
 preset").
 """
 
-# PairedViews arguments of the spec's strong teacher view (its defaults).
+# PairedViews arguments of the strong teacher view of docs/method.md (its defaults).
 IMAGENET_VIEWS = dict(jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
                       grayscale_prob=0.2, blur_prob=0.1, blur_sigma=(0.1, 2.0), solarize_prob=0.2)
-# The spec's calibration on 28-32 px grayscale: no colour terms, lighter blur.
+# The calibration (docs/benchmarks.md, the release's setting) on 28-32 px grayscale: no colour terms, lighter blur.
 # Normalisation stays the package's one contract (ImageNet mean / std, their
 # channel average for gray; `normalize_images`), which every probe, fine-tune
 # and export of the encoder assumes; the calibration's Fashion-MNIST mean /
@@ -36,7 +37,7 @@ def release_recipe(epochs, lr=5e-4, warmup_epochs=5, clip_norm=None):
     """The release's ImageNet pre-training recipe (224 px, patch 16).
 
     The global batch is 2048 (the release's ViT-L command: 64 per device on
-    32 GPUs; the spec gives 64 per device for the others and BEiT, which the
+    32 GPUs; docs/method.md gives 64 per device for the others and BEiT, which the
     release builds on, used 2048)."""
     return dict(epochs=epochs, batch_size=2048, lr=lr, min_lr=1e-5, warmup_epochs=warmup_epochs,
                 weight_decay=0.05, clip_norm=clip_norm, mask="random", mask_ratio=0.75,
@@ -108,7 +109,7 @@ SMALL_IMAGE_SCRATCH = dict(SMALL_IMAGE_FINETUNE)
 FASHION_MNIST_FINETUNE = dict(SMALL_IMAGE_FINETUNE, pooling="flatten")
 FASHION_MNIST_SCRATCH = dict(SMALL_IMAGE_SCRATCH, pooling="flatten")
 
-# The spec's calibration setting (the release's model and loss on
+# The calibration setting (docs/benchmarks.md) (the release's model and loss on
 # Fashion-MNIST padded to 32 px): the reference the package is measured against.
 RELEASE_CALIBRATION_RECIPE = dict(
     epochs=3, batch_size=128, lr=5e-4, min_lr=1e-5, warmup_epochs=0.5, weight_decay=0.05,
@@ -145,7 +146,7 @@ PRESETS = {
         "scratch": FASHION_MNIST_SCRATCH,
     },
     "vit_mini_p4_32": {
-        "description": "The spec's calibration: the release's architecture on 32 px "
+        "description": "The calibration setting: the release's architecture on 32 px "
         "grayscale (Fashion-MNIST padded from 28), patch 4, width 128, 6 layers, "
         "4 heads, with the release-setting recipe.",
         "config": dict(image_shape=(32, 32, 1), patch_size=4, num_layers=6,
@@ -217,10 +218,64 @@ PRESETS = {
 }
 
 
+# Presets that carry weights, KerasHub-style: name -> the architecture preset
+# the weights fit, the `.keras` file that holds them and what they are. The
+# files live in the repository's `saved_models/` (or a folder named by
+# $KERAS_CONMIM_WEIGHTS); nothing is fetched from a hub.
+WEIGHTS = {
+    "conmim_vit_mini_p4_28_fmnist": dict(
+        preset="vit_mini_p4_28",
+        file="conmim_vit_mini_p4_28_fmnist.keras",
+        description="vit_mini_p4_28 pre-trained with ConMIM on the 60,000 Fashion-MNIST "
+        "training images (6 epochs, 2x2 mask units, EMA teacher; card: saved_models/CARD.md).",
+    ),
+}
+
+WEIGHTS_ENV = "KERAS_CONMIM_WEIGHTS"
+
+
 def get_preset(name):
-    """The preset dict for `name`, or a ValueError listing the valid names."""
+    """The preset dict for `name` (an architecture preset, or a preset with
+    weights: then its architecture preset's dict), or a ValueError listing the
+    valid names."""
+    if name in WEIGHTS:
+        return PRESETS[WEIGHTS[name]["preset"]]
     if name not in PRESETS:
         raise ValueError(
-            f"Unknown preset {name!r}. Valid presets: {', '.join(PRESETS)}."
+            f"Unknown preset {name!r}. Valid presets: {', '.join(list(PRESETS) + list(WEIGHTS))} "
+            "(or a preset folder / .keras file path)."
         )
     return PRESETS[name]
+
+
+def list_presets():
+    """`{name: {"description", "architecture", "weights"}}` for every preset:
+    `weights` is the weights file's name for presets that carry weights, None
+    for architecture-only ones."""
+    table = {name: dict(description=p["description"], architecture=name, weights=None)
+             for name, p in PRESETS.items()}
+    for name, w in WEIGHTS.items():
+        table[name] = dict(description=w["description"], architecture=w["preset"], weights=w["file"])
+    return table
+
+
+def weights_path(name):
+    """The local path of a weighted preset's `.keras` file: in $KERAS_CONMIM_WEIGHTS
+    if set, else in the repository's `saved_models/`."""
+    import os
+
+    if name not in WEIGHTS:
+        raise ValueError(f"Preset {name!r} carries no weights. Presets with weights: "
+                         f"{', '.join(WEIGHTS)}.")
+    file = WEIGHTS[name]["file"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    folders = [os.environ[WEIGHTS_ENV]] if os.environ.get(WEIGHTS_ENV) else []
+    folders.append(os.path.join(os.path.dirname(here), "saved_models"))
+    for folder in folders:
+        path = os.path.join(folder, file)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"Preset {name!r}: {file} is not in {' or '.join(folders)}. It ships in the "
+        f"repository's saved_models/ (install with `pip install -e .` from a clone), or put it in a "
+        f"folder and set {WEIGHTS_ENV} to that folder.")

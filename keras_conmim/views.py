@@ -73,7 +73,7 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
     One random resized crop and one horizontal flip per image are shared by
     both views. The student view gets normalisation only; the teacher view
     gets colour jitter, grayscale, Gaussian blur and solarisation first (the
-    spec's strong view). With `symmetric=True` both views get independent
+    strong view of docs/method.md). With `symmetric=True` both views get independent
     strong perturbations (an ablation).
 
     Input: `[B, H, W, C]` images, uint8 in [0, 255] (any H, W; C = 1 or 3).
@@ -86,7 +86,7 @@ class PairedViews(SeedStateMixin, keras.layers.Layer):
         crop_ratio: tuple. Range of the crop's aspect ratio. Defaults to
             `(3/4, 4/3)`.
         flip_prob: float. Horizontal flip probability. Defaults to `0.5`.
-        interpolation: str. `"bicubic"` (the spec) or `"bilinear"`.
+        interpolation: str. `"bicubic"` (the release) or `"bilinear"`.
         jitter_prob: float. Colour jitter probability. Defaults to `0.8`.
         brightness, contrast, saturation, hue: floats. Jitter strengths as in
             torchvision's ColorJitter. Defaults to `0.4, 0.4, 0.2, 0.1`.

@@ -288,7 +288,7 @@ class ViT(keras.Model):
         return skip
 
     def layer_groups(self):
-        """Variables per layer-wise lr decay group (spec; the release's
+        """Variables per layer-wise lr decay group (docs/method.md; the release's
         `get_num_layer_for_vit`): group 0 = patch embedding, CLS, mask token
         and an absolute position embedding; group i+1 = block i (with its own
         relative bias table, once fine-tuning copied the shared one in); last
@@ -305,12 +305,40 @@ class ViT(keras.Model):
         return groups
 
     @classmethod
-    def from_preset(cls, name, **kwargs):
-        """Build a ViT from a preset of `keras_conmim.presets.PRESETS`;
-        keyword arguments override the preset's values."""
-        config = dict(get_preset(name)["config"])
-        config.update(kwargs)
-        return cls(**config)
+    def from_preset(cls, name, load_weights=True, **kwargs):
+        """A ViT from a preset, KerasHub-style.
+
+        `name`: an architecture preset (`keras_conmim.presets.PRESETS`,
+        random init), a preset that carries weights
+        (`keras_conmim.list_presets()`, e.g. `"conmim_vit_mini_p4_28_fmnist"`;
+        `load_weights=False` gives its architecture at random init), a
+        folder written by `save_to_preset` (this class's or a KerasHub
+        backbone's), or a `.keras` file. Keyword arguments override config
+        values that do not change the weights' shapes (`drop_path_rate`,
+        `fused_attention`, ...)."""
+        import os
+
+        from keras_conmim.presets import PRESETS, WEIGHTS
+
+        if name in PRESETS or (name in WEIGHTS and not load_weights) or (
+                name not in WEIGHTS and not os.path.exists(name)):  # (unknown: get_preset says so)
+            return cls(**{**get_preset(name)["config"], **kwargs})
+        from keras_conmim.saving import load_encoder
+
+        encoder = load_encoder(name)
+        if not kwargs and encoder.name == "vit" and type(encoder) is cls:
+            return encoder
+        rebuilt = cls.from_config({**encoder.get_config(), "name": "vit", **kwargs})
+        rebuilt.set_weights(encoder.get_weights())
+        return rebuilt
+
+    def save_to_preset(self, preset_dir):
+        """Write a preset folder (`config.json`, `model.weights.h5`,
+        `metadata.json`, KerasHub's layout) that `ViT.from_preset(preset_dir)`
+        loads."""
+        from keras_conmim.saving import save_preset
+
+        return save_preset(self, preset_dir)
 
     def get_config(self):
         config = super().get_config()

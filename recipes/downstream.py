@@ -7,20 +7,19 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ENCODER = os.path.join(ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras")
+sys.path.insert(0, ROOT)
+from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+
 INITS = ("pretrained", "random")
 
 
 def parser(description):
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--encoder", default=DEFAULT_ENCODER,
-                   help="pre-trained .keras file (any keras_conmim file holding a ViT)")
+    cli.add_encoder(p, scratch=False)
     p.add_argument("--init", default="pretrained,random",
                    help="comma list of pretrained, random (same architecture, random weights)")
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
-                   default=os.environ.get("KERAS_BACKEND", "jax"))
-    p.add_argument("--data", default="default",
-                   help="items: default (packaged Fashion-MNIST slice) or idx:PATH")
+    cli.add_backend(p)
+    cli.add_data(p)
     p.add_argument("--canvas-size", type=int, default=64,
                    help="side of the canvases; a multiple of 32 (the coarsest pyramid stride)")
     p.add_argument("--max-items", type=int, default=3)
@@ -40,9 +39,7 @@ def check(p, args):
     bad = [i for i in inits if i not in INITS]
     if bad or not inits:
         p.error(f"--init {args.init!r}: use a comma list of {', '.join(INITS)}")
-    if not os.path.isfile(args.encoder):
-        p.error(f"--encoder {args.encoder}: file not found (recipes/pretrain.py writes "
-                "teacher_encoder.keras; the shipped backbone is in saved_models/)")
+    cli.check_encoder(p, args)
     for name in ("canvas_size", "max_items", "train_canvases", "test_canvases", "epochs",
                  "batch_size"):
         if getattr(args, name) < 1:
@@ -55,8 +52,7 @@ def check(p, args):
 
 
 def setup(args):
-    os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
+    cli.use_backend(args.backend)
 
 
 def canvases(args, image_shape):
@@ -97,9 +93,9 @@ def encoder_for(init, args):
 def optimizer(args, steps):
     import keras
 
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(steps - steps // 10, 1), warmup_target=args.lr,
-        warmup_steps=max(steps // 10, 1), alpha=0.01)
+    from keras_conmim.optimizers import warmup_cosine
+
+    schedule = warmup_cosine(args.lr, steps, max(steps // 10, 1), 0.01 * args.lr)
     return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
 
 

@@ -21,21 +21,23 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+
 FORMATS = ("keras", "tf_saved_model", "onnx")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--encoder", default=os.path.join(ROOT, "saved_models",
-                                                      "conmim_vit_mini_p4_28_fmnist.keras"))
+    cli.add_encoder(p, scratch=False)
     p.add_argument("--student", action="store_true", help="export a ConMIM file's student")
     p.add_argument("--format", choices=FORMATS, default="keras")
     p.add_argument("--output", required=True)
     p.add_argument("--pooling", choices=("mean", "cls"), default="mean")
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
-                   default=os.environ.get("KERAS_BACKEND", "jax"))
+    cli.add_backend(p)
     p.add_argument("--atol", type=float, default=1e-5)
     args = p.parse_args(argv)
+    cli.check_encoder(p, args)
     if args.format != "keras" and args.backend == "torch":
         p.error(f"--format {args.format} needs --backend jax or tensorflow")
     if args.format == "keras" and not args.output.endswith(".keras"):
@@ -66,8 +68,7 @@ def reload_outputs(path, format, images):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
+    cli.use_backend(args.backend)
     import keras
     import numpy as np
 

@@ -31,33 +31,25 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recipes.pretrain import keras_free_module  # noqa: E402  (no keras import)
+from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+from keras_conmim.presets import POOLINGS  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder",
-                        default=os.path.join(ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"),
-                        help="any keras_conmim .keras file holding a ViT (default: the shipped "
-                        "backbone; a ConMIM file gives its teacher)")
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="probe a random-init encoder instead (the reference every probe "
-                        "is read against): architecture from --preset, else from --encoder")
-    parser.add_argument("--preset", default=None, help="architecture for --from-scratch")
+    cli.add_encoder(parser)  # --from-scratch: the random-init reference every probe is read against
     parser.add_argument("--raw-pixels", action="store_true",
                         help="no encoder: probe the pixels (flattened, in [0, 1]); the image "
                         "size is --preset's (default vit_mini_p4_28)")
     parser.add_argument("--labels-per-class", default="all",
                         help="comma-separated label counts per class, 'all' for every "
                         "training image (e.g. 10,100,all)")
-    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"),
-                        default=os.environ.get("KERAS_BACKEND", "jax"))
-    parser.add_argument("--data", default="default", help="default | idx:PATH (a folder of train-*/t10k-* IDX files, or the train images file)")
+    cli.add_backend(parser)
+    cli.add_data(parser)
     parser.add_argument("--resize", choices=("crop", "pad", "center"), default="crop",
                         help="how images reach the encoder's size (center: pad 28 -> 32 px, "
                         "as the vit_mini_p4_32 recipe does)")
-    parser.add_argument("--pooling", choices=keras_free_module("presets.py").POOLINGS,
-                        default="mean",
+    parser.add_argument("--pooling", choices=POOLINGS, default="mean",
                         help="the features: mean of the patch tokens, the CLS token, the "
                         "patch tokens flattened in grid order (keeps where each patch is), or "
                         "the mean and the flattened tokens concatenated")
@@ -70,6 +62,9 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--probe-epochs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-json", default=None,
+                        help="also write the results here: {labels: {linear, knn}} in %%, the "
+                        "command and what was probed (what benchmarks read)")
     args = parser.parse_args(argv)
     try:
         counts = parse_label_counts(args.labels_per_class)
@@ -79,10 +74,9 @@ def main(argv=None):
         parser.error("--raw-pixels probes no encoder: drop --from-scratch")
     if args.raw_pixels:
         args.preset = args.preset or "vit_mini_p4_28"
-    elif not (args.from_scratch and args.preset) and not os.path.isfile(args.encoder):
-        parser.error(f"--encoder {args.encoder}: file not found"
-                     + ("" if args.from_scratch else " (or pass --from-scratch --preset NAME)"))
-    os.environ["KERAS_BACKEND"] = args.backend
+    else:
+        cli.check_encoder(parser, args)
+    cli.use_backend(args.backend)
     import keras
     import numpy as np
 
@@ -104,12 +98,7 @@ def main(argv=None):
         what = f"raw pixels, {'x'.join(map(str, image_shape))}"
     else:
         try:
-            if args.from_scratch and args.preset:
-                encoder = kc.ViT.from_preset(args.preset)
-            else:
-                encoder = kc.load_encoder(args.encoder)
-                if args.from_scratch:  # same architecture, fresh weights
-                    encoder = kc.ViT.from_config({**encoder.get_config(), "name": "vit"})
+            encoder = cli.load_start(args)
         except ValueError as e:
             parser.error(f"--encoder {args.encoder} / --preset {args.preset}: {e}")
         if not encoder.built:
@@ -141,6 +130,15 @@ def main(argv=None):
         print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
               f"on {len(test)} test images ({what}) "
               f"[labels: {'all' if count is None else f'{count} per class'}]", flush=True)
+    if args.results_json:
+        import json
+
+        from keras_conmim.saving import write_text_atomic
+
+        write_text_atomic(args.results_json, json.dumps(dict(
+            probed=what, command=["recipes/linear_probe.py", *(sys.argv[1:] if argv is None else argv)],
+            results={str(k): dict(linear=round(100 * v[0], 2), knn=round(100 * v[1], 2))
+                     for k, v in results.items()}), indent=2))
     return results if len(counts) > 1 else results[next(iter(results))]
 
 

@@ -1,6 +1,6 @@
 """Plain-numpy forward passes that the Keras code is checked against.
 
-Written from the spec (../shared/conmim-spec.md), not from the Keras code:
+Written from the method (docs/method.md) and the release's names, not from the Keras code:
 PyTorch-style layouts are rebuilt from the Keras weights by name.
 """
 

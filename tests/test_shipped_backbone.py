@@ -35,5 +35,78 @@ def test_recipes_start_from_it():
     import downstream
     from recipes import finetune
 
-    assert finetune.parse_args([]).encoder == PATH
-    assert downstream.DEFAULT_ENCODER == PATH
+    from keras_conmim.cli import encoder_path
+
+    # the default --encoder is the preset with weights, whose file is the shipped one
+    assert encoder_path(finetune.parse_args([]).encoder) == PATH
+    assert encoder_path(downstream.parser("x").parse_args([]).encoder) == PATH
+
+
+def test_presets_with_weights_load_by_name(tmp_path):
+    """KerasHub-style: the shipped backbone by preset name (and its
+    architecture alone with load_weights=False), ConMIM.from_preset starting
+    both encoders from it, a preset folder written by save_to_preset loading
+    by path, and list_presets saying which presets carry weights."""
+    import keras_conmim as kc
+
+    name = "conmim_vit_mini_p4_28_fmnist"
+    table = kc.list_presets()
+    assert table[name]["weights"] == os.path.basename(PATH)
+    assert table[name]["architecture"] == "vit_mini_p4_28"
+    assert table["vit_mini_p4_28"]["weights"] is None
+    images = kc.normalize_images(np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1), "uint8"))
+    expected = to_numpy(kc.load_encoder(PATH)(images))
+    by_name = kc.ViT.from_preset(name)
+    assert by_name.name == "vit"
+    np.testing.assert_allclose(to_numpy(by_name(images)), expected, atol=1e-6)
+    assert kc.load_encoder(name).count_params() == by_name.count_params()
+    fresh = kc.ViT.from_preset(name, load_weights=False)
+    assert np.abs(to_numpy(fresh(images)) - expected).max() > 1e-2
+    with_drop_path = kc.ViT.from_preset(name, drop_path_rate=0.1)
+    assert with_drop_path.drop_path_rate == 0.1
+    np.testing.assert_allclose(to_numpy(with_drop_path(images)), expected, atol=1e-6)
+    model = kc.ConMIM.from_preset(name)
+    np.testing.assert_allclose(to_numpy(model.encoder(images)), expected, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(model.teacher_encoder(images)), expected, atol=1e-6)
+    folder = str(tmp_path / "preset")
+    by_name.save_to_preset(folder)
+    assert sorted(os.listdir(folder)) == ["config.json", "metadata.json", "model.weights.h5"]
+    np.testing.assert_allclose(to_numpy(kc.ViT.from_preset(folder)(images)), expected, atol=1e-6)
+    with pytest.raises(FileExistsError):
+        by_name.save_to_preset(folder)
+    with pytest.raises(ValueError, match="without weights"):
+        kc.load_encoder("vit_mini_p4_28")
+    with pytest.raises(ValueError, match="Unknown preset"):
+        kc.ViT.from_preset("vit_nope")
+
+
+def test_weights_folder_from_the_environment(tmp_path, monkeypatch):
+    import shutil
+
+    from keras_conmim.presets import WEIGHTS_ENV, weights_path
+
+    shutil.copy(PATH, tmp_path)
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    assert weights_path("conmim_vit_mini_p4_28_fmnist") == str(tmp_path / os.path.basename(PATH))
+    with pytest.raises(ValueError, match="carries no weights"):
+        weights_path("vit_mini_p4_28")
+
+
+def test_package_import_needs_no_keras_and_registers_after_it():
+    """`import keras_conmim` (and its keras-free modules) imports no Keras, so
+    a recipe can choose the backend after reading its flags; the classes are
+    registered for load_model once Keras is imported, in either order."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "import keras_conmim, keras_conmim.presets, keras_conmim.pretrain_config, "
+        "keras_conmim.finetune_run, keras_conmim.cli, keras_conmim.run_folder\n"
+        "assert 'keras' not in sys.modules, 'keras imported'\n"
+        "import keras\n"
+        f"m = keras.saving.load_model({PATH!r})\n"
+        "assert type(m).__name__ == 'ViT', type(m)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]

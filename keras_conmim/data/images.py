@@ -53,7 +53,7 @@ def resize_image(image, size, policy="crop"):
     evaluation resize). `"pad"`: scale the longer side to fit, then pad with
     zeros around the center (nothing is cut off). `"center"`: no scaling:
     zero-pad around the center where the image is smaller, center-crop where
-    it is larger (Fashion-MNIST's 28 px padded to 32, as in the spec's
+    it is larger (Fashion-MNIST's 28 px padded to 32, as in the calibration's
     calibration).
     """
     h, w = image.shape[:2]

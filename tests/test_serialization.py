@@ -1,0 +1,252 @@
+"""Every class the package registers with Keras goes through the same check
+(`serialization_check.check_serializable`): output shape, config round trip
+(directly and through JSON), `.keras` save / load in safe mode with equal
+weights and outputs. The initializer and the optimizer, which are not layers,
+go through a layer / model that uses them."""
+
+import numpy as np
+import pytest
+
+from conftest import to_numpy
+from serialization_check import check_serializable
+
+TINY = dict(image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+            mlp_dim=32)
+RNG = np.random.default_rng(0)
+TOKENS = RNG.normal(size=(2, 5, 16)).astype("float32")
+IMAGES_U8 = RNG.integers(0, 256, (2, 8, 8, 1)).astype("uint8")
+IMAGES_F = IMAGES_U8.astype("float32")
+
+
+def registered_classes():
+    """Names of every class registered under the package (the wrappers for
+    KerasHub / Keras-CV register when their modules are imported)."""
+    import keras
+
+    import keras_conmim
+
+    keras_conmim.register_all()
+    for module in ("kerashub", "kerascv"):
+        try:
+            __import__(f"keras_conmim.{module}")
+        except ImportError:
+            pass
+    return sorted(name.split(">", 1)[1] for name in keras.saving.get_custom_objects()
+                  if name.startswith("keras_conmim>"))
+
+
+def tiny_vit(**kwargs):
+    import keras_conmim as kc
+
+    return kc.ViT(**{**TINY, **kwargs})
+
+
+CASES = {}
+
+
+def case(name):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+    return register
+
+
+@case("PatchEmbedding")
+def _patch_embedding(tmp_path):
+    from keras_conmim.layers import PatchEmbedding
+
+    check_serializable(PatchEmbedding(16, 4), IMAGES_F, (2, 4, 16), tmp_path)
+
+
+@case("RelativePositionBias")
+def _relative_bias(tmp_path):
+    import keras
+
+    from keras_conmim.layers import RelativePositionBias
+
+    layer = RelativePositionBias((2, 2), 2)
+    layer.build()
+    layer.relative_position_bias_table.assign(  # non-zero, so the gather is checked
+        keras.random.normal(layer.relative_position_bias_table.shape, seed=0))
+    check_serializable(layer, None, (2, 5, 5), tmp_path)
+
+
+@case("Attention")
+def _attention(tmp_path):
+    from keras_conmim.layers import Attention
+
+    check_serializable(Attention(16, 2), TOKENS, (2, 5, 16), tmp_path, atol=1e-5)
+    check_serializable(Attention(16, 2, fused=False), TOKENS, (2, 5, 16), tmp_path, atol=1e-5)
+
+
+@case("TransformerBlock")
+def _block(tmp_path):
+    from keras_conmim.layers import TransformerBlock
+
+    block = TransformerBlock(16, 2, 32, drop_path_rate=0.5, use_relative_position_bias=True,
+                             grid_size=(2, 2))
+    check_serializable(block, TOKENS, (2, 5, 16), tmp_path, atol=1e-5,
+                       call=lambda layer, x: layer(x, training=True))  # drop path draws
+
+
+@case("BoundedTruncatedNormal")
+def _initializer(tmp_path):
+    import keras
+
+    from keras_conmim.layers import BoundedTruncatedNormal
+
+    init = BoundedTruncatedNormal(stddev=0.5, bound=2.0, seed=3)
+    revived = keras.initializers.deserialize(keras.initializers.serialize(init))
+    assert type(revived) is BoundedTruncatedNormal and revived.get_config() == init.get_config()
+    values = to_numpy(revived((1000,)))
+    assert np.abs(values).max() <= 1.0 + 1e-6 and values.std() > 0.2
+    np.testing.assert_array_equal(values, to_numpy(init((1000,))))
+    layer = keras.layers.Dense(4, kernel_initializer=init)
+    layer.build((None, 3))
+    loaded = keras_dense_round_trip(layer, tmp_path)
+    assert isinstance(loaded.kernel_initializer, BoundedTruncatedNormal)
+    assert loaded.kernel_initializer.get_config() == init.get_config()
+
+
+def keras_dense_round_trip(layer, tmp_path):
+    import keras
+
+    path = str(tmp_path / "dense.keras")
+    keras.saving.save_model(layer, path)
+    return keras.saving.load_model(path)
+
+
+@case("TokenBatchNorm")
+def _token_bn(tmp_path):
+    from keras_conmim.projector import TokenBatchNorm
+
+    layer = TokenBatchNorm()
+    layer(TOKENS, training=True)  # moves the moving statistics
+    check_serializable(layer, TOKENS, (2, 5, 16), tmp_path, atol=1e-5)
+
+
+@case("ProjectionHead")
+def _projection_head(tmp_path):
+    from keras_conmim.projector import ProjectionHead
+
+    check_serializable(ProjectionHead(24, 8), TOKENS, (2, 5, 8), tmp_path, atol=1e-5,
+                       call=lambda layer, x: layer(x, training=True))
+
+
+@case("RandomUnitMasking")
+def _random_masking(tmp_path):
+    from keras_conmim.masking import RandomUnitMasking
+
+    check_serializable(RandomUnitMasking((4, 4), unit_size=2, seed=1), IMAGES_U8, (2, 16), tmp_path)
+
+
+@case("BlockMasking")
+def _block_masking(tmp_path):
+    from keras_conmim.masking import BlockMasking
+
+    check_serializable(BlockMasking((4, 4), mask_ratio=0.4, min_block_patches=2, seed=1),
+                       IMAGES_U8, (2, 16), tmp_path)
+
+
+@case("PairedViews")
+def _views(tmp_path):
+    from keras_conmim.views import PairedViews
+
+    check_serializable(PairedViews((8, 8), seed=2), IMAGES_U8, [(2, 8, 8, 1), (2, 8, 8, 1)],
+                       tmp_path, atol=1e-4)
+
+
+@case("ViT")
+def _vit(tmp_path):
+    import keras_conmim as kc
+
+    check_serializable(tiny_vit(), kc.normalize_images(IMAGES_U8), (2, 5, 16), tmp_path, atol=1e-5)
+
+
+@case("ConMIM")
+def _conmim(tmp_path):
+    import keras
+
+    import keras_conmim as kc
+
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(24, 8), seed=0, total_steps=4)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.fit(IMAGES_U8, batch_size=2, epochs=1, verbose=0)  # optimizer state and step counter too
+    loaded = check_serializable(model, IMAGES_U8, {"loss": (), "lookup_accuracy": ()}, tmp_path,
+                                atol=1e-5)  # the pretext loss: views, masks, both encoders
+    assert int(to_numpy(loaded.step_counter)) == 1
+
+
+@case("ViTClassifier")
+def _classifier(tmp_path):
+    from keras_conmim.classifier import ViTClassifier
+
+    check_serializable(ViTClassifier(tiny_vit(), 3, pooling="flatten"), IMAGES_F, (2, 3), tmp_path,
+                       atol=1e-5)
+
+
+@case("LayerDecayAdamW")
+def _optimizer(tmp_path):
+    import keras
+
+    import keras_conmim as kc
+    from keras_conmim.classifier import ViTClassifier
+
+    model = ViTClassifier(tiny_vit(), 3)
+    scales = kc.layer_decay_scales(model.encoder, 0.5)
+    model.compile(optimizer=kc.LayerDecayAdamW(lr_scales=scales, learning_rate=1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(IMAGES_F, np.array([0, 1]), epochs=1, verbose=0)
+    path = str(tmp_path / "with_optimizer.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.optimizer) is kc.LayerDecayAdamW
+    assert loaded.optimizer.lr_scales == model.optimizer.lr_scales == scales
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+
+
+@case("ServingEncoder")
+def _serving(tmp_path):
+    from keras_conmim.export import ServingEncoder
+
+    check_serializable(ServingEncoder(tiny_vit()), IMAGES_F,
+                       {"patch_tokens": (2, 4, 16), "pooled": (2, 16)}, tmp_path, atol=1e-5)
+
+
+@case("ViTPyramidBackbone")
+def _pyramid(tmp_path):
+    pytest.importorskip("keras_hub")
+    from keras_conmim.kerashub import ViTPyramidBackbone
+
+    check_serializable(ViTPyramidBackbone(tiny_vit()), IMAGES_F, (2, 2, 2, 16), tmp_path,
+                       atol=1e-5)
+
+
+@case("ViTPyramidImageClassifier")
+def _hub_classifier(tmp_path):
+    pytest.importorskip("keras_hub")
+    from keras_conmim.kerashub import ViTPyramidBackbone, ViTPyramidImageClassifier
+
+    check_serializable(ViTPyramidImageClassifier(ViTPyramidBackbone(tiny_vit()), 3), IMAGES_F,
+                       (2, 3), tmp_path, atol=1e-5)
+
+
+@case("ViTCVBackbone")
+def _cv(tmp_path):
+    pytest.importorskip("keras_cv")
+    from keras_conmim.kerascv import ViTCVBackbone
+
+    check_serializable(ViTCVBackbone(tiny_vit()), IMAGES_F, (2, 2, 2, 16), tmp_path, atol=1e-5)
+
+
+def test_every_registered_class_has_a_check():
+    missing = sorted(set(registered_classes()) - set(CASES))
+    assert not missing, f"registered classes without a serialization check: {missing}"
+    assert len(CASES) >= 18
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_round_trip(name, tmp_path):
+    CASES[name](tmp_path)
