@@ -1,0 +1,165 @@
+"""The manual cannot drift from the code.
+
+- Every ```python block of README.md, CONTRIBUTING.md and docs/*.md runs, each
+  in its own empty temporary folder, with `KERAS_CONMIM_DOCS_TEST=1` set. A
+  block whose first line is `# test: skip (reason)` is shown, not run. The blocks
+  run in one subprocess (one Keras import for all of them), on JAX only: they
+  call the backend-independent API, whose behaviour per backend the other tests
+  pin.
+- Every `--flag` of a `python recipes/X.py` / `python bench/X.py` line in a
+  ```bash block exists in that script's parser.
+- Every relative link (a file, a folder, a `#heading`) resolves.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+BACKEND = os.environ.get("KERAS_BACKEND", "jax")
+
+DOCS = ["README.md", "CONTRIBUTING.md"] + sorted(
+    os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md"))
+SKIP = "# test: skip"
+
+
+def blocks(path, language):
+    """(line number, code) of each fenced block in `language`."""
+    text = open(os.path.join(ROOT, path)).read()
+    found = []
+    for match in re.finditer(rf"^```{language}\n(.*?)^```", text, flags=re.S | re.M):
+        found.append((text[:match.start()].count("\n") + 1, match.group(1)))
+    return found
+
+
+def python_blocks():
+    return [(path, line, code) for path in DOCS for line, code in blocks(path, "python")]
+
+
+def test_docs_exist_and_readme_is_short():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert len(readme.splitlines()) <= 300, "README.md is the manual's front page: keep it short"
+    for name in ("pretraining", "data", "distributed", "finetuning", "downstream", "benchmarks",
+                 "method", "differences", "design"):
+        assert os.path.isfile(os.path.join(ROOT, "docs", f"{name}.md")), name
+    assert python_blocks(), "no python block found"
+
+
+RUNNER = r"""
+import json, os, sys, tempfile, time, traceback
+blocks = json.load(open(sys.argv[1]))
+failures = []
+for where, code in blocks:
+    start = time.perf_counter()
+    folder = tempfile.mkdtemp(prefix="docblock-")
+    os.chdir(folder)
+    try:
+        exec(compile(code, where, "exec"), {"__name__": "__main__"})
+    except BaseException:
+        failures.append((where, traceback.format_exc()[-3000:]))
+    print(f"ran {where} in {time.perf_counter() - start:.1f} s", flush=True)
+json.dump(failures, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the blocks use the backend-independent API; run once")
+def test_every_python_block_runs(tmp_path):
+    todo = [(f"{path}:{line}", code) for path, line, code in python_blocks()
+            if not code.startswith(SKIP)]
+    skipped = [(path, line, code.splitlines()[0]) for path, line, code in python_blocks()
+               if code.startswith(SKIP)]
+    for path, line, first in skipped:
+        assert re.match(r"# test: skip \(.+\)", first), f"{path}:{line}: say why it is skipped"
+    (tmp_path / "blocks.json").write_text(json.dumps(todo))
+    env = dict(os.environ, KERAS_CONMIM_DOCS_TEST="1", KERAS_BACKEND="jax")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), str(tmp_path / "failures.json")],
+        capture_output=True, text=True, env=env, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout)  # the time each block took (pytest -s shows it)
+    failures = json.loads((tmp_path / "failures.json").read_text())
+    assert not failures, "\n\n".join(f"{where}:\n{error}" for where, error in failures)
+
+
+def commands():
+    """(doc, script, flags) for every `python recipes|bench/X.py ...` command
+    in a bash block (continuation lines joined)."""
+    found = []
+    for path in DOCS:
+        for _, code in blocks(path, "bash"):
+            for line in code.replace("\\\n", " ").splitlines():
+                for match in re.finditer(r"python3? ((?:recipes|bench)/\w+\.py)([^;&|#]*)", line):
+                    flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", match.group(2))
+                    found.append((path, match.group(1), flags))
+    return found
+
+
+def parser_flags(script):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, COLUMNS="200"))
+    assert done.returncode == 0, f"{script} --help failed: {done.stderr[-2000:]}"
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", done.stdout))
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-independent: checked once")
+def test_every_flag_shown_exists():
+    found = commands()
+    assert len(found) > 20
+    known = {}
+    missing = []
+    for path, script, flags in found:
+        if script not in known:
+            known[script] = parser_flags(script)
+        missing += [f"{path}: {script} {flag}" for flag in flags if flag not in known[script]]
+    assert not missing, "flags the docs show but the scripts do not have:\n" + "\n".join(missing)
+
+
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    text = open(path).read()
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, flags=re.M)}
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-independent: checked once")
+def test_every_relative_link_resolves():
+    bad = []
+    for path in DOCS:
+        text = open(os.path.join(ROOT, path)).read()
+        text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            file, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(ROOT, os.path.dirname(path), file)) if file \
+                else os.path.join(ROOT, path)
+            if not os.path.exists(full):
+                bad.append(f"{path}: {target} (no such file)")
+            elif anchor and anchor not in anchors(full):
+                bad.append(f"{path}: {target} (no such heading)")
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-independent: checked once")
+def test_readme_headline_table_is_what_the_script_prints(capsys):
+    """README quotes `python bench/headline.py`; the quote is its output on the
+    committed result files, to the character."""
+    sys.path.insert(0, ROOT)
+    from bench import headline
+
+    headline.main([])
+    printed = "\n".join(line.rstrip() for line in capsys.readouterr().out.strip().splitlines())
+    assert printed in open(os.path.join(ROOT, "README.md")).read()
