@@ -26,16 +26,12 @@ pixels. Writes `results.json` (after every cell) and `results.png` into
 import argparse
 import json
 import os
-import platform
-import re
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from recipes.linear_probe import parse_label_counts, parse_results  # noqa: E402  (no keras import)
-from keras_conmim.saving import write_text_atomic  # noqa: E402  (keras-free)
+from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402,F401
+from recipes.linear_probe import parse_label_counts  # noqa: E402  (no keras import)
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),
@@ -57,23 +53,6 @@ LABELS = {
 }
 DEFAULT_ROWS = "conmim,pixel,scratch,random_init,raw_pixels"
 PROBE_ONLY = ("random_init", "raw_pixels")
-
-
-def run(cmd, log):
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run([sys.executable, *cmd], stdout=f, stderr=subprocess.STDOUT,
-                              cwd=ROOT, text=True)
-    elapsed = time.perf_counter() - start
-    with open(log) as f:
-        lines = [line for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
-    if done.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n" + "\n".join(lines[-20:]))
-    return lines[-1], elapsed
-
-
-def percent(line, key):
-    return float(line.split(key, 1)[1].split("%", 1)[0].split()[-1])
 
 
 def main(argv=None):
@@ -140,8 +119,7 @@ def main(argv=None):
     labels_flag = ",".join("all" if c is None else str(c) for c in counts)
     cells = [(f, "all") for f in f_list] + [(max(f_list), str(c)) for c in counts if c is not None]
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
-    settings = {"machine": machine, "data": args.data, "E": e, "F": f_list,
+    settings = {"machine": machine(args.backend), "data": args.data, "E": e, "F": f_list,
                 "labels_per_class": labels_flag, "batch_size": args.batch_size,
                 "probe_epochs": int(probe_epochs), "quick": args.quick,
                 "finetune_flags": args.finetune_flags}
@@ -202,7 +180,7 @@ def main(argv=None):
                        *([] if args.resume else ["--no-resume"])]
                 if pretrain_data:
                     cmd += ["--data", f"idx:{pretrain_data}"]
-                _, entry["wall_clock_s"]["pretrain"] = run(cmd, os.path.join(work, "pretrain.log"))
+                _, entry["wall_clock_s"]["pretrain"] = pretrain(cmd, os.path.join(work, "pretrain.log"))
                 entry["pretrain_epochs"] = e
                 save()
             if not entry["probes"]:
@@ -233,21 +211,21 @@ def main(argv=None):
                 continue
             work = os.path.join(args.out, row)
             log = os.path.join(work, f"finetune_F{epochs}_{labels}.log")
-            line, seconds = run(["recipes/finetune.py", *common, *quick,
-                                 *(["--min-steps", "0"] if args.quick else []), *start,
-                                 *args.finetune_flags.split(), "--data", args.data,
-                                 "--epochs", str(epochs),
-                                 *([] if labels == "all" else ["--labels-per-class", labels]),
-                                 "--output", os.path.join(work, "classifier.keras"),
-                                 # a cell stopped mid-run continues from its last epoch
-                                 "--checkpoint-dir", log[:-len(".log")] + ".checkpoints",
-                                 *([] if args.resume else ["--no-resume"])], log)
-            entry["finetune"][key] = {"epochs": epochs, "labels": labels,
-                                      "top1": percent(line, "test top-1"),
-                                      "recipe": recipe_lines(log), "head": head_line(log)}
-            first = resumed_epoch(log)
-            if first:  # wall_clock_s then counts the resumed part only
-                entry["finetune"][key]["resumed_after_epoch"] = first
+            result, seconds = run_for_results(
+                ["recipes/finetune.py", *common, *quick,
+                 *(["--min-steps", "0"] if args.quick else []), *start,
+                 *args.finetune_flags.split(), "--data", args.data, "--epochs", str(epochs),
+                 *([] if labels == "all" else ["--labels-per-class", labels]),
+                 "--output", os.path.join(work, "classifier.keras"),
+                 # a cell stopped mid-run continues from its last epoch
+                 "--checkpoint-dir", log[:-len(".log")] + ".checkpoints",
+                 *([] if args.resume else ["--no-resume"])], log)
+            entry["finetune"][key] = {"epochs": epochs, "labels": labels, "top1": result["top1"],
+                                      "recipe": result["recipe"],
+                                      "recipe_sources": result["recipe_sources"],
+                                      "head": result["head"]}
+            if result["resumed_after_epoch"]:  # wall_clock_s then counts the resumed part only
+                entry["finetune"][key]["resumed_after_epoch"] = result["resumed_after_epoch"]
             entry["wall_clock_s"][key] = round(seconds, 1)
             save()
             print(f"{row} {key}: {entry['finetune'][key]['top1']:.2f}", flush=True)
@@ -258,47 +236,13 @@ def main(argv=None):
     plot(report, os.path.join(args.out, "results.png"))
 
 
-def recipe_lines(log):
-    """The scaled recipe recipes/finetune.py printed (its values and sources)."""
-    with open(log) as f:
-        lines = f.read().replace("\r", "\n").splitlines()
-    out, inside = {}, False
-    for line in lines:
-        if line.endswith("):") and "recipe (" in line:
-            inside = True
-            continue
-        if inside and line.startswith("  "):
-            key, _, rest = line.strip().partition(" ")
-            out[key] = rest.strip()
-        elif inside:
-            break
-    return out
-
-
-def resumed_epoch(log):
-    """The epochs a resumed fine-tuning cell found done (0: it ran whole)."""
-    with open(log) as f:
-        found = re.findall(r"^resumed from .*: (\d+) of \d+ epochs done$", f.read(), re.M)
-    return int(found[-1]) if found else 0
-
-
-def head_line(log):
-    """How recipes/finetune.py initialised the head (its `head:` line)."""
-    with open(log) as f:
-        heads = [line[6:].strip() for line in f.read().splitlines() if line.startswith("head: ")]
-    return heads[-1] if heads else None
-
-
 def frozen_probe(args, probe_epochs, labels_flag, work, flags):
     """recipes/linear_probe.py at every label count: ({labels: {linear, knn}}, seconds)."""
-    log = os.path.join(work, "probe.log")
-    _, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *flags,
-                      "--data", args.data, "--probe-epochs", probe_epochs,
-                      "--labels-per-class", labels_flag, "--seed", str(args.seed)], log)
-    with open(log) as f:
-        results = parse_results(f.read().splitlines())
-    return ({str(n): {"linear": lin, "knn": knn} for n, (lin, knn) in results.items()},
-            round(seconds, 1))
+    result, seconds = run_for_results(
+        ["recipes/linear_probe.py", "--backend", args.backend, *flags, "--data", args.data,
+         "--probe-epochs", probe_epochs, "--labels-per-class", labels_flag,
+         "--seed", str(args.seed)], os.path.join(work, "probe.log"))
+    return result["results"], round(seconds, 1)
 
 
 def write_report(args, settings, rows, results, cells):

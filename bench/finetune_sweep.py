@@ -22,13 +22,12 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.fashion_mnist import percent, run, write_text_atomic  # noqa: E402  (no keras import)
+from bench.driver import machine, run_for_results, write_text_atomic  # noqa: E402  (no keras import)
 
 ARMS = {
     # name: recipes/finetune.py flags (explicit, so that an arm means the same
@@ -159,7 +158,7 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     os.makedirs(args.out, exist_ok=True)
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}",
+    report = {"machine": machine(args.backend),
               "encoder": os.path.relpath(args.encoder, ROOT), "data": args.data,
               "quick": args.quick, "arms": {}, "results": {}, "commands": {}}
     if "pixel" in rows:
@@ -203,8 +202,8 @@ def main(argv=None):
                            *start, *labels, "--epochs", str(cell[1]), "--seed", str(seed),
                            *quick, *shlex.split(ARMS[arm]), "--output", work + ".keras",
                            "--no-resume"]
-                    line, seconds = run(cmd, work + ".log")
-                    report["results"][k] = percent(line, "top-1")
+                    result, seconds = run_for_results(cmd, work + ".log")
+                    report["results"][k] = result["top1"]
                     report["commands"][k] = " ".join(["python", *cmd])
                     print(f"{k}: {report['results'][k]:.2f}% ({seconds:.0f} s)", flush=True)
                     if os.path.exists(work + ".keras"):

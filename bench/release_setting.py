@@ -20,23 +20,22 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.fashion_mnist import run, write_text_atomic  # noqa: E402  (no keras import)
-from recipes.linear_probe import parse_result, probe_weight_decay  # noqa: E402
+from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
+from recipes.linear_probe import probe_weight_decay  # noqa: E402  (no keras import)
 PRESET = "vit_mini_p4_32"
 
 
 def probe(args, encoder_flags, log):
-    line, seconds = run(["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
-                         "--data", args.data, "--resize", "center",
-                         "--probe-epochs", str(args.probe_epochs), "--seed", str(args.seed),
-                         "--probe-weight-decay", str(args.probe_weight_decay)], log)
-    linear, knn = parse_result(line)
-    return {"knn": knn, "linear": linear, "probe_s": round(seconds, 1)}
+    result, seconds = run_for_results(
+        ["recipes/linear_probe.py", "--backend", args.backend, *encoder_flags,
+         "--data", args.data, "--resize", "center", "--probe-epochs", str(args.probe_epochs),
+         "--seed", str(args.seed), "--probe-weight-decay", str(args.probe_weight_decay)], log)
+    (only,) = result["results"].values()
+    return {"knn": only["knn"], "linear": only["linear"], "probe_s": round(seconds, 1)}
 
 
 def main(argv=None):
@@ -74,7 +73,7 @@ def main(argv=None):
            *args.extra.split()]
     if args.steps_per_epoch:
         cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
-    _, pretrain_s = run(cmd, os.path.join(args.out, "pretrain.log"))
+    _, pretrain_s = pretrain(cmd, os.path.join(args.out, "pretrain.log"))
     with open(os.path.join(work, "log.csv")) as f:
         log = list(csv.DictReader(f))
     with open(os.path.join(work, "config.json")) as f:
@@ -88,7 +87,7 @@ def main(argv=None):
     report = {
         "command": " ".join(["python", "bench/release_setting.py",
                              *(sys.argv[1:] if argv is None else argv)]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}",
+        "machine": machine(args.backend),
         "data": args.data, "epochs": args.epochs, "probe_epochs": args.probe_epochs,
         "probe_weight_decay": args.probe_weight_decay,
         "recipe": {k: config[k] for k in config["recipe_sources"]},

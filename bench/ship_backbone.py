@@ -8,8 +8,8 @@ the measurement files; nothing is typed in. Two sources:
     python bench/ship_backbone.py
 
     # one pre-training run measured by bench/finetune_sweep.py and
-    # recipes/linear_probe.py (probe lines saved beside the run as
-    # probe_flatten.txt, probe_student_flatten.txt, probe_mean.txt)
+    # recipes/linear_probe.py --results-json (saved beside the run as
+    # probe_flatten.json, probe_student_flatten.json, probe_mean.json)
     python bench/ship_backbone.py --pretrain bench/results/RUN/pretrain \
         --sweep bench/results/finetune_sweep_RUN --baseline-sweep bench/results/finetune_sweep
 """
@@ -19,24 +19,25 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.fashion_mnist import write_text_atomic  # noqa: E402  (no keras import)
+from bench.driver import write_text_atomic  # noqa: E402  (no keras import)
+from recipes.linear_probe import result_lines  # noqa: E402  (no keras import)
 
 NAME = "conmim_vit_mini_p4_28_fmnist.keras"
-LOAD = f"""Load it in one call (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
+PRESET = NAME[:-len(".keras")]
+LOAD = f"""Load it by its preset name (the `ViT`; input: images normalised with `keras_conmim.normalize_images`):
 
 ```python
 import keras_conmim
-encoder = keras_conmim.load_encoder("saved_models/{NAME}")
+encoder = keras_conmim.ViT.from_preset("{PRESET}")   # or keras_conmim.load_encoder("saved_models/{NAME}")
 ```
 
-`recipes/finetune.py`, `recipes/segment.py`, `recipes/detect.py` and `recipes/export.py` start
-from it by default.
+`recipes/finetune.py`, `recipes/linear_probe.py`, `recipes/segment.py`, `recipes/detect.py` and
+`recipes/export.py` start from it by default (`--encoder {PRESET}`).
 """
 
 
@@ -62,7 +63,7 @@ def main(argv=None):
     p.add_argument("--encoder", choices=("auto", "teacher", "student"), default="auto")
     p.add_argument("--pretrain", default=None,
                    help="a recipes/pretrain.py output folder to ship from instead of --results "
-                   "(needs --sweep; its probe_*.txt files lie in the folder above it)")
+                   "(needs --sweep; its probe_*.json files lie in the folder above it)")
     p.add_argument("--sweep", default=None,
                    help="with --pretrain: the bench/finetune_sweep.py --out that fine-tuned its "
                    "teacher (the conmim row)")
@@ -140,18 +141,16 @@ Frozen features (linear probe / kNN k=20), by labelled images per class:
     print(f"shipped {target} and {os.path.join(args.out, 'CARD.md')}")
 
 
-PROBE_LINE = re.compile(r"linear probe top-1 ([0-9.]+)%, kNN \(k=20\) top-1 ([0-9.]+)%")
-
-
 def probe_lines(path):
-    """The `linear probe ...` lines recipes/linear_probe.py printed, saved in
-    `path`, and their mean of linear and kNN top-1 (None when absent)."""
+    """The lines recipes/linear_probe.py printed for the result file `path`
+    (its --results-json), and their mean of linear and kNN top-1 (None when
+    the file is absent)."""
     if not os.path.isfile(path):
         return [], None
     with open(path) as f:
-        lines = [line.rstrip("\n") for line in f if PROBE_LINE.search(line)]
-    values = [float(v) for line in lines for v in PROBE_LINE.search(line).groups()]
-    return lines, (sum(values) / len(values) if values else None)
+        result = json.load(f)
+    values = [v for r in result["results"].values() for v in (r["linear"], r["knn"])]
+    return result_lines(result), (sum(values) / len(values) if values else None)
 
 
 def pretrain_command(config):
@@ -168,14 +167,14 @@ def ship_from_sweep(args):
     from bench.finetune_sweep import print_table
 
     folder = os.path.dirname(os.path.normpath(args.pretrain))
-    teacher_lines, teacher = probe_lines(os.path.join(folder, "probe_flatten.txt"))
-    student_lines, student = probe_lines(os.path.join(folder, "probe_student_flatten.txt"))
+    teacher_lines, teacher = probe_lines(os.path.join(folder, "probe_flatten.json"))
+    student_lines, student = probe_lines(os.path.join(folder, "probe_student_flatten.json"))
     which = args.encoder
     if which == "auto":
         if teacher is None or student is None:
-            raise SystemExit(f"--encoder auto compares {folder}/probe_flatten.txt (teacher) with "
-                             "probe_student_flatten.txt (student): save both "
-                             "(recipes/linear_probe.py --pooling flatten) or pass --encoder")
+            raise SystemExit(f"--encoder auto compares {folder}/probe_flatten.json (teacher) with "
+                             "probe_student_flatten.json (student): save both "
+                             "(recipes/linear_probe.py --pooling flatten --results-json) or pass --encoder")
         which = "student" if student > teacher else "teacher"
     with open(os.path.join(args.sweep, "results.json")) as f:
         sweep = json.load(f)
@@ -203,7 +202,7 @@ def ship_from_sweep(args):
         config = json.load(f)
     target = copy_encoder(os.path.join(args.pretrain, f"{which}_encoder.keras"), args.out)
     sweeps = [os.path.relpath(d, ROOT) for d in (args.sweep, args.baseline_sweep) if d]
-    mean_lines, _ = probe_lines(os.path.join(folder, "probe_mean.txt"))  # the teacher's
+    mean_lines, _ = probe_lines(os.path.join(folder, "probe_mean.json"))  # the teacher's
     probes, other = ((teacher_lines + mean_lines, student_lines) if which == "teacher"
                      else (student_lines, teacher_lines))
     other_block = ("\nThe other encoder of the run:\n\n```\n" + "\n".join(other) + "\n```\n"

@@ -16,16 +16,13 @@ import argparse
 import csv
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.fashion_mnist import run, write_text_atomic  # noqa: E402  (no keras import)
-from recipes.linear_probe import parse_result, probe_weight_decay  # noqa: E402
+from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
+from recipes.linear_probe import probe_weight_decay  # noqa: E402  (no keras import)
 # The release's layout and numbers, with the small-image views and crop.
 RELEASE = ["--mask-token-position", "none", "--mask-unit", "2", "--mask-ratio", "0.75",
            "--lr", "5e-4", "--warmup-epochs", "0.5", "--batch-size", "64",
@@ -92,8 +89,7 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     os.makedirs(args.out, exist_ok=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, backend {args.backend}"
-    settings = {"machine": machine, "preset": args.preset, "data": args.data,
+    settings = {"machine": machine(args.backend), "preset": args.preset, "data": args.data,
                 "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "extra": args.extra,
                 "probe": args.probe, "probe_weight_decay": args.probe_weight_decay}
     rows = []
@@ -108,17 +104,13 @@ def main(argv=None):
         if name in done:
             continue
         with tempfile.TemporaryDirectory() as work:
-            cmd = [sys.executable, "recipes/pretrain.py", "--backend", args.backend,
+            cmd = ["recipes/pretrain.py", "--backend", args.backend,
                    "--preset", args.preset, "--data", args.data, "--epochs", str(args.epochs),
                    "--output", work, "--no-resume", "--view-grid-every", str(args.epochs),
                    *VARIANTS[name], *args.extra.split()]
             if args.steps_per_epoch:
                 cmd += ["--steps-per-epoch", str(args.steps_per_epoch)]
-            start = time.perf_counter()
-            run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            seconds = time.perf_counter() - start
-            if run.returncode:
-                raise SystemExit(f"{name} failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}")
+            result, seconds = pretrain(cmd, os.path.join(work, "pretrain.log"))
             with open(os.path.join(work, "log.csv")) as f:
                 log = list(csv.DictReader(f))
             with open(os.path.join(work, "config.json")) as f:
@@ -129,7 +121,7 @@ def main(argv=None):
         row = {"variant": name, "flags": " ".join(VARIANTS[name] + args.extra.split()),
                "lookup_by_epoch": [round(100 * float(r["lookup_accuracy"]), 2) for r in log],
                "loss_by_epoch": [round(float(r["loss"]), 4) for r in log],
-               "chance": round(100 * _chance(run.stdout), 2), "seconds": round(seconds, 1),
+               "chance": round(100 * result["chance"], 2), "seconds": round(seconds, 1),
                "batch_size": config["batch_size"]}
         row["times_chance"] = round(row["lookup_by_epoch"][-1] / row["chance"], 2)
         for name_, (knn, linear) in probes.items():
@@ -159,17 +151,12 @@ def print_table(report):
 
 def _probe(args, encoder):
     """(kNN, linear) top-1 % of a saved encoder's frozen features."""
-    line, _ = run(["recipes/linear_probe.py", "--backend", args.backend, "--encoder", encoder,
-                   "--data", args.data, "--probe-epochs", "30",
-                   "--probe-weight-decay", str(args.probe_weight_decay)],
-                  encoder + ".probe.log")
-    linear, knn = parse_result(line)
-    return knn, linear
-
-
-def _chance(stdout):
-    """The recipe's own 'chance' figure from its last line."""
-    return float(stdout.rsplit("(chance ", 1)[1].split(")")[0])
+    result, _ = run_for_results(
+        ["recipes/linear_probe.py", "--backend", args.backend, "--encoder", encoder,
+         "--data", args.data, "--probe-epochs", "30",
+         "--probe-weight-decay", str(args.probe_weight_decay)], encoder + ".probe.log")
+    (only,) = result["results"].values()
+    return only["knn"], only["linear"]
 
 
 if __name__ == "__main__":

@@ -164,23 +164,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.backend != "all":
         rows = measure(args)
-        for row in rows:
-            print("RESULT " + json.dumps(row), flush=True)
     else:
+        import tempfile
+
         rows = []
         for backend in ("jax", "tensorflow", "torch"):
-            cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                   "--precision", args.precision, "--attention", args.attention]
-            cmd += ["--views-share"] if args.views_share else []
-            cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
-            cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode or not lines:
-                print(f"{backend}: failed\n{out.stderr[-2000:]}")
-                continue
-            rows += [json.loads(line[7:]) for line in lines]
+            with tempfile.TemporaryDirectory() as folder:  # each backend's rows, as JSON
+                path = os.path.join(folder, "rows.json")
+                cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
+                       "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+                       "--precision", args.precision, "--attention", args.attention,
+                       "--json", path]
+                cmd += ["--views-share"] if args.views_share else []
+                cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
+                cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode or not os.path.isfile(path):
+                    print(f"{backend}: failed\n{out.stderr[-2000:]}")
+                    continue
+                with open(path) as f:
+                    rows += json.load(f)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; preset {args.preset}, "
           f"batch {args.batch_size}, {args.precision}, {args.steps} timed steps; "
           f"{rows[0]['gflop_per_image'] if rows else 0:.3f} GFLOP per image per step")

@@ -50,7 +50,8 @@ def apply_recipe(args, preset, num_labelled=None):
     (`"scratch"` with --from-scratch, else `"finetune"`; the small-image
     recipes when the architecture is no preset's), scaled to a run on
     `num_labelled` images unless --fixed-recipe. Returns the printable
-    description, a line per value with its source."""
+    description, a line per value with its source; `args.recipe_sources` gets
+    each value's source too."""
     from keras_conmim.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
 
     name, recipe = recipe_for(args, preset)
@@ -69,11 +70,13 @@ def apply_recipe(args, preset, num_labelled=None):
     label = "from-scratch" if args.from_scratch else "fine-tuning"
     lines = [f"{label} recipe ({preset or 'no preset matches the encoder: ' + name + ' values'}"
              f"{', as written' if args.fixed_recipe else ''}):"]
+    args.recipe_sources = {}  # key -> "recipe", "flag" or "scaled: <rule> (recipe <value>)"
     for key in FINETUNE_KEYS:
         setattr(args, key, values[key])
-        source = ("   <- flag" if key in given and key not in changes else
-                  f"   <- scaled: {changes[key]} (recipe {recipe[key]})" if key in changes else "")
-        lines.append(f"  {key:<20} {values[key]}{source}")
+        source = ("flag" if key in given and key not in changes else
+                  f"scaled: {changes[key]} (recipe {recipe[key]})" if key in changes else "recipe")
+        args.recipe_sources[key] = source
+        lines.append(f"  {key:<20} {values[key]}" + ("" if source == "recipe" else f"   <- {source}"))
     return "\n".join(lines)
 
 

@@ -19,7 +19,8 @@ CHECKPOINTS = "checkpoints"
 PREVIOUS = "previous_runs"
 # What recipes/pretrain.py writes into --output; nothing else there is touched
 # (the default output, saved_models/, also holds the shipped backbone).
-RUN_FILES = (CONFIG, "log.csv", CHECKPOINTS, "tensorboard", "views", "conmim.keras",
+RESULTS = "results.json"  # the finished run's result, for scripts
+RUN_FILES = (CONFIG, RESULTS, "log.csv", CHECKPOINTS, "tensorboard", "views", "conmim.keras",
              "teacher_encoder.keras", "student_encoder.keras")
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
 

@@ -1,42 +1,19 @@
 """Fine-tune a pre-trained encoder into a classifier (the release's recipe,
 scaled to the run), or train the same classifier from scratch.
 
-    python recipes/finetune.py            # the shipped backbone, packaged data
+    python recipes/finetune.py            # the shipped backbone (preset conmim_vit_mini_p4_28_fmnist), packaged data
     python recipes/finetune.py --encoder saved_models/teacher_encoder.keras
     python recipes/finetune.py --from-scratch --preset vit_mini_p4_28
-    python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --epochs 30
     python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --labels-per-class 100
 
-Recipe values (epochs, batch, lr, warmup, decay, drop path, mixing,
-RandAugment) come from the preset's recipe (`PRESETS[name]["finetune"]` for a
-pre-trained encoder, `["scratch"]` with --from-scratch: --preset, or the
-preset whose architecture the encoder has), then are scaled to the run's
-length and number of labelled images (`keras_conmim.finetune_budget`: small
-batch and at least --min-steps steps with few labels, MixUp / CutMix / drop
-path / RandAugment magnitude / crop / flip ramped up with the run's optimizer
-steps from --ramp-start-steps (5,000) on, warm-up
-at most a fifth of the run; --fixed-recipe turns the scaling off). A flag's value
-is never scaled; the run prints every value and where it came from.
-`--labels-per-class N` fine-tunes on a class-balanced subset of N images per
-class (seeded by --seed; the test split stays whole). The model: mean-pooled tokens +
-LayerNorm + head (for a pre-trained encoder with at most 1,000 labels per class
-first fitted as a linear probe on the frozen features, LP-FT; else initialised
-x0.001); the
-shared relative position bias copied into every block; layer-wise lr decay
-(the 224 px presets: the release's 0.65, patch embedding/CLS lowest, head and
-final norm at 1; the small presets: none, measured better after a short
-pre-training); drop path 0.1; the release's train-time geometry (a random crop of
-the image zero-padded by 4 px + flip at 32 px or less, a random resized crop +
-flip above, where test images are center-cropped at 0.875;
-`keras_conmim.data.geometry`), RandAugment, random erasing (0.25 for the 224
-px presets, off for the small ones), then MixUp or CutMix (one of the two per
-batch) with label smoothing 0.1; AdamW with linear warmup then per-step cosine. Data: the
-packaged Fashion-MNIST slice (default) or `idx:PATH`: the folder of the full
-Fashion-MNIST IDX files, or its train images file. Prints the test top-1 and saves the classifier.
-
-Every epoch end checkpoints into --checkpoint-dir; the same command run again
-continues from the last epoch (--no-resume starts over). The checkpoints go
-once --output is saved.
+Unset recipe values come from the preset's recipe (`PRESETS[name]["finetune"]`,
+or `["scratch"]` with --from-scratch), scaled to the run's length and labels
+by `keras_conmim.finetune_budget` (--fixed-recipe: as written); a flag's value
+is never scaled, and the run prints every value with where it came from.
+Every epoch end checkpoints into --checkpoint-dir; the same command continues
+from there (--no-resume starts over). Prints the test top-1 and saves the
+classifier. The whole recipe, its rules and what measured them:
+docs/finetuning.md.
 """
 
 import argparse
@@ -134,6 +111,9 @@ def parse_args(argv=None):
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if --checkpoint-dir holds a checkpoint of this run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-json", default=None,
+                   help="also write the result here: test top-1 %%, the resolved recipe with each "
+                   "value's source, the head, the command (what benchmarks read)")
     args = p.parse_args(argv)
     cli.check_encoder(p, args)
     for name in ("epochs", "batch_size"):
@@ -256,8 +236,24 @@ def main(argv=None):
     top1 = float(np.mean(np.argmax(logits, 1) == test.labels))
     save_atomic(model, args.output)
     remove_checkpoints(args.checkpoint_dir)  # the run is whole in --output
+    if args.results_json:
+        write_results(args, dict(top1=round(100 * top1, 2), test_images=len(test),
+                                 train_images=len(train), steps_per_epoch=steps, head=head,
+                                 resumed_after_epoch=first_epoch), argv)
     print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images, saved to {args.output}")
     return top1
+
+
+def write_results(args, result, argv):
+    """--results-json: the run's result with its resolved recipe and command."""
+    import json
+
+    from keras_conmim.saving import write_text_atomic
+
+    result.update(recipe={k: getattr(args, k) for k in FINETUNE_KEYS},
+                  recipe_sources=getattr(args, "recipe_sources", {}), epochs=args.epochs,
+                  command=["recipes/finetune.py", *(sys.argv[1:] if argv is None else argv)])
+    write_text_atomic(args.results_json, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

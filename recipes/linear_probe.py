@@ -127,22 +127,35 @@ def main(argv=None):
                                          epochs=args.probe_epochs, min_steps=MIN_PROBE_STEPS,
                                          weight_decay=weight_decay, seed=args.seed)
         results["all" if count is None else count] = (linear, knn)
-        print(f"linear probe top-1 {100 * linear:.2f}%, kNN (k={args.k}) top-1 {100 * knn:.2f}% "
-              f"on {len(test)} test images ({what}) "
-              f"[labels: {'all' if count is None else f'{count} per class'}]", flush=True)
+        print(result_line(100 * linear, 100 * knn, args.k, len(test), what,
+                          "all" if count is None else str(count)), flush=True)
     if args.results_json:
         import json
 
         from keras_conmim.saving import write_text_atomic
 
         write_text_atomic(args.results_json, json.dumps(dict(
-            probed=what, command=["recipes/linear_probe.py", *(sys.argv[1:] if argv is None else argv)],
+            probed=what, k=args.k, test_images=len(test),
+            command=["recipes/linear_probe.py", *(sys.argv[1:] if argv is None else argv)],
             results={str(k): dict(linear=round(100 * v[0], 2), knn=round(100 * v[1], 2))
                      for k, v in results.items()}), indent=2))
     return results if len(counts) > 1 else results[next(iter(results))]
 
 
 MIN_PROBE_STEPS = 300
+
+
+def result_line(linear, knn, k, test_images, what, labels):
+    """The line printed per label count (`labels`: "all" or a count per class);
+    also how scripts render a --results-json file for people."""
+    return (f"linear probe top-1 {linear:.2f}%, kNN (k={k}) top-1 {knn:.2f}% on {test_images} test "
+            f"images ({what}) [labels: {'all' if labels == 'all' else f'{labels} per class'}]")
+
+
+def result_lines(result):
+    """Every line of a --results-json file, as `main` printed them."""
+    return [result_line(v["linear"], v["knn"], result["k"], result["test_images"],
+                        result["probed"], labels) for labels, v in result["results"].items()]
 
 
 def probe_weight_decay(text):
@@ -166,25 +179,6 @@ def parse_label_counts(text):
     if not counts:
         raise ValueError("no label count given")
     return counts
-
-
-def parse_results(lines):
-    """{labels: (linear, kNN)} from the lines `main` prints, labels being
-    'all' or an int count per class."""
-    out = {}
-    for line in lines:
-        if line.startswith("linear probe top-1"):
-            tag = line.rsplit("[labels: ", 1)[1].split("]")[0] if "[labels: " in line else "all"
-            out["all" if tag == "all" else int(tag.split()[0])] = parse_result(line)
-    return out
-
-
-def parse_result(line):
-    """(linear, kNN) top-1 in % from the last line `main` prints (for scripts
-    that run this recipe as a subprocess)."""
-    linear = float(line.split("linear probe top-1", 1)[1].split("%", 1)[0])
-    knn = float(line.split("kNN", 1)[1].split("top-1", 1)[1].split("%", 1)[0])
-    return linear, knn
 
 
 if __name__ == "__main__":

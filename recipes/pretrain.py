@@ -180,6 +180,14 @@ def main(argv=None):
         return model
     rates = [r for r in history.get("images_per_second", []) if np.isfinite(r)]
     rate = f"{rates[-1]:.1f} images/s" if rates else "too few steps to time"
+    if chief:  # what scripts read (bench/), beside the logs people read
+        write_text_atomic(os.path.join(output, run.RESULTS), json.dumps(dict(
+            step=done, epochs=config["epochs"], final_loss=float(history["loss"][-1]),
+            lookup_accuracy=float(history["lookup_accuracy"][-1]),
+            chance=1 / model.encoder.num_patches,
+            images_per_second=float(rates[-1]) if rates else None,
+            skipped_files=len(source.failed_files),
+            history={k: [float(x) for x in v] for k, v in history.items()}), indent=2))
     print(f"done: {rate}, final loss {history['loss'][-1]:.4f}, lookup accuracy "
           f"{history['lookup_accuracy'][-1]:.4f} (chance {1 / model.encoder.num_patches:.4f}), "
           f"saved to {os.path.abspath(output)}")

@@ -1,7 +1,8 @@
 """The benchmark's orchestration: which recipe runs with which flags for each
-row, how their last lines become the table, --resume and --report. The
-recipes it calls are replaced by stand-ins that print the recipes' real last
-lines (each recipe's own test checks those lines and runs it for real)."""
+row, how their result files become the table, --resume and --report. The
+recipes it calls are replaced by stand-ins that return the result files the
+recipes write (each recipe's own test checks those files and runs it for
+real)."""
 
 import importlib.util
 import json
@@ -16,20 +17,15 @@ pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "torch",
     reason="pure orchestration (no Keras computation); run once, on torch")
 
-LAST_LINES = {
-    "recipes/pretrain.py": "done: 99.0 images/s, final loss 3.5, lookup accuracy 0.05 (chance "
-                           "0.0204), saved to /x",
-    "recipes/finetune.py": "done: test top-1 60.25% on 10000 images, saved to /x",
-}
-RECIPE = "fine-tuning recipe (vit_mini_p4_28):\n  epochs               15   <- flag\n  mixup 0.2\n"
-
-
-def _probe_lines(cmd):
+def _probe_results(cmd):
     counts = cmd[cmd.index("--labels-per-class") + 1].split(",")
     linear = 48.72 if "--raw-pixels" not in cmd else 80.0
-    return "\n".join(f"linear probe top-1 {linear}%, kNN (k=20) top-1 52.72% on 10000 test "
-                     f"images (/x) [labels: {'all' if n == 'all' else n + ' per class'}]"
-                     for n in counts)
+    return {"results": {n: {"linear": linear, "knn": 52.72} for n in counts}}
+
+
+FINETUNE = {"top1": 60.25, "recipe": {"epochs": 15, "mixup": 0.2},
+            "recipe_sources": {"epochs": "flag", "mixup": "recipe"},
+            "head": "initialised x0.001 (the release's)"}
 
 
 def _bench(calls):
@@ -38,17 +34,19 @@ def _bench(calls):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
-    def run(cmd, log):
+    def run_for_results(cmd, log, results=None):
         calls.append(cmd)
-        text = (_probe_lines(cmd) if cmd[0] == "recipes/linear_probe.py" else
-                RECIPE + LAST_LINES[cmd[0]])
-        if cmd[0] == "recipes/finetune.py" and "--no-resume" not in cmd:  # as if stopped before
-            text = "resumed from /x/ckpt-00000009.keras: 3 of 5 epochs done\n" + text
-        with open(log, "w") as f:
-            f.write(text + "\n")
-        return text.splitlines()[-1], 10.0
+        if cmd[0] == "recipes/linear_probe.py":
+            return _probe_results(cmd), 10.0
+        assert cmd[0] == "recipes/finetune.py", cmd
+        # without --no-resume: as if stopped after 3 epochs before
+        return {**FINETUNE, "resumed_after_epoch": 0 if "--no-resume" in cmd else 3}, 10.0
 
-    module.run = run
+    def pretrain(cmd, log):
+        calls.append(cmd)
+        return {"final_loss": 3.5, "lookup_accuracy": 0.05, "chance": 0.0204}, 10.0
+
+    module.run_for_results, module.pretrain = run_for_results, pretrain
     return module
 
 
@@ -101,7 +99,8 @@ def test_rows_run_the_right_recipes_and_fill_the_tables(tmp_path, capsys):
     rows = {r["row"]: r for r in report["rows"]}
     conmim = rows["conmim"]
     assert conmim["finetune"]["F=5/10"]["top1"] == 60.25
-    assert conmim["finetune"]["F=1/all"]["recipe"]["epochs"] == "15   <- flag"
+    assert conmim["finetune"]["F=1/all"]["recipe"]["epochs"] == 15
+    assert conmim["finetune"]["F=1/all"]["recipe_sources"]["epochs"] == "flag"
     assert conmim["probes"]["all"] == {"linear": 48.72, "knn": 52.72, "student_linear": 48.72,
                                        "student_knn": 52.72}
     assert set(conmim["probes"]) == {"10", "all"}

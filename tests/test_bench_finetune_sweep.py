@@ -1,7 +1,7 @@
 """bench/finetune_sweep.py's orchestration: which recipes/finetune.py runs for
-each row, arm, cell and seed, how their last lines become the table, --resume
-and --report. The recipe is replaced by a stand-in that prints its real last
-line (tests/test_finetune.py runs the recipe itself)."""
+each row, arm, cell and seed, how their result files become the table, --resume
+and --report. The recipe is replaced by a stand-in that returns the result
+file it writes (tests/test_finetune.py runs the recipe itself)."""
 
 import json
 import os
@@ -20,15 +20,12 @@ pytestmark = pytest.mark.skipif(
 def _sweep(calls):
     module = load_bench_script("finetune_sweep")
 
-    def run(cmd, log):
+    def run_for_results(cmd, log, results=None):
         calls.append(cmd)
         top1 = 50 + 10 * ("--from-scratch" not in cmd) + int(cmd[cmd.index("--seed") + 1])
-        line = f"done: test top-1 {top1:.2f}% on 10000 images, saved to /x"
-        with open(log, "w") as f:
-            f.write(line + "\n")
-        return line, 1.0
+        return {"top1": float(top1)}, 1.0
 
-    module.run = run
+    module.run_for_results = run_for_results
     return module
 
 

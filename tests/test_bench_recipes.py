@@ -113,10 +113,12 @@ def test_ship_backbone_from_one_run_and_its_fine_tuning_sweep(tmp_path, capsys):
     with open(os.path.join(pretrain, "config.json"), "w") as f:
         json.dump({"backend": "torch", "preset": "vit_mini_p4_28", "epochs": 6, "mask_unit": 2,
                    "lr": 5e-4, "recipe_sources": {"mask_unit": "flag", "lr": "preset"}}, f)
-    line = ("linear probe top-1 {}%, kNN (k=20) top-1 {}% on 10000 test images (x, flatten "
-            "pooling) [labels: 10 per class]\n")
-    with open(os.path.join(run, "probe_flatten.txt"), "w") as f:
-        f.write(line.format("60.00", "50.00"))
+    def probe_file(name, linear, knn):  # what recipes/linear_probe.py --results-json writes
+        with open(os.path.join(run, name), "w") as f:
+            json.dump({"probed": "x, flatten pooling", "k": 20, "test_images": 10000,
+                       "results": {"10": {"linear": linear, "knn": knn}}}, f)
+
+    probe_file("probe_flatten.json", 60.0, 50.0)
     sweep, baseline = (os.path.join(tmp_path, d) for d in ("sweep", "baseline"))
     for folder, results in ((sweep, {"conmim|flatten|10/15|0": 61.5, "conmim|flatten|10/15|1": 62.5}),
                             (baseline, {"conmim|flatten|10/15|0": 11.0,  # another encoder's
@@ -130,10 +132,9 @@ def test_ship_backbone_from_one_run_and_its_fine_tuning_sweep(tmp_path, capsys):
     out = os.path.join(tmp_path, "shipped")
     os.makedirs(out)
     argv = ["--pretrain", pretrain, "--sweep", sweep, "--baseline-sweep", baseline, "--out", out]
-    with pytest.raises(SystemExit, match="probe_student_flatten.txt"):  # auto needs both probes
+    with pytest.raises(SystemExit, match="probe_student_flatten.json"):  # auto needs both probes
         ship.main(argv)
-    with open(os.path.join(run, "probe_student_flatten.txt"), "w") as f:
-        f.write(line.format("70.00", "66.00"))
+    probe_file("probe_student_flatten.json", 70.0, 66.0)
     ship.main(argv)
     assert kc.load_encoder(os.path.join(out, ship.NAME)).hidden_dim == 32  # the better student
     with open(os.path.join(out, "CARD.md")) as f:

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -82,10 +83,17 @@ def test_finetune_recipe_runs(tmp_path):
          "--min-steps", "0", "--randaugment-factor", "0.5",  # keeps RandAugment on: tested
          "--batch-size", "16", "--probe-weight-decay", "1e-4",  # cv: test_finetune_budget
          "--pooling", "mean",  # the pooled head gets LP-FT (the flatten head starts small)
-         "--output", out],
+         "--output", out, "--results-json", os.path.join(tmp_path, "result.json")],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("done: test top-1")
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: test top-1")
+    with open(os.path.join(tmp_path, "result.json")) as f:  # what scripts read, not the log
+        written = json.load(f)
+    assert f"test top-1 {written['top1']:.2f}%" in last and written["test_images"] == 1000
+    assert written["recipe"]["pooling"] == "mean" and written["recipe_sources"]["pooling"] == "flag"
+    assert written["recipe_sources"]["lr"] == "recipe" and written["resumed_after_epoch"] == 0
+    assert written["head"].startswith("linear probe on the frozen features")
     assert "head: linear probe on the frozen features" in result.stdout  # LP-FT by default
     assert re.search(r"pooling +mean   <- flag\n", result.stdout), result.stdout
     assert "weight decay 0.0001 <- flag" in result.stdout

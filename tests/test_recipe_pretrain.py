@@ -58,15 +58,27 @@ def test_recipe_runs_and_writes_models(tmp_path):
     assert tokens.shape == (1, 17, 128)
     model = keras.saving.load_model(os.path.join(out, "conmim.keras"))
     assert int(keras.ops.convert_to_numpy(model.step_counter)) == 3
+    with open(os.path.join(out, "results.json")) as f:  # what scripts read, not the log
+        results = json.load(f)
+    assert results["step"] == 3 and results["chance"] == 1 / 16
+    assert results["final_loss"] == results["history"]["loss"][-1] and np.isfinite(results["final_loss"])
+    assert 0 <= results["lookup_accuracy"] <= 1 and results["skipped_files"] == 0
 
     probe = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "linear_probe.py"), "--backend", backend,
          "--encoder", os.path.join(out, "teacher_encoder.keras"), "--probe-epochs", "3",
-         "--probe-weight-decay", "1e-4"],  # not cross-validated: 16 fits fewer
+         "--probe-weight-decay", "1e-4",  # not cross-validated: 16 fits fewer
+         "--results-json", os.path.join(tmp_path, "probe.json")],
         capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert probe.returncode == 0, probe.stderr[-3000:]
     line = probe.stdout.strip().splitlines()[-1]
     assert line.startswith("linear probe top-1") and "kNN (k=20)" in line
+    with open(os.path.join(tmp_path, "probe.json")) as f:
+        probed = json.load(f)
+    sys.path.insert(0, ROOT)
+    from recipes.linear_probe import result_lines
+
+    assert list(probed["results"]) == ["all"] and result_lines(probed) == [line]
 
 
 def test_bad_flags_fail_at_once_with_choices():
