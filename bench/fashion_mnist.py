@@ -30,6 +30,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from keras_conmim import cli  # noqa: E402  (keras-free)
 from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402,F401
 from recipes.linear_probe import parse_label_counts  # noqa: E402  (no keras import)
 PRETRAINED = {
@@ -57,7 +58,7 @@ PROBE_ONLY = ("random_init", "raw_pixels")
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="jax")
+    cli.add_backend(p, default="jax")
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist",
                    help="idx:DIR with the four Fashion-MNIST files, or default (packaged slice)")
     p.add_argument("--pretrain-epochs", type=int, default=3)

@@ -27,6 +27,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from keras_conmim import cli  # noqa: E402  (keras-free)
 from bench.driver import machine, run_for_results, write_text_atomic  # noqa: E402  (no keras import)
 
 ARMS = {
@@ -127,7 +128,7 @@ def print_table(report):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="torch")
+    cli.add_backend(p, default="torch")
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist")
     p.add_argument("--encoder", default=os.path.join(
         ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"))

@@ -29,6 +29,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from keras_conmim import cli  # noqa: E402  (keras-free)
 
 
 def rate(batches, batch_size, n):
@@ -73,7 +75,7 @@ def single_threaded(ds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="jax")
+    cli.add_backend(parser, default="jax")
     parser.add_argument("--preset", default="vit_mini_p4_28")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=15)

@@ -24,6 +24,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from keras_conmim import cli  # noqa: E402  (keras-free)
 from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
 from recipes.linear_probe import probe_weight_decay  # noqa: E402  (no keras import)
 PRESET = "vit_mini_p4_32"
@@ -40,7 +41,7 @@ def probe(args, encoder_flags, log):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="torch")
+    cli.add_backend(p, default="torch")
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist",
                    help="idx:DIR with the four Fashion-MNIST files, or default (packaged slice)")
     p.add_argument("--epochs", type=int, default=3)
