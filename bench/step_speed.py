@@ -4,6 +4,7 @@ the share of the step spent on views + masking.
 
     python bench/step_speed.py                                  # all backends, CPU preset
     python bench/step_speed.py --backend jax --precision mixed_bfloat16
+    python bench/step_speed.py --release --peak-tflops measure   # beside the release's step, MFU of this CPU
     python bench/step_speed.py --backend jax --preset vit_base_p16_224 \
         --precision mixed_bfloat16 --batch-size 128 --peak-tflops 989   # one H100 (dense bf16)
 
@@ -70,6 +71,35 @@ def cpu_name():
     extras = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
                                       ("AMX", "amx_tile")) if flag in flags]
     return f"{model}, {os.cpu_count()} cores, " + (", ".join(extras) or "no AVX-512, no AMX")
+
+
+def peak_value(text):
+    """--peak-tflops: a number, or "measure" (this machine's float32 matmul)."""
+    return text if text == "measure" else float(text)
+
+
+def measured_fp32_peak(n=2048, repeats=5):
+    """This machine's float32 matmul TFLOP/s: the best of numpy's and torch's
+    (whichever is installed) over a few n x n x n products."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n)).astype("float32")
+    runs = [lambda: a @ a]
+    try:
+        import torch
+
+        t = torch.from_numpy(a)
+        runs.append(lambda: torch.mm(t, t))
+    except ImportError:
+        pass
+    best = 0.0
+    for run in runs:
+        run()  # warm up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e12)
+    return best
 
 
 def measure(args):
@@ -150,7 +180,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--precision", default="float32",
                         choices=("float32", "mixed_bfloat16", "mixed_float16"))
-    parser.add_argument("--peak-tflops", type=float, default=None,
+    parser.add_argument("--peak-tflops", type=peak_value, default=None,
                         help="the device's peak at this precision, for MFU (H100 SXM dense "
                         "bf16: 989)")
     parser.add_argument("--attention", choices=("fused", "manual", "both"), default="fused",
@@ -160,8 +190,15 @@ def main(argv=None):
                         help="torch: run the step under torch.compile (jit_compile=True)")
     parser.add_argument("--views-share", action="store_true",
                         help="also time the step with views and masking off")
+    parser.add_argument("--release", action="store_true",
+                        help="also time the release's step as plain PyTorch (bench/release_torch.py: "
+                        "float32, synthetic views, one fixed mask) and print each row's ratio to it")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
+    if args.peak_tflops == "measure":
+        args.peak_tflops = measured_fp32_peak()
+        print(f"measured float32 matmul peak: {args.peak_tflops:.3f} TFLOP/s "
+              "(the best of numpy and torch, 2048 x 2048 x 2048)")
     if args.backend != "all":
         rows = measure(args)
     else:
@@ -184,23 +221,55 @@ def main(argv=None):
                     continue
                 with open(path) as f:
                     rows += json.load(f)
+    if args.release:
+        rows = release_row(args, rows) + rows
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; preset {args.preset}, "
           f"batch {args.batch_size}, {args.precision}, {args.steps} timed steps; "
           f"{rows[0]['gflop_per_image'] if rows else 0:.3f} GFLOP per image per step")
     print(f"machine: {cpu_name()}")
-    print(f"{'backend':<11} {'attention':<9} {'compiled':<9} {'img/s':>9} {'TFLOP/s':>9} "
-          f"{'MFU':>7} {'views+masks share':>18} {'warm-up s':>10}")
+    release = next((r["images_per_s"] for r in rows if r["backend"].startswith("release")), None)
+    print(f"{'backend':<22} {'attention':<9} {'compiled':<9} {'img/s':>9} {'TFLOP/s':>9} "
+          f"{'MFU':>7} {'views+masks share':>18} {'warm-up s':>10}"
+          + (f" {'vs release':>10}" if release else ""))
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         share = f"{100 * r['views_masks_share']:.1f}%" if "views_masks_share" in r else "-"
         compiled = str(r["jit_compile"]) + (f" ({r['graph_breaks']} breaks)"
                                             if "graph_breaks" in r else "")
-        print(f"{r['backend']:<11} {r['attention']:<9} {compiled:<9} {r['images_per_s']:>9.1f} "
-              f"{r['tflops']:>9.4f} {mfu:>7} {share:>18} {r['warmup_seconds']:>10.1f}")
+        print(f"{r['backend']:<22} {r['attention']:<9} {compiled:<9} {r['images_per_s']:>9.1f} "
+              f"{r['tflops']:>9.4f} {mfu:>7} {share:>18} {r['warmup_seconds']:>10.1f}"
+              + (f" {r['images_per_s'] / release:>9.2f}x" if release else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     return rows
+
+
+def release_row(args, rows):
+    """The release's step as plain PyTorch (bench/release_torch.py), in a
+    subprocess, in the same run as ours; float32 whatever --precision."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "release.json")
+        out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "release_torch.py"),
+                              "--preset", args.preset, "--batch-size", str(args.batch_size),
+                              "--steps", str(args.steps), "--json", path],
+                             capture_output=True, text=True)
+        if out.returncode or not os.path.isfile(path):
+            print(f"release: failed\n{out.stderr[-2000:]}")
+            return []
+        with open(path) as f:
+            (row,) = json.load(f)
+    sys.path.insert(0, ROOT)
+    from keras_conmim.presets import PRESETS
+
+    flops = step_flops(PRESETS[args.preset]["config"], PRESETS[args.preset]["projector"])
+    tflops = flops * row["images_per_s"] / 1e12
+    row.update(precision="float32", gflop_per_image=flops / 1e9, tflops=tflops, attention="manual",
+               mfu=tflops / args.peak_tflops if args.peak_tflops else None, jit_compile=False,
+               warmup_seconds=0.0)
+    return [row]
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ class TokenBatchNorm(keras.layers.Layer):
             # computes them over the global array anyway.
             axes = tuple(range(len(x.shape) - 1))
             mean = cross_replica_mean(ops.mean(x32, axis=axes))
-            variance = cross_replica_mean(ops.mean(ops.square(x32 - mean), axis=axes))
+            centered = x32 - mean
+            variance = cross_replica_mean(ops.mean(ops.square(centered), axis=axes))
             m = self.momentum
             # PyTorch tracks the unbiased variance; the difference is tiny at
             # B * tokens samples, and Keras' own BN tracks the biased one.
@@ -62,10 +63,14 @@ class TokenBatchNorm(keras.layers.Layer):
         else:
             mean = ops.cast(self.moving_mean, "float32")
             variance = ops.cast(self.moving_variance, "float32")
-        y = (x32 - mean) * ops.rsqrt(variance + self.epsilon)
-        # Variables are autocast to the compute dtype in call; stay in float32.
+            centered = x32 - mean
+        # The scale folded into one per-channel factor: two passes over the
+        # tokens (multiply, add) instead of three. Variables are autocast to
+        # the compute dtype in call; stay in float32.
+        factor = ops.rsqrt(variance + self.epsilon)
         if self.scale:
-            y = y * ops.cast(self.gamma, "float32")
+            factor = factor * ops.cast(self.gamma, "float32")
+        y = centered * factor
         if self.center:
             y = y + ops.cast(self.beta, "float32")
         return ops.cast(y, self.compute_dtype)

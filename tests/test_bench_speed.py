@@ -60,3 +60,38 @@ def test_input_speed_runs_without_tensorflow(capsys, monkeypatch):
     assert "tf.data" not in out.replace("the tf.data rows are left out", "")
     assert "default data, numpy PyDataset" in out and "PIL, numpy PyDataset, 1 core" in out
     assert "TensorFlow is not installed: the tf.data rows are left out" in out
+
+
+def test_release_baseline_is_the_model_ours_imports():
+    """bench/release_torch.py (the baseline `step_speed.py --release` times) is
+    the release's model: its state_dict has the release's names, which our
+    importer maps, and ours then computes the same tokens and projections."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from conftest import to_numpy
+    from keras_conmim.convert import from_torch
+
+    release = _script("release_torch")
+    config = dict(image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                  mlp_dim=32)
+    projector = dict(hidden_dim=24, output_dim=8)
+    torch.manual_seed(0)
+    student, _ = release.build(config, projector)
+    with torch.no_grad():  # away from the zero-initialised tables and biases
+        for param in student.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    models = from_torch({k: v.detach().numpy() for k, v in student.state_dict().items()},
+                        num_heads=2)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(3, 8, 8, 1)).astype("float32")
+    mask = rng.random((3, 4)) < 0.5
+    theirs = student.tokens(torch.from_numpy(images.transpose(0, 3, 1, 2)), torch.from_numpy(mask))
+    ours = models["encoder"](images, patch_mask=mask)
+    np.testing.assert_allclose(to_numpy(ours), theirs.detach().numpy(), atol=2e-5)
+    student.train()
+    projected = student(torch.from_numpy(images.transpose(0, 3, 1, 2)), torch.from_numpy(mask))
+    z = to_numpy(models["projector"](ours, training=True))[:, 1:]
+    z = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    np.testing.assert_allclose(z, projected.detach().numpy(), atol=2e-4)
+    assert release.release_step_rate(config, projector, batch_size=4, steps=1) > 0
