@@ -194,7 +194,13 @@ def main(argv=None):
                         help="also time the release's step as plain PyTorch (bench/release_torch.py: "
                         "float32, synthetic views, one fixed mask) and print each row's ratio to it")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--report", metavar="JSON", help="reprint the table of a --json file")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            rows = json.load(f)
+        print_table(rows)
+        return rows
     if args.peak_tflops == "measure":
         args.peak_tflops = measured_fp32_peak()
         print(f"measured float32 matmul peak: {args.peak_tflops:.3f} TFLOP/s "
@@ -223,10 +229,23 @@ def main(argv=None):
                     rows += json.load(f)
     if args.release:
         rows = release_row(args, rows) + rows
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; preset {args.preset}, "
-          f"batch {args.batch_size}, {args.precision}, {args.steps} timed steps; "
-          f"{rows[0]['gflop_per_image'] if rows else 0:.3f} GFLOP per image per step")
-    print(f"machine: {cpu_name()}")
+    for row in rows:
+        row.setdefault("cpu", cpu_name())
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+def print_table(rows):
+    """The table of a run's rows (each carries its preset, batch, precision,
+    steps and CPU)."""
+    first = rows[0] if rows else {}
+    print(f"preset {first.get('preset')}, batch {first.get('batch_size')}, "
+          f"{first.get('precision')}, {first.get('steps')} timed steps; "
+          f"{first.get('gflop_per_image', 0):.3f} GFLOP per image per step")
+    print(f"machine: {first.get('cpu', 'not recorded')}")
     release = next((r["images_per_s"] for r in rows if r["backend"].startswith("release")), None)
     print(f"{'backend':<22} {'attention':<9} {'compiled':<9} {'img/s':>9} {'TFLOP/s':>9} "
           f"{'MFU':>7} {'views+masks share':>18} {'warm-up s':>10}"
@@ -239,10 +258,6 @@ def main(argv=None):
         print(f"{r['backend']:<22} {r['attention']:<9} {compiled:<9} {r['images_per_s']:>9.1f} "
               f"{r['tflops']:>9.4f} {mfu:>7} {share:>18} {r['warmup_seconds']:>10.1f}"
               + (f" {r['images_per_s'] / release:>9.2f}x" if release else ""))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-    return rows
 
 
 def release_row(args, rows):

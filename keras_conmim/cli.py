@@ -16,6 +16,22 @@ BACKENDS = ("jax", "tensorflow", "torch")
 SHIPPED = "conmim_vit_mini_p4_28_fmnist"  # the preset with weights the recipes start from
 
 
+def probe_weight_decay(text, words=("cv",)):
+    """A --probe-weight-decay value: one of `words` or a number >= 0."""
+    import argparse
+
+    if text in words:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: {', '.join(words)} or a number >= 0, "
+                                          "e.g. 1e-4")
+    return value
+
+
 def add_backend(parser, default=None):
     """--backend, defaulting to $KERAS_BACKEND (else jax, or `default`)."""
     parser.add_argument("--backend", choices=BACKENDS,

@@ -259,3 +259,16 @@ def make_batches(source, num_classes, args, first_step=0, steps_per_epoch=None):
             return augment_and_mix(x, y, lambda branches: branches[rng.integers(len(branches))]())
 
     return Batches()
+
+
+def write_results(args, result, command):
+    """--results-json: the run's `result` with its resolved recipe, each
+    value's source and the command (what benchmarks read)."""
+    import json
+
+    from keras_conmim.saving import write_text_atomic
+
+    result.update(recipe={k: getattr(args, k) for k in FINETUNE_KEYS},
+                  recipe_sources=getattr(args, "recipe_sources", {}), epochs=args.epochs,
+                  command=command)
+    write_text_atomic(args.results_json, json.dumps(result, indent=2))

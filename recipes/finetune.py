@@ -28,20 +28,6 @@ from keras_conmim.finetune_budget import check_ramp_start  # noqa: E402
 from keras_conmim.presets import POOLINGS  # noqa: E402
 
 
-def probe_weight_decay(text, words=("cv",)):
-    """--probe-weight-decay: one of `words` or a number >= 0."""
-    if text in words:
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: {', '.join(words)} or a number >= 0, "
-                                          "e.g. 1e-4")
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_encoder(p)
@@ -65,7 +51,7 @@ def parse_args(argv=None):
                    "probe for a pre-trained encoder with at most 1,000 labelled images per "
                    "class and a pooled head, else small (keras_conmim.finetune_budget."
                    "head_init; the flatten head measured better small)")
-    p.add_argument("--probe-weight-decay", type=probe_weight_decay, default="cv",
+    p.add_argument("--probe-weight-decay", type=cli.probe_weight_decay, default="cv",
                    help="the LP-FT probe's weight decay: cv (picked by 4-fold cross-validation "
                    "on the labelled images, keras_conmim.evaluation.select_weight_decay) or a "
                    "number >= 0")
@@ -149,8 +135,10 @@ def parse_args(argv=None):
 
 from keras_conmim.finetune_run import (  # noqa: E402,F401  (keras-free; re-exported for callers)
     ADDED_SINCE, FINETUNE_KEYS, GEOMETRY_STREAM, RUN_FILE, apply_recipe, load_splits, make_batches,
-    preset_for, recipe_for, remove_checkpoints, resumable, run_settings, write_run_file,
+    preset_for, recipe_for, remove_checkpoints, resumable, run_settings, write_results, write_run_file,
 )
+
+probe_weight_decay = cli.probe_weight_decay  # (its old home; linear_probe and bench import it)
 
 
 def main(argv=None):
@@ -239,21 +227,10 @@ def main(argv=None):
     if args.results_json:
         write_results(args, dict(top1=round(100 * top1, 2), test_images=len(test),
                                  train_images=len(train), steps_per_epoch=steps, head=head,
-                                 resumed_after_epoch=first_epoch), argv)
+                                 resumed_after_epoch=first_epoch),
+                      ["recipes/finetune.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images, saved to {args.output}")
     return top1
-
-
-def write_results(args, result, argv):
-    """--results-json: the run's result with its resolved recipe and command."""
-    import json
-
-    from keras_conmim.saving import write_text_atomic
-
-    result.update(recipe={k: getattr(args, k) for k in FINETUNE_KEYS},
-                  recipe_sources=getattr(args, "recipe_sources", {}), epochs=args.epochs,
-                  command=["recipes/finetune.py", *(sys.argv[1:] if argv is None else argv)])
-    write_text_atomic(args.results_json, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

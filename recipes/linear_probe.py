@@ -160,9 +160,7 @@ def result_lines(result):
 
 def probe_weight_decay(text):
     """--probe-weight-decay: "auto", "cv" or a number >= 0."""
-    from recipes import finetune  # no keras import
-
-    return finetune.probe_weight_decay(text, words=("auto", "cv"))
+    return cli.probe_weight_decay(text, words=("auto", "cv"))
 
 
 def parse_label_counts(text):

@@ -1,6 +1,7 @@
-"""bench/short_run.py and bench/release_setting.py end to end on tiny budgets
-(the scripts only orchestrate the recipes, whose own tests run on every
-backend; these run once, on torch)."""
+"""bench/short_run.py, bench/release_setting.py and bench/ship_backbone.py:
+their orchestration, with the recipes replaced by stand-ins that write the
+recipes' result files (the recipes' own tests run them on every backend, and
+check those files; these run once, on torch)."""
 
 import json
 import os
@@ -19,24 +20,66 @@ def _script(name):
     return load_bench_script(name)
 
 
+def _with_stand_ins(name, calls):
+    """bench/<name>.py with the recipes replaced by stand-ins that write what
+    they write (log.csv, config.json, results.json and the encoders in the run
+    folder; the probe's result file). Each pre-training command is first
+    resolved by the recipe's own parser (flags, types, ranges), so a flag the
+    recipe lacks fails here; the recipes' own tests run them on every backend."""
+    from keras_conmim.pretrain_config import resolve_config
+
+    module = _script(name)
+
+    def pretrain(cmd, log):
+        calls.append(cmd)
+        config, _, sources = resolve_config(cmd[1:])
+        output = config["output"]
+        os.makedirs(output, exist_ok=True)
+        with open(os.path.join(output, "log.csv"), "w") as f:
+            f.write("epoch,loss,lookup_accuracy\n" + "".join(
+                f"{e},{3.5 - 0.1 * e},{0.0625 + 0.01 * e}\n" for e in range(config["epochs"])))
+        with open(os.path.join(output, "config.json"), "w") as f:
+            json.dump({**config, "recipe_sources": sources}, f)
+        for encoder in ("teacher_encoder", "student_encoder"):
+            open(os.path.join(output, f"{encoder}.keras"), "w").close()
+        return {"chance": 1 / 16, "final_loss": 3.3}, 1.0
+
+    def run_for_results(cmd, log, results=None):
+        calls.append(cmd)
+        knn = 45.0 if "--from-scratch" not in cmd else 30.0
+        return {"results": {"all": {"linear": 40.0, "knn": knn}}}, 1.0
+
+    module.pretrain, module.run_for_results = pretrain, run_for_results
+    return module
+
+
 def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
-    short_run = _script("short_run")
+    calls = []
+    short_run = _with_stand_ins("short_run", calls)
     argv = ["--backend", "torch", "--epochs", "2", "--steps-per-epoch", "2",
             "--variants", "release,sincos", "--extra=--image-size 16 --batch-size 8",
             "--out", str(tmp_path), "--probe", "--probe-weight-decay", "1e-4"]
     short_run.main(argv)
+    pretrains = [c for c in calls if c[0] == "recipes/pretrain.py"]
+    probes = [c for c in calls if c[0] == "recipes/linear_probe.py"]
+    assert len(pretrains) == 2 and len(probes) == 4  # teacher and student of each variant
+    assert all("--no-resume" in c and "--image-size" in c for c in pretrains)
+    assert all(c[c.index("--probe-weight-decay") + 1] == "0.0001" for c in probes)
     with open(os.path.join(tmp_path, "short_run.json")) as f:
         report = json.load(f)
     rows = {r["variant"]: r for r in report["rows"]}
     assert set(rows) == {"release", "sincos"}
     for row in rows.values():
-        assert len(row["lookup_by_epoch"]) == 2 and row["chance"] == 6.25  # 1/16 patches
-        assert row["batch_size"] == 8 and 0 <= row["teacher_knn"] <= 100
+        assert row["lookup_by_epoch"] == [6.25, 7.25] and row["chance"] == 6.25  # 1/16 patches
+        assert row["batch_size"] == 8 and row["teacher_knn"] == 45.0
+        assert row["times_chance"] == 1.16
     assert "--mask-token-position sincos" in rows["sincos"]["flags"]
     out = capsys.readouterr().out
     assert "release" in out and "x chance" in out and "T kNN / lin" in out
     # --resume keeps the rows; other settings are refused
+    calls.clear()
     short_run.main([*argv, "--resume"])
+    assert not calls
     short_run.main(["--report", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         short_run.main([*argv[:-3], "--resume"])  # without --probe
@@ -47,18 +90,25 @@ def test_short_run_compares_variants_by_lookup_accuracy(tmp_path, capsys):
 
 
 def test_release_setting_probes_teacher_student_and_random_init(tmp_path, capsys):
-    bench = _script("release_setting")
+    calls = []
+    bench = _with_stand_ins("release_setting", calls)
     bench.main(["--backend", "torch", "--data", "default", "--epochs", "1",
                 "--steps-per-epoch", "2", "--probe-epochs", "1", "--probe-weight-decay", "1e-4",
                 "--out", str(tmp_path)])
+    pretrain, *probes = calls
+    assert pretrain[0] == "recipes/pretrain.py" and "--no-resume" in pretrain
+    assert [c[0] for c in probes] == ["recipes/linear_probe.py"] * 3
+    assert all(c[c.index("--resize") + 1] == "center" for c in probes)  # 28 px padded to 32
+    assert "--from-scratch" in probes[2]
     with open(os.path.join(tmp_path, "results.json")) as f:
         report = json.load(f)
     assert set(report["probes"]) == {"teacher_encoder", "student_encoder", "random_init"}
+    assert report["probes"]["random_init"]["knn"] == 30.0
     assert report["recipe"]["resize"] == "center" and report["recipe"]["mask_unit"] == 2
     assert report["recipe"]["mask_token_position"] == "none"  # the release's layout
     assert len(report["lookup_by_epoch"]) == 1
     out = capsys.readouterr().out
-    assert "teacher kNN gain over random init" in out and "chance 1.56" in out
+    assert "teacher kNN gain over random init: +15.00" in out and "chance 1.56" in out
     bench.main(["--report", "--out", str(tmp_path)])
     assert "random init" in capsys.readouterr().out
 

@@ -3,9 +3,11 @@
 - Every ```python block of README.md, CONTRIBUTING.md and docs/*.md runs, each
   in its own empty temporary folder, with `KERAS_CONMIM_DOCS_TEST=1` set. A
   block whose first line is `# test: skip (reason)` is shown, not run. The blocks
-  run in one subprocess (one Keras import for all of them), on JAX only: they
   call the backend-independent API, whose behaviour per backend the other tests
-  pin.
+  pin, so they run once, on torch (eager: no compile wait), in one subprocess
+  (one Keras import for all of them); a block whose first line is
+  `# test: backend jax` (an export the torch backend cannot do) runs in a
+  second subprocess on JAX.
 - Every `--flag` of a `python recipes/X.py` / `python bench/X.py` line in a
   ```bash block exists in that script's parser.
 - Every relative link (a file, a folder, a `#heading`) resolves.
@@ -67,23 +69,36 @@ json.dump(failures, open(sys.argv[2], "w"))
 """
 
 
-@pytest.mark.skipif(BACKEND != "jax", reason="the blocks use the backend-independent API; run once")
-def test_every_python_block_runs(tmp_path):
-    todo = [(f"{path}:{line}", code) for path, line, code in python_blocks()
-            if not code.startswith(SKIP)]
-    skipped = [(path, line, code.splitlines()[0]) for path, line, code in python_blocks()
-               if code.startswith(SKIP)]
-    for path, line, first in skipped:
-        assert re.match(r"# test: skip \(.+\)", first), f"{path}:{line}: say why it is skipped"
-    (tmp_path / "blocks.json").write_text(json.dumps(todo))
-    env = dict(os.environ, KERAS_CONMIM_DOCS_TEST="1", KERAS_BACKEND="jax")
+BACKEND_LINE = re.compile(r"# test: backend (jax|tensorflow|torch)\b")
+
+
+def run_blocks(blocks, backend, tmp_path):
+    """Run `blocks` [(where, code)] in one subprocess on `backend`; the failures."""
+    path = tmp_path / f"blocks_{backend}.json"
+    path.write_text(json.dumps(blocks))
+    failures = tmp_path / f"failures_{backend}.json"
+    env = dict(os.environ, KERAS_CONMIM_DOCS_TEST="1", KERAS_BACKEND=backend)
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    done = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json"), str(tmp_path / "failures.json")],
-        capture_output=True, text=True, env=env, timeout=1200)
+    done = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(failures)],
+                          capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)  # the time each block took (pytest -s shows it)
-    failures = json.loads((tmp_path / "failures.json").read_text())
+    return json.loads(failures.read_text())
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the blocks use the backend-independent API; run once")
+def test_every_python_block_runs(tmp_path):
+    todo = {}
+    for path, line, code in python_blocks():
+        first = code.splitlines()[0]
+        if code.startswith(SKIP):
+            assert re.match(r"# test: skip \(.+\)", first), f"{path}:{line}: say why it is skipped"
+            continue
+        match = BACKEND_LINE.match(first)
+        todo.setdefault(match.group(1) if match else "torch", []).append((f"{path}:{line}", code))
+    failures = []
+    for backend, blocks in sorted(todo.items()):
+        failures += run_blocks(blocks, backend, tmp_path)
     assert not failures, "\n\n".join(f"{where}:\n{error}" for where, error in failures)
 
 

