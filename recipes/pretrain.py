@@ -10,8 +10,9 @@ images, 28 x 28 gray). In --output (default saved_models/) it writes:
 `config.json` (the resolved config), `checkpoints/ckpt-<step>.keras` (the last
 --keep-checkpoints, written atomically), `log.csv`, `tensorboard/` (when
 TensorFlow is installed), `views/` (pictures of what the model is given), and
-at the end `conmim.keras`, `teacher_encoder.keras`, `student_encoder.keras`.
-Run it again with the same --output and it resumes from the newest
+at the end `conmim.keras`, `teacher_encoder.keras`, `student_encoder.keras`
+and `results.json` (the result, for scripts). Flags, config files and
+recipes: docs/pretraining.md. Run it again with the same --output and it resumes from the newest
 checkpoint, exactly where it stopped; a command whose settings differ from
 the run's (other than where files go and how often) is refused, naming the
 differences. `--no-resume` starts over, moving the run that was there to
