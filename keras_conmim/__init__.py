@@ -86,7 +86,6 @@ class _RegisterAfterKeras:
 
             def exec_module(self, module):
                 loader.exec_module(module)
-                sys.modules["keras"] = module
                 register_all()
 
         spec.loader = Loader()

@@ -97,11 +97,7 @@ def load_start(args):
 
     if not getattr(args, "from_scratch", False):
         return load_encoder(args.encoder)
-    if getattr(args, "preset", None):
-        return ViT.from_preset(args.preset)
-    if not os.path.exists(args.encoder):  # a preset with weights: its architecture
-        return ViT.from_preset(args.encoder, load_weights=False)
-    return ViT.from_config({**load_encoder(args.encoder).get_config(), "name": "vit"})
+    return ViT.from_preset(getattr(args, "preset", None) or args.encoder, load_weights=False)
 
 
 def use_backend(backend):

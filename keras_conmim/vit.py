@@ -311,25 +311,27 @@ class ViT(keras.Model):
         `name`: an architecture preset (`keras_conmim.presets.PRESETS`,
         random init), a preset that carries weights
         (`keras_conmim.list_presets()`, e.g. `"conmim_vit_mini_p4_28_fmnist"`;
-        `load_weights=False` gives its architecture at random init), a
-        folder written by `save_to_preset` (this class's or a KerasHub
-        backbone's), or a `.keras` file. Keyword arguments override config
+        a folder written by `save_to_preset` (this class's or a KerasHub
+        backbone's), or a `.keras` file. `load_weights=False` gives the
+        architecture at random init. Keyword arguments override config
         values that do not change the weights' shapes (`drop_path_rate`,
         `fused_attention`, ...)."""
         import os
 
         from keras_conmim.presets import PRESETS, WEIGHTS
 
-        if name in PRESETS or (name in WEIGHTS and not load_weights) or (
-                name not in WEIGHTS and not os.path.exists(name)):  # (unknown: get_preset says so)
+        is_path = name not in WEIGHTS and os.path.exists(name)
+        if not is_path and (name in PRESETS or not load_weights or name not in WEIGHTS):
+            # the architecture alone (an unknown name: get_preset says so)
             return cls(**{**get_preset(name)["config"], **kwargs})
         from keras_conmim.saving import load_encoder
 
-        encoder = load_encoder(name)
-        if not kwargs and encoder.name == "vit" and type(encoder) is cls:
+        encoder = load_encoder(name)  # a file or folder: its config, and its weights if asked
+        if load_weights and not kwargs and encoder.name == "vit" and type(encoder) is cls:
             return encoder
         rebuilt = cls.from_config({**encoder.get_config(), "name": "vit", **kwargs})
-        rebuilt.set_weights(encoder.get_weights())
+        if load_weights:
+            rebuilt.set_weights(encoder.get_weights())
         return rebuilt
 
     def save_to_preset(self, preset_dir):

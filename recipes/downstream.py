@@ -82,12 +82,10 @@ def encoder_for(init, args):
     from keras_conmim.saving import load_encoder
     from keras_conmim.vit import ViT
 
-    encoder = load_encoder(args.encoder)
     if init == "random":
         keras.utils.set_random_seed(args.seed)
-        config = {**encoder.get_config(), "name": "vit"}
-        encoder = ViT.from_config(config)
-    return encoder
+        return ViT.from_preset(args.encoder, load_weights=False)
+    return load_encoder(args.encoder)
 
 
 def optimizer(args, steps):

@@ -72,6 +72,10 @@ def test_presets_with_weights_load_by_name(tmp_path):
     by_name.save_to_preset(folder)
     assert sorted(os.listdir(folder)) == ["config.json", "metadata.json", "model.weights.h5"]
     np.testing.assert_allclose(to_numpy(kc.ViT.from_preset(folder)(images)), expected, atol=1e-5)
+    for path in (folder, PATH):  # a folder or file without its weights: the architecture alone
+        bare = kc.ViT.from_preset(path, load_weights=False)
+        assert bare.get_config() == by_name.get_config()
+        assert np.abs(to_numpy(bare(images)) - expected).max() > 1e-2
     with pytest.raises(FileExistsError):
         by_name.save_to_preset(folder)
     with pytest.raises(ValueError, match="without weights"):
