@@ -74,16 +74,18 @@ def check_encoder(parser, args):
 
     scratch = getattr(args, "from_scratch", False)
     preset = getattr(args, "preset", None)
+    # Only recipes with --from-scratch can start from an architecture alone.
+    or_scratch = " or pass --from-scratch" if hasattr(args, "from_scratch") else ""
     if preset is not None and preset not in PRESETS:
         parser.error(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if args.encoder in PRESETS and not scratch:
-        parser.error(f"--encoder {args.encoder}: an architecture preset has no weights; pass "
-                     f"--from-scratch --preset {args.encoder}, or a preset with weights "
-                     f"({', '.join(WEIGHTS)})")
+        parser.error(f"--encoder {args.encoder}: an architecture preset has no weights; pass a "
+                     f"preset with weights ({', '.join(WEIGHTS)}) or a .keras file"
+                     + (f", or --from-scratch --preset {args.encoder}" if or_scratch else ""))
     if not scratch and not encoder_exists(args.encoder):
         parser.error(f"--encoder {args.encoder}: no such file, folder or preset with weights "
-                     f"({', '.join(WEIGHTS)}). Pre-train first (python recipes/pretrain.py) or "
-                     "pass --from-scratch.")
+                     f"({', '.join(WEIGHTS)}). Pre-train first (python recipes/pretrain.py)"
+                     f"{or_scratch}.")
     if scratch and not preset and not encoder_exists(args.encoder):
         parser.error("--from-scratch needs --preset, or an --encoder to copy the architecture from")
 

@@ -142,6 +142,12 @@ def load_encoder(path, which="teacher"):
                     f"{path}: no such file, folder or preset with weights. Pass a .keras file "
                     "written by keras_conmim (recipes/pretrain.py writes teacher_encoder.keras), a "
                     f"preset folder, or one of: {', '.join(WEIGHTS)}.")
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+            raise ValueError(f"{path} is not a .keras file: it is no zip archive (corrupt, "
+                             "truncated, or another format). Pass a .keras file written by "
+                             "keras_conmim, a preset folder, or a preset with weights.")
         model = keras.saving.load_model(path)
     if isinstance(model, ConMIM):
         if which == "teacher" and model.objective == "pixel":

@@ -100,6 +100,11 @@ def test_load_encoder_finds_the_vit_in_every_file(tmp_path):
     assert load_encoder(path, which="student").name == pixel.encoder.name
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_encoder(os.path.join(tmp_path, "missing.keras"))
+    corrupt = os.path.join(tmp_path, "corrupt.keras")
+    with open(corrupt, "wb") as f:
+        f.write(b"not a zip archive")
+    with pytest.raises(ValueError, match="is not a .keras file: it is no zip archive"):
+        load_encoder(corrupt)
 
 
 def test_export_recipe_checks_the_written_file(tmp_path):
