@@ -23,16 +23,20 @@ def config_with_layers(config, keys):
 
 
 def gelu(x):
-    """Exact (erf) GELU, as in the release.
+    """Exact (erf) GELU, as in the release: `0.5 x (1 + erf(x / sqrt 2))`,
+    the formula PyTorch's own kernel computes.
 
-    On TensorFlow it is written as `0.5 x (1 + erf(x / sqrt 2))`: `tf.nn.gelu`
-    computes the same function through `Erfc`, an op ONNX does not have, so a
-    model using it cannot be exported to ONNX. The two agree to float32
-    rounding (~1e-7); the other backends keep their fused GELU.
+    Written out on JAX and TensorFlow, where the backends' `gelu` goes
+    through `erfc` instead: on TensorFlow that lowers to `Erfc`, an op ONNX
+    does not have (the model could not be exported to ONNX); on XLA:CPU the
+    `erfc` form ran forward 2.6x slower than this one (about 2.9 against 1.1
+    ms on a 6400 x 512 array, 2-core AMD EPYC). The two agree to float32
+    rounding (~5e-7). Torch keeps its fused kernel, one pass instead of four
+    in eager mode.
     """
-    if keras.backend.backend() == "tensorflow":
-        return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
-    return ops.gelu(x, approximate=False)
+    if keras.backend.backend() == "torch":
+        return ops.gelu(x, approximate=False)
+    return 0.5 * x * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
