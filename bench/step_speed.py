@@ -5,6 +5,7 @@ the share of the step spent on views + masking.
     python bench/step_speed.py                                  # all backends, CPU preset
     python bench/step_speed.py --backend jax --precision mixed_bfloat16
     python bench/step_speed.py --release --peak-tflops measure   # beside the release's step, MFU of this CPU
+    python bench/step_speed.py --release --repeats 3             # medians of 3 rounds (noisy machines)
     python bench/step_speed.py --backend jax --preset vit_base_p16_224 \
         --precision mixed_bfloat16 --batch-size 128 --peak-tflops 989   # one H100 (dense bf16)
 
@@ -14,7 +15,10 @@ TensorFlow run with jit_compile=True (XLA); torch runs eagerly unless
 `--torch-compile` (Keras' torch trainer then runs `torch.compile`; the
 compile time and graph breaks are printed). `--attention fused|manual|both`
 picks the attention path (`ViT(fused_attention=...)`): `both` times each in
-the same process, back to back. `--views-share` also times the same step
+the same process, back to back. `--repeats N` runs the whole comparison N
+times, round after round, and reports medians: on a shared 2-core VM one
+run's figure moves by 10-20%, and a ratio taken within one round is steadier
+than either side of it. `--views-share` also times the same step
 with views and masking off (float views given, one fixed mask): share =
 1 - t_off / t_full.
 
@@ -193,6 +197,10 @@ def main(argv=None):
     parser.add_argument("--release", action="store_true",
                         help="also time the release's step as plain PyTorch (bench/release_torch.py: "
                         "float32, synthetic views, one fixed mask) and print each row's ratio to it")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time everything this many times, round after round (each backend "
+                        "and the release in a fresh process); report the median images/s, the "
+                        "range, and the median of each round's ratio to the release")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--report", metavar="JSON", help="reprint the table of a --json file")
     args = parser.parse_args(argv)
@@ -205,30 +213,20 @@ def main(argv=None):
         args.peak_tflops = measured_fp32_peak()
         print(f"measured float32 matmul peak: {args.peak_tflops:.3f} TFLOP/s "
               "(the best of numpy and torch, 2048 x 2048 x 2048)")
-    if args.backend != "all":
-        rows = measure(args)
+    if args.repeats == 1 and args.backend != "all":
+        rows = release_row(args) if args.release else []
+        rows += measure(args)
     else:
-        import tempfile
-
-        rows = []
-        for backend in ("jax", "tensorflow", "torch"):
-            with tempfile.TemporaryDirectory() as folder:  # each backend's rows, as JSON
-                path = os.path.join(folder, "rows.json")
-                cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
-                       "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-                       "--precision", args.precision, "--attention", args.attention,
-                       "--json", path]
-                cmd += ["--views-share"] if args.views_share else []
-                cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
-                cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
-                out = subprocess.run(cmd, capture_output=True, text=True)
-                if out.returncode or not os.path.isfile(path):
-                    print(f"{backend}: failed\n{out.stderr[-2000:]}")
-                    continue
-                with open(path) as f:
-                    rows += json.load(f)
-    if args.release:
-        rows = release_row(args, rows) + rows
+        backends = ("jax", "tensorflow", "torch") if args.backend == "all" else (args.backend,)
+        rounds = []
+        for i in range(args.repeats):
+            rows = release_row(args) if args.release else []
+            rounds.append(rows + [row for backend in backends
+                                  for row in measure_in_subprocess(args, backend)])
+            if args.repeats > 1:
+                print(f"round {i + 1}/{args.repeats}: " + ", ".join(
+                    f"{r['backend']} {r['images_per_s']:.1f}" for r in rounds[-1]), flush=True)
+        rows = combine(rounds, args.peak_tflops)
     for row in rows:
         row.setdefault("cpu", cpu_name())
     print_table(rows)
@@ -236,6 +234,59 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
     return rows
+
+
+def measure_in_subprocess(args, backend):
+    """`measure` for one backend in a fresh process (the backend is fixed at
+    import); [] with the error printed if it fails."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "rows.json")
+        cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+               "--precision", args.precision, "--attention", args.attention, "--json", path]
+        cmd += ["--views-share"] if args.views_share else []
+        cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
+        cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode or not os.path.isfile(path):
+            print(f"{backend}: failed\n{out.stderr[-2000:]}")
+            return []
+        with open(path) as f:
+            return json.load(f)
+
+
+def combine(rounds, peak_tflops=None):
+    """One row per (backend, attention) from repeated rounds: the median
+    images/s, every round's figure (`runs`), and, where a round timed the
+    release, the median of the rounds' own ratios to it (`vs_release`, with
+    `vs_release_runs`) -- each ratio taken within one round, so a slow spell
+    of the machine moves both sides of it."""
+    import statistics
+
+    order, runs, ratios = [], {}, {}
+    for rows in rounds:
+        release = next((r["images_per_s"] for r in rows if r["backend"].startswith("release")),
+                       None)
+        for r in rows:
+            key = (r["backend"], r["attention"])
+            if key not in runs:
+                order.append(r)
+                runs[key], ratios[key] = [], []
+            runs[key].append(r["images_per_s"])
+            if release:
+                ratios[key].append(r["images_per_s"] / release)
+    combined = []
+    for first in order:
+        key = (first["backend"], first["attention"])
+        row = dict(first, images_per_s=statistics.median(runs[key]), runs=runs[key])
+        row["tflops"] = row["images_per_s"] * row["gflop_per_image"] / 1e3
+        row["mfu"] = row["tflops"] / peak_tflops if peak_tflops else None
+        if ratios[key]:
+            row.update(vs_release=statistics.median(ratios[key]), vs_release_runs=ratios[key])
+        combined.append(row)
+    return combined
 
 
 def print_table(rows):
@@ -247,20 +298,29 @@ def print_table(rows):
           f"{first.get('gflop_per_image', 0):.3f} GFLOP per image per step")
     print(f"machine: {first.get('cpu', 'not recorded')}")
     release = next((r["images_per_s"] for r in rows if r["backend"].startswith("release")), None)
+    repeated = any(len(r.get("runs", ())) > 1 for r in rows)
     print(f"{'backend':<22} {'attention':<9} {'compiled':<9} {'img/s':>9} {'TFLOP/s':>9} "
           f"{'MFU':>7} {'views+masks share':>18} {'warm-up s':>10}"
-          + (f" {'vs release':>10}" if release else ""))
+          + (f" {'vs release':>10}" if release else "")
+          + (f"  {'img/s per round':<24} {'vs release per round'}" if repeated else ""))
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         share = f"{100 * r['views_masks_share']:.1f}%" if "views_masks_share" in r else "-"
         compiled = str(r["jit_compile"]) + (f" ({r['graph_breaks']} breaks)"
                                             if "graph_breaks" in r else "")
-        print(f"{r['backend']:<22} {r['attention']:<9} {compiled:<9} {r['images_per_s']:>9.1f} "
-              f"{r['tflops']:>9.4f} {mfu:>7} {share:>18} {r['warmup_seconds']:>10.1f}"
-              + (f" {r['images_per_s'] / release:>9.2f}x" if release else ""))
+        ratio = r.get("vs_release", r["images_per_s"] / release if release else None)
+        line = (f"{r['backend']:<22} {r['attention']:<9} {compiled:<9} {r['images_per_s']:>9.1f} "
+                f"{r['tflops']:>9.4f} {mfu:>7} {share:>18} {r['warmup_seconds']:>10.1f}"
+                + (f" {ratio:>9.2f}x" if release else ""))
+        if repeated:
+            line += "  " + f"{' '.join(f'{v:.1f}' for v in r['runs']):<24} " + " ".join(
+                f"{v:.2f}" for v in r.get("vs_release_runs", ()))
+        print(line)
+    if repeated:
+        print("img/s and vs release: medians over the rounds (each ratio within its own round)")
 
 
-def release_row(args, rows):
+def release_row(args):
     """The release's step as plain PyTorch (bench/release_torch.py), in a
     subprocess, in the same run as ours; float32 whatever --precision."""
     import tempfile
