@@ -95,3 +95,64 @@ def test_release_baseline_is_the_model_ours_imports():
     z = z / np.linalg.norm(z, axis=-1, keepdims=True)
     np.testing.assert_allclose(z, projected.detach().numpy(), atol=2e-4)
     assert release.release_step_rate(config, projector, batch_size=4, steps=1) > 0
+
+
+def test_repeated_rounds_give_medians_and_each_rounds_ratio():
+    speed = _script("step_speed")
+
+    def row(backend, images_per_s):
+        return dict(backend=backend, attention="fused", images_per_s=images_per_s,
+                    gflop_per_image=0.5, jit_compile=True, warmup_seconds=1.0)
+
+    rounds = [[row("release (plain torch)", 100.0), row("jax", 90.0)],
+              [row("release (plain torch)", 50.0), row("jax", 60.0)],  # a slow spell
+              [row("release (plain torch)", 110.0), row("jax", 99.0)]]
+    release, jax_row = speed.combine(rounds, peak_tflops=1.0)
+    assert jax_row["runs"] == [90.0, 60.0, 99.0] and jax_row["images_per_s"] == 90.0
+    # The median of the rounds' own ratios (0.9, 1.2, 0.9), not 90 / 100.
+    assert jax_row["vs_release_runs"] == pytest.approx([0.9, 1.2, 0.9])
+    assert jax_row["vs_release"] == pytest.approx(0.9)
+    assert jax_row["tflops"] == pytest.approx(90.0 * 0.5 / 1e3) == jax_row["mfu"]
+    assert release["vs_release"] == 1.0
+
+
+def test_profile_puts_each_xla_kernel_in_its_part():
+    profile = _script("profile_step")
+    names = {"vit": "student encoder", "projection_head": "student head",
+             "teacher_encoder": "teacher encoder", "paired_views": "views"}
+    step = "jit(train_step)/"
+    assert profile.jax_part(step + "jvp(vit)/blocks_1/fc1/dot_general", names) == (
+        "student encoder", "forward")
+    assert profile.jax_part(step + "transpose(jvp(vit))/blocks_1/attn/reshape", names) == (
+        "student encoder", "backward")
+    assert profile.jax_part(step + "jvp(teacher_encoder)/blocks_0/mul", names) == (
+        "teacher encoder", "forward")
+    assert profile.jax_part(step + "jvp(paired_views)/crop/gather", names)[0] == "views"
+    assert profile.jax_part(step + "adam_w/mul", names)[0] == "optimizer"
+    assert profile.jax_part(step + "transpose(jvp(bnp,bmp->bnm))/dot_general", names) == (
+        "loss", "backward")
+    assert profile.jax_part(step + "mul", names)[0] == "EMA update"
+    assert profile.is_matmul("ynn_fusion.12") and profile.is_matmul("aten::mm")
+    assert not profile.is_matmul("copy_bitcast_fusion.1")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_profile_accounts_for_every_part_of_the_step(backend, capsys):
+    pytest.importorskip(backend)
+    profile = _script("profile_step")
+    result = profile.main(["--backend", backend, "--batch-size", "8", "--steps", "1"])
+    seconds = {}
+    for row in result["rows"]:
+        key = (row["part"], row["direction"])
+        seconds[key] = seconds.get(key, 0) + row["seconds_per_step"]
+    for key in [("views", "forward"), ("student encoder", "forward"),
+                ("student encoder", "backward"), ("student head", "backward"),
+                ("teacher encoder", "forward"), ("teacher head", "forward"),
+                ("optimizer", "forward"), ("EMA update", "forward")]:
+        assert seconds.get(key, 0) > 0, key
+    # The matrix products are found, and most time has a part.
+    assert sum(r["seconds_per_step"] for r in result["rows"] if r["kind"] == "matmul") > 0
+    assert sum(seconds.get(("other", d), 0) for d in ("forward", "backward")) < 0.2 * sum(
+        seconds.values())
+    out = capsys.readouterr().out
+    assert "student encoder   backward" in out and "largest kernels" in out
