@@ -4,6 +4,7 @@ work: the profile behind docs/benchmarks.md's speed findings.
     python bench/profile_step.py --backend jax                 # XLA:CPU, from a jax.profiler trace
     python bench/profile_step.py --backend torch               # eager torch, from torch.profiler
     python bench/profile_step.py --backend jax torch           # both, back to back, compared
+    python bench/profile_step.py --backend torch --release     # torch operators against the release's
     python bench/profile_step.py --backend jax --preset vit_tiny_p4_32 --batch-size 64
 
 It compiles and warms the step with `fit`, then profiles `--steps` more and
@@ -19,8 +20,11 @@ the step, from where it came from:
   `record_function`); backward operators go to the forward part they
   differentiate, matched through autograd's sequence numbers.
 
-and in one kind: matrix products (dots, convolutions, attention kernels) or
-everything else (elementwise, reductions, copies). The kernel time is summed
+Each kernel is also of one kind: matrix products (dots, convolutions,
+attention kernels) or everything else (elementwise, reductions, copies).
+With `--release` (torch) the release's step (bench/release_torch.py) is
+profiled too, and the aten operators where the two steps differ most are
+listed side by side. The kernel time is summed
 over the threads, so it can exceed the wall time when the two cores work at
 once: the table gives each part's share of the summed time, and the step's
 wall time beside it.
@@ -177,7 +181,31 @@ def profile_torch(args):
               "matmul" if is_matmul(event.name) else "other")] += seconds
         kernels[event.name] += seconds
     top = [(name, seconds, "") for name, seconds in kernels.most_common(12)]
-    return rows, wall, top
+    return rows, wall, top, kernels
+
+
+def release_operators(args):
+    """Seconds per aten operator over the release's step (bench/release_torch.py,
+    float32, synthetic views, one fixed mask), per step."""
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import release_torch
+
+    from keras_conmim.presets import PRESETS
+
+    preset = PRESETS[args.preset]
+    step = release_torch.release_step(preset["config"], preset["projector"], args.batch_size)
+    for i in range(2):  # warm up, as ours is
+        step(i)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(args.steps):
+            float(step(i))
+    operators = collections.Counter()
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            operators[event.key] += event.self_cpu_time_total / 1e6 / args.steps
+    return operators
 
 
 def _ancestors(event):
@@ -196,14 +224,19 @@ def inner(args):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_dump_to={dump} --xla_dump_hlo_pass_re=NONE")
         rows, wall, top = profile_jax(args, dump)
+        operators = None
     else:
-        rows, wall, top = profile_torch(args)
+        rows, wall, top, operators = profile_torch(args)
     result = {"backend": args.backend, "preset": args.preset, "batch_size": args.batch_size,
               "steps": args.steps, "wall_seconds_per_step": wall / args.steps,
               "rows": [dict(part=p, direction=d, kind=k, seconds_per_step=s / args.steps)
                        for (p, d, k), s in rows.items()],
               "top_kernels": [dict(kernel=n, seconds_per_step=s / args.steps, op_name=o)
                               for n, s, o in top]}
+    if operators is not None:
+        result["operators"] = {name: seconds / args.steps for name, seconds in operators.items()}
+        if args.release:
+            result["release_operators"] = dict(release_operators(args))
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
 
@@ -234,6 +267,23 @@ def print_table(result):
     print("largest kernels (ms per step):")
     for k in result["top_kernels"]:
         print(f"  {1e3 * k['seconds_per_step']:7.1f}  {k['kernel'][:40]:<40} {k['op_name'][-70:]}")
+    if "release_operators" in result:
+        print_against_release(result["operators"], result["release_operators"])
+
+
+def print_against_release(ours, release, rows=14):
+    """Per aten operator, ms per step: the release's step and ours, the
+    operators that differ most first."""
+    names = sorted(set(ours) | set(release),
+                   key=lambda n: -abs(ours.get(n, 0) - release.get(n, 0)))
+    print("against the release's step (torch operators, ms per step):")
+    print(f"  {'operator':<42} {'release':>8} {'ours':>8} {'ours - release':>15}")
+    total = (sum(release.values()), sum(ours.values()))
+    print(f"  {'all':<42} {1e3 * total[0]:>8.1f} {1e3 * total[1]:>8.1f} "
+          f"{1e3 * (total[1] - total[0]):>15.1f}")
+    for name in names[:rows]:
+        a, b = release.get(name, 0), ours.get(name, 0)
+        print(f"  {name[:42]:<42} {1e3 * a:>8.1f} {1e3 * b:>8.1f} {1e3 * (b - a):>15.1f}")
 
 
 def main(argv=None):
@@ -242,6 +292,9 @@ def main(argv=None):
     parser.add_argument("--preset", default="vit_mini_p4_28")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--release", action="store_true",
+                        help="torch: also profile the release's step (bench/release_torch.py) and "
+                        "print the operators where the two differ most")
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -258,6 +311,7 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--inner", "--backend", backend,
                    "--preset", args.preset, "--batch-size", str(args.batch_size),
                    "--steps", str(args.steps), "--json", path]
+            cmd += ["--release"] if args.release and backend == "torch" else []
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode or not os.path.isfile(path):
                 raise SystemExit(f"profiling {backend} failed:\n{out.stderr[-3000:]}")

@@ -147,12 +147,11 @@ def build(config, projector):
     return student, teacher
 
 
-def release_step_rate(config, projector, batch_size, steps, threads=None):
-    """Images/s of the release's step (float32, CPU) on synthetic views."""
+def release_step(config, projector, batch_size):
+    """The release's step (float32, CPU) on synthetic views: a function of
+    the step index that runs one step and returns its loss."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(0)
     student, teacher = build(config, projector)
     student.train(), teacher.train()
@@ -179,8 +178,18 @@ def release_step_rate(config, projector, batch_size, steps, threads=None):
         with torch.no_grad():
             for pt, ps in zip(teacher.parameters(), student.parameters()):
                 pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-        return loss
+        return loss.detach()
 
+    return step
+
+
+def release_step_rate(config, projector, batch_size, steps, threads=None):
+    """Images/s of the release's step (float32, CPU) on synthetic views."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    step = release_step(config, projector, batch_size)
     for i in range(2):  # warm up
         step(i)
     start = time.perf_counter()

@@ -140,7 +140,8 @@ def test_profile_puts_each_xla_kernel_in_its_part():
 def test_profile_accounts_for_every_part_of_the_step(backend, capsys):
     pytest.importorskip(backend)
     profile = _script("profile_step")
-    result = profile.main(["--backend", backend, "--batch-size", "8", "--steps", "1"])
+    result = profile.main(["--backend", backend, "--batch-size", "8", "--steps", "1"]
+                          + (["--release"] if backend == "torch" else []))
     seconds = {}
     for row in result["rows"]:
         key = (row["part"], row["direction"])
@@ -156,3 +157,8 @@ def test_profile_accounts_for_every_part_of_the_step(backend, capsys):
         seconds.values())
     out = capsys.readouterr().out
     assert "student encoder   backward" in out and "largest kernels" in out
+    if backend == "torch":  # the release's step, profiled beside ours: its nn.Linear is addmm
+        assert result["release_operators"]["aten::addmm"] > 0
+        assert sum(result["operators"].values()) == pytest.approx(
+            sum(r["seconds_per_step"] for r in result["rows"]))
+        assert "against the release's step" in out
