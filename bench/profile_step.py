@@ -146,11 +146,28 @@ def profile_torch(args):
     keras_conmim.conmim.info_nce_and_accuracy = labelled(
         keras_conmim.conmim.info_nce_and_accuracy, "loss")
     keras_conmim.train_step.ema = labelled(keras_conmim.train_step.ema, "EMA update")
-    start = time.perf_counter()
+    release = release_step(args) if args.release else None
+    wall = 0.0
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        model.fit(images, **fit)
-    wall = time.perf_counter() - start
+        # Step by step, ours then the release's, so a slow spell of the
+        # machine falls on both.
+        for i in range(args.steps):
+            start = time.perf_counter()
+            with record_function("step: ours"):
+                model.train_on_batch(images[i * args.batch_size: (i + 1) * args.batch_size])
+            wall += time.perf_counter() - start
+            if release is not None:
+                with record_function("step: release"):
+                    float(release(i))
     events = prof.events()
+    owners = sorted((e.time_range.start, e.time_range.end, e.name[len("step: "):])
+                    for e in events if e.name.startswith("step: "))
+
+    def owner(event):
+        start = event.time_range.start
+        return next((who for a, b, who in owners if a <= start <= b), None)
+
+    release_ops = collections.Counter()
     label = {}  # forward sequence number -> part
 
     def part_of(event):
@@ -170,6 +187,12 @@ def profile_torch(args):
         if not event.name.startswith("aten::") or event.self_cpu_time_total <= 0:
             continue
         seconds = event.self_cpu_time_total / 1e6
+        who = owner(event)
+        if who == "release":
+            release_ops[event.name] += seconds / args.steps
+            continue
+        if who != "ours":
+            continue
         backward = any(p.name.startswith("autograd::engine")
                        for p in _ancestors(event))
         if backward:
@@ -181,14 +204,12 @@ def profile_torch(args):
               "matmul" if is_matmul(event.name) else "other")] += seconds
         kernels[event.name] += seconds
     top = [(name, seconds, "") for name, seconds in kernels.most_common(12)]
-    return rows, wall, top, kernels
+    return rows, wall, top, kernels, (release_ops if release is not None else None)
 
 
-def release_operators(args):
-    """Seconds per aten operator over the release's step (bench/release_torch.py,
-    float32, synthetic views, one fixed mask), per step."""
-    import torch
-
+def release_step(args):
+    """The release's step (bench/release_torch.py: float32, synthetic views,
+    one fixed mask) at this preset and batch, warmed up as ours is."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import release_torch
 
@@ -196,16 +217,9 @@ def release_operators(args):
 
     preset = PRESETS[args.preset]
     step = release_torch.release_step(preset["config"], preset["projector"], args.batch_size)
-    for i in range(2):  # warm up, as ours is
-        step(i)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for i in range(args.steps):
-            float(step(i))
-    operators = collections.Counter()
-    for event in prof.key_averages():
-        if event.key.startswith("aten::"):
-            operators[event.key] += event.self_cpu_time_total / 1e6 / args.steps
-    return operators
+    for i in range(2):
+        float(step(i))
+    return step
 
 
 def _ancestors(event):
@@ -226,7 +240,7 @@ def inner(args):
         rows, wall, top = profile_jax(args, dump)
         operators = None
     else:
-        rows, wall, top, operators = profile_torch(args)
+        rows, wall, top, operators, release_ops = profile_torch(args)
     result = {"backend": args.backend, "preset": args.preset, "batch_size": args.batch_size,
               "steps": args.steps, "wall_seconds_per_step": wall / args.steps,
               "rows": [dict(part=p, direction=d, kind=k, seconds_per_step=s / args.steps)
@@ -235,8 +249,8 @@ def inner(args):
                               for n, s, o in top]}
     if operators is not None:
         result["operators"] = {name: seconds / args.steps for name, seconds in operators.items()}
-        if args.release:
-            result["release_operators"] = dict(release_operators(args))
+        if release_ops is not None:
+            result["release_operators"] = dict(release_ops)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
 
