@@ -36,7 +36,6 @@ import glob
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -170,12 +169,10 @@ def profile_torch(args):
     release_ops = collections.Counter()
     label = {}  # forward sequence number -> part
 
-    def part_of(event):
-        parent = event
-        while parent is not None:
+    def part_of(event, ancestors=None):
+        for parent in [event, *(ancestors or _ancestors(event))]:
             if parent.name.startswith("part: "):
                 return parent.name[len("part: "):]
-            parent = parent.cpu_parent
         return None
 
     for event in events:
@@ -193,13 +190,13 @@ def profile_torch(args):
             continue
         if who != "ours":
             continue
-        backward = any(p.name.startswith("autograd::engine")
-                       for p in _ancestors(event))
+        ancestors = list(_ancestors(event))
+        backward = any(p.name.startswith("autograd::engine") for p in ancestors)
         if backward:
-            node = next((p for p in _ancestors(event) if p.sequence_nr >= 0), None)
+            node = next((p for p in ancestors if p.sequence_nr >= 0), None)
             part = label.get(node.sequence_nr, "other") if node is not None else "other"
         else:
-            part = part_of(event) or "other"
+            part = part_of(event, ancestors) or "other"
         rows[(part, "backward" if backward else "forward",
               "matmul" if is_matmul(event.name) else "other")] += seconds
         kernels[event.name] += seconds
@@ -234,10 +231,10 @@ def inner(args):
     os.environ["KERAS_BACKEND"] = args.backend
     sys.path.insert(0, ROOT)
     if args.backend == "jax":
-        dump = tempfile.mkdtemp()
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_dump_to={dump} --xla_dump_hlo_pass_re=NONE")
-        rows, wall, top = profile_jax(args, dump)
+        with tempfile.TemporaryDirectory() as dump:  # the HLO and the trace, read then gone
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                       + f" --xla_dump_to={dump} --xla_dump_hlo_pass_re=NONE")
+            rows, wall, top = profile_jax(args, dump)
         operators = None
     else:
         rows, wall, top, operators, release_ops = profile_torch(args)
@@ -316,21 +313,16 @@ def main(argv=None):
         args.backend = args.backend[0]
         return inner(args)
     sys.path.insert(0, os.path.join(ROOT, "bench"))
-    from step_speed import cpu_name
+    from step_speed import cpu_name, script_json
 
     results = []
     for backend in args.backend:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "profile.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--inner", "--backend", backend,
-                   "--preset", args.preset, "--batch-size", str(args.batch_size),
-                   "--steps", str(args.steps), "--json", path]
-            cmd += ["--release"] if args.release and backend == "torch" else []
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode or not os.path.isfile(path):
-                raise SystemExit(f"profiling {backend} failed:\n{out.stderr[-3000:]}")
-            with open(path) as f:
-                result = json.load(f)
+        cmd = [os.path.abspath(__file__), "--inner", "--backend", backend, "--preset", args.preset,
+               "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+        cmd += ["--release"] if args.release and backend == "torch" else []
+        result = script_json(cmd, f"profiling {backend}")
+        if result is None:
+            raise SystemExit(f"profiling {backend} failed (its error is above)")
         result["cpu"] = cpu_name()
         print_table(result)
         print()

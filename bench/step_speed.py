@@ -236,25 +236,32 @@ def main(argv=None):
     return rows
 
 
-def measure_in_subprocess(args, backend):
-    """`measure` for one backend in a fresh process (the backend is fixed at
-    import); [] with the error printed if it fails."""
+def script_json(cmd, what):
+    """Run `python *cmd --json PATH` and return what the script wrote to PATH;
+    None, with `what` and the end of its stderr printed, if it failed."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "rows.json")
-        cmd = [sys.executable, __file__, "--backend", backend, "--preset", args.preset,
-               "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-               "--precision", args.precision, "--attention", args.attention, "--json", path]
-        cmd += ["--views-share"] if args.views_share else []
-        cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
-        cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        path = os.path.join(folder, "result.json")
+        out = subprocess.run([sys.executable, *cmd, "--json", path], capture_output=True,
+                             text=True)
         if out.returncode or not os.path.isfile(path):
-            print(f"{backend}: failed\n{out.stderr[-2000:]}")
-            return []
+            print(f"{what}: failed\n{out.stderr[-2000:]}")
+            return None
         with open(path) as f:
             return json.load(f)
+
+
+def measure_in_subprocess(args, backend):
+    """`measure` for one backend in a fresh process (the backend is fixed at
+    import); [] with the error printed if it fails."""
+    cmd = [__file__, "--backend", backend, "--preset", args.preset,
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps),
+           "--precision", args.precision, "--attention", args.attention]
+    cmd += ["--views-share"] if args.views_share else []
+    cmd += ["--torch-compile"] if args.torch_compile and backend == "torch" else []
+    cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+    return script_json(cmd, backend) or []
 
 
 def combine(rounds, peak_tflops=None):
@@ -323,19 +330,12 @@ def print_table(rows):
 def release_row(args):
     """The release's step as plain PyTorch (bench/release_torch.py), in a
     subprocess, in the same run as ours; float32 whatever --precision."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "release.json")
-        out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "release_torch.py"),
-                              "--preset", args.preset, "--batch-size", str(args.batch_size),
-                              "--steps", str(args.steps), "--json", path],
-                             capture_output=True, text=True)
-        if out.returncode or not os.path.isfile(path):
-            print(f"release: failed\n{out.stderr[-2000:]}")
-            return []
-        with open(path) as f:
-            (row,) = json.load(f)
+    rows = script_json([os.path.join(ROOT, "bench", "release_torch.py"), "--preset", args.preset,
+                        "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
+                       "release")
+    if rows is None:
+        return []
+    (row,) = rows
     sys.path.insert(0, ROOT)
     from keras_conmim.presets import PRESETS
 

@@ -138,8 +138,6 @@ from keras_conmim.finetune_run import (  # noqa: E402,F401  (keras-free; re-expo
     preset_for, recipe_for, remove_checkpoints, resumable, run_settings, write_results, write_run_file,
 )
 
-probe_weight_decay = cli.probe_weight_decay  # (its old home; linear_probe and bench import it)
-
 
 def main(argv=None):
     args = parse_args(argv)
