@@ -309,6 +309,13 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    from keras_conmim.cli import check_at_least_one
+    from keras_conmim.presets import PRESETS
+
+    if args.preset not in PRESETS:
+        parser.error(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    check_at_least_one(parser, args, ("batch_size", "steps"))
     if args.inner:
         args.backend = args.backend[0]
         return inner(args)

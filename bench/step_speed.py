@@ -204,10 +204,22 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--report", metavar="JSON", help="reprint the table of a --json file")
     args = parser.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    from keras_conmim.cli import check_at_least_one
+    from keras_conmim.presets import PRESETS
+
+    if args.preset not in PRESETS:
+        parser.error(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
+    check_at_least_one(parser, args, ("batch_size", "steps", "repeats"))
     if args.report:
-        with open(args.report) as f:
-            rows = json.load(f)
-        print_table(rows)
+        try:
+            with open(args.report) as f:
+                rows = json.load(f)
+            print_table(rows)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            parser.error(f"--report {args.report}: not a table this script wrote with --json "
+                         f"({type(error).__name__}: {error}); pass a file from --json, e.g. "
+                         "bench/results/step_speed_cpu.json")
         return rows
     if args.peak_tflops == "measure":
         args.peak_tflops = measured_fp32_peak()

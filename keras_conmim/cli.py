@@ -32,6 +32,15 @@ def probe_weight_decay(text, words=("cv",)):
     return value
 
 
+def check_at_least_one(parser, args, names):
+    """Refuse (parser.error) any of the flags `names` (argparse dests) that
+    was given a value below 1; flags left at None are skipped."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+
 def add_backend(parser, default=None):
     """--backend, defaulting to $KERAS_BACKEND (else jax, or `default`)."""
     parser.add_argument("--backend", choices=BACKENDS,

@@ -40,10 +40,8 @@ def check(p, args):
     if bad or not inits:
         p.error(f"--init {args.init!r}: use a comma list of {', '.join(INITS)}")
     cli.check_encoder(p, args)
-    for name in ("canvas_size", "max_items", "train_canvases", "test_canvases", "epochs",
-                 "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    cli.check_at_least_one(p, args, ("canvas_size", "max_items", "train_canvases",
+                                     "test_canvases", "epochs", "batch_size"))
     if args.canvas_size % 32:
         p.error(f"--canvas-size {args.canvas_size}: use a multiple of 32, the coarsest pyramid "
                 "stride (P5), so every level has an exact size")

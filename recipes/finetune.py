@@ -102,11 +102,7 @@ def parse_args(argv=None):
                    "value's source, the head, the command (what benchmarks read)")
     args = p.parse_args(argv)
     cli.check_encoder(p, args)
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.labels_per_class is not None and args.labels_per_class < 1:
-        p.error("--labels-per-class must be >= 1")
+    cli.check_at_least_one(p, args, ("epochs", "batch_size", "labels_per_class"))
     if args.min_steps is not None and args.min_steps < 0:
         p.error("--min-steps must be >= 0")
     if args.ramp_start_steps is not None:

@@ -162,3 +162,19 @@ def test_profile_accounts_for_every_part_of_the_step(backend, capsys):
         assert sum(result["operators"].values()) == pytest.approx(
             sum(r["seconds_per_step"] for r in result["rows"]))
         assert "against the release's step" in out
+
+
+def test_speed_scripts_refuse_bad_flags_before_running(tmp_path, capsys):
+    speed, profile = _script("step_speed"), _script("profile_step")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for script, argv, message in [
+            (speed, ["--repeats", "0"], "--repeats must be >= 1"),
+            (speed, ["--steps", "0"], "--steps must be >= 1"),
+            (speed, ["--preset", "nope"], "--preset 'nope': choose one of vit_mini_p4_28"),
+            (speed, ["--report", str(bad)], "not a table this script wrote with --json"),
+            (profile, ["--batch-size", "0"], "--batch-size must be >= 1"),
+            (profile, ["--preset", "nope"], "--preset 'nope': choose one of")]:
+        with pytest.raises(SystemExit):
+            script.main(argv)
+        assert message in capsys.readouterr().err, argv
