@@ -64,7 +64,6 @@ def lower_train_step(preset, batch_size, precision="mixed_bfloat16", fused_atten
 def report(preset="vit_base_p16_224", batch_size=128, precision="mixed_bfloat16",
            device_gib=80.0, fused_attention=True, fit_batch=True):
     """The compile report as a dict (see the module docstring)."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from step_speed import step_flops
 
     import keras_conmim as kc
@@ -141,7 +140,6 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = "jax"
-    sys.path.insert(0, ROOT)
     r = report(args.preset, args.batch_size, args.precision, args.device_gib,
                args.attention == "fused")
     print(describe(r))

@@ -14,8 +14,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from keras_conmim.saving import write_text_atomic  # noqa: E402,F401  (keras-free; re-exported)
+from keras_conmim.atomic import write_text_atomic  # noqa: E402,F401  (keras-free; re-exported)
 
 
 def machine(backend):

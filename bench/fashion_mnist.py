@@ -29,10 +29,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from keras_conmim import cli  # noqa: E402  (keras-free)
-from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402,F401
-from recipes.linear_probe import parse_label_counts  # noqa: E402  (no keras import)
+from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402,F401
+from keras_conmim.cli import parse_label_counts  # noqa: E402  (no keras import)
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),

@@ -26,9 +26,8 @@ import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from keras_conmim import cli  # noqa: E402  (keras-free)
-from bench.driver import machine, run_for_results, write_text_atomic  # noqa: E402  (no keras import)
+from driver import machine, run_for_results, write_text_atomic  # noqa: E402  (no keras import)
 
 ARMS = {
     # name: recipes/finetune.py flags (explicit, so that an arm means the same
@@ -131,7 +130,7 @@ def main(argv=None):
     cli.add_backend(p, default="torch")
     p.add_argument("--data", default="idx:/usr/share/datasets/fashion-mnist")
     p.add_argument("--encoder", default=os.path.join(
-        ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras"))
+        ROOT, "keras_conmim", "weights", "conmim_vit_mini_p4_28_fmnist.keras"))
     p.add_argument("--pixel-encoder", default=PIXEL_ENCODER,
                    help="the pixel row's encoder (made by the command in README)")
     p.add_argument("--rows", default="conmim,scratch", help=f"from: {', '.join(ROWS)}")

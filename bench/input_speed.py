@@ -29,8 +29,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from keras_conmim import cli  # noqa: E402  (keras-free)
 
 
 def rate(batches, batch_size, n):
@@ -75,7 +73,8 @@ def single_threaded(ds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_backend(parser, default="jax")
+    parser.add_argument("--backend", choices=("jax", "tensorflow", "torch"), default="jax",
+                        help="Keras backend, set before the package (and Keras) is imported")
     parser.add_argument("--preset", default="vit_mini_p4_28")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=15)
@@ -85,8 +84,6 @@ def main(argv=None):
     parser.add_argument("--skip-step", action="store_true")
     args = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     import numpy as np
 
     import keras_conmim as kc

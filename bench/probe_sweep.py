@@ -76,7 +76,7 @@ def build(name, steps, args):
     change, with a schedule of `steps` steps (a fifth of them warmup)."""
     import keras
 
-    from recipes.pretrain import build_model, resolve_config
+    from keras_conmim.pretrain_config import build_model, resolve_config
 
     _, flags, views = VARIANTS[name]
     config, _, _ = resolve_config(["--preset", "vit_mini_p4_28", "--epochs", "1",
@@ -97,13 +97,12 @@ def probe(evaluation, encoder, bank, queries):
 def main(argv=None):
     args = parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
     import keras
     import numpy as np
 
     from keras_conmim import data, evaluation
-    from keras_conmim.saving import write_text_atomic
-    from recipes.finetune import load_splits
+    from keras_conmim.atomic import write_text_atomic
+    from keras_conmim.finetune_run import load_splits
 
     train, test = load_splits(args.data, (28, 28, 1))
     bank = data.from_arrays(train.batch(np.arange(min(args.bank, len(train)))),

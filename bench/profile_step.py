@@ -207,7 +207,6 @@ def profile_torch(args):
 def release_step(args):
     """The release's step (bench/release_torch.py: float32, synthetic views,
     one fixed mask) at this preset and batch, warmed up as ours is."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     import release_torch
 
     from keras_conmim.presets import PRESETS
@@ -229,7 +228,6 @@ def _ancestors(event):
 def inner(args):
     """Runs in the subprocess whose backend is fixed: profile, write JSON."""
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
     if args.backend == "jax":
         with tempfile.TemporaryDirectory() as dump:  # the HLO and the trace, read then gone
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -309,17 +307,20 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
+    if args.inner:  # profiled in this process: Keras reads the backend at import
+        os.environ["KERAS_BACKEND"] = args.backend[0]
     from keras_conmim.cli import check_at_least_one
     from keras_conmim.presets import PRESETS
 
     if args.preset not in PRESETS:
         parser.error(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    check_at_least_one(parser, args, ("batch_size", "steps"))
+    try:
+        check_at_least_one(args, ("batch_size", "steps"))
+    except ValueError as e:
+        parser.error(str(e))
     if args.inner:
         args.backend = args.backend[0]
         return inner(args)
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from step_speed import cpu_name, script_json
 
     results = []

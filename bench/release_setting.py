@@ -23,10 +23,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 from keras_conmim import cli  # noqa: E402  (keras-free)
-from bench.driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
-from recipes.linear_probe import probe_weight_decay  # noqa: E402  (no keras import)
+from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
+from keras_conmim.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402  (no keras import)
 PRESET = "vit_mini_p4_32"
 
 

@@ -206,7 +206,6 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
     from keras_conmim.presets import PRESETS
 
     preset = PRESETS[args.preset]

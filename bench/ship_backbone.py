@@ -1,6 +1,6 @@
 """Ship a ConMIM backbone: copy the teacher or the student encoder (the one
 with the better frozen probes, mean of kNN and linear, unless --encoder says)
-into saved_models/ and write its card. Every number on the card is read from
+into keras_conmim/weights/ (package data) and write its card. Every number on the card is read from
 the measurement files; nothing is typed in. Two sources:
 
     # the benchmark's conmim row (bench/fashion_mnist.py's results.json)
@@ -23,9 +23,8 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from bench.driver import write_text_atomic  # noqa: E402  (no keras import)
-from recipes.linear_probe import result_lines  # noqa: E402  (no keras import)
+from driver import write_text_atomic  # noqa: E402  (no keras import)
+from keras_conmim.cli import result_lines  # noqa: E402  (no keras import)
 
 NAME = "conmim_vit_mini_p4_28_fmnist.keras"
 PRESET = NAME[:-len(".keras")]
@@ -33,7 +32,7 @@ LOAD = f"""Load it by its preset name (the `ViT`; input: images normalised with 
 
 ```python
 import keras_conmim
-encoder = keras_conmim.ViT.from_preset("{PRESET}")   # or keras_conmim.load_encoder("saved_models/{NAME}")
+encoder = keras_conmim.ViT.from_preset("{PRESET}")   # the file: keras_conmim/weights/{NAME}
 ```
 
 `recipes/finetune.py`, `recipes/linear_probe.py`, `recipes/segment.py`, `recipes/detect.py` and
@@ -59,7 +58,8 @@ def copy_encoder(source, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=os.path.join(ROOT, "bench", "results", "fashion_mnist"))
-    p.add_argument("--out", default=os.path.join(ROOT, "saved_models"))
+    p.add_argument("--out", default=os.path.join(ROOT, "keras_conmim", "weights"),
+                   help="where the backbone and its CARD.md go (package data: a wheel carries them)")
     p.add_argument("--encoder", choices=("auto", "teacher", "student"), default="auto")
     p.add_argument("--pretrain", default=None,
                    help="a recipes/pretrain.py output folder to ship from instead of --results "
@@ -164,7 +164,7 @@ def pretrain_command(config):
 
 
 def ship_from_sweep(args):
-    from bench.finetune_sweep import print_table
+    from finetune_sweep import print_table
 
     folder = os.path.dirname(os.path.normpath(args.pretrain))
     teacher_lines, teacher = probe_lines(os.path.join(folder, "probe_flatten.json"))

@@ -108,7 +108,6 @@ def measured_fp32_peak(n=2048, repeats=5):
 
 def measure(args):
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, ROOT)
     import keras
     import numpy as np
     from keras import ops
@@ -204,13 +203,17 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--report", metavar="JSON", help="reprint the table of a --json file")
     args = parser.parse_args(argv)
-    sys.path.insert(0, ROOT)
+    if args.backend != "all":  # measured in this process: Keras reads it at import
+        os.environ["KERAS_BACKEND"] = args.backend
     from keras_conmim.cli import check_at_least_one
     from keras_conmim.presets import PRESETS
 
     if args.preset not in PRESETS:
         parser.error(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
-    check_at_least_one(parser, args, ("batch_size", "steps", "repeats"))
+    try:
+        check_at_least_one(args, ("batch_size", "steps", "repeats"))
+    except ValueError as e:
+        parser.error(str(e))
     if args.report:
         try:
             with open(args.report) as f:
@@ -348,7 +351,6 @@ def release_row(args):
     if rows is None:
         return []
     (row,) = rows
-    sys.path.insert(0, ROOT)
     from keras_conmim.presets import PRESETS
 
     flops = step_flops(PRESETS[args.preset]["config"], PRESETS[args.preset]["projector"])

@@ -1,100 +1,53 @@
 """keras_conmim: ConMIM (Masked Image Modeling with Denoising Contrast) in Keras 3.
 
 The core imports only keras and numpy and runs on JAX, TensorFlow and PyTorch.
+`import keras_conmim` imports Keras and every public class, so the backend is
+the one `KERAS_BACKEND` names when the package is first imported (the recipes
+set it from `--backend` before importing the package).
 
-Importing the package imports no Keras by itself: the public names below load
-their modules on first use, so the keras-free parts (`keras_conmim.presets`,
-`keras_conmim.run_folder`, `keras_conmim.pretrain_config`, `keras_conmim.finetune_budget`,
-`keras_conmim.data.geometry`) can be read, and a recipe's flags checked, before
-the Keras backend is chosen. The package's Keras classes are registered for
-`keras.saving.load_model` as soon as both `keras_conmim` and `keras` are
-imported, in either order (`register_all()` does it explicitly).
+Modules, from the bottom up (docs/design.md draws the graph):
+
+- leaves, no Keras: `presets`, `errors`, `run_folder`, `finetune_budget`,
+  `downstream_metrics`, `data.geometry`;
+- layers and ops: `distribute`, `layers`, `losses`, `masking`, `views`,
+  `projector`, `optimizers`, `train_step`, `atomic` (writes that never leave
+  half a file);
+- the encoder: `vit`; around it `resize`, `evaluation`, `classifier`,
+  `callbacks`, `export`;
+- the pre-training model: `conmim`;
+- loading any of them: `loading`;
+- runs (what the recipes stand on): `run_config`, `pretrain_config`,
+  `finetune_run`, `cli`;
+- adapters with optional dependencies, imported by name only:
+  `keras_conmim.kerashub` (KerasHub), `keras_conmim.kerascv` (Keras-CV),
+  `keras_conmim.pyramid`.
 """
 
-import importlib
-import importlib.util
-import sys
+from keras_conmim.version import __version__
 
-__version__ = "0.1.0"
+from keras_conmim import data, errors, presets
+from keras_conmim import (
+    atomic, callbacks, classifier, convert, distribute, downstream_metrics, evaluation, export,
+    finetune_budget, layers, loading, losses, masking, optimizers, projector, resize, run_folder,
+    train_step, views, vit,
+)
+from keras_conmim.classifier import ViTClassifier
+from keras_conmim.conmim import ConMIM
+from keras_conmim.loading import load_encoder
+from keras_conmim.losses import lookup_accuracy, patch_info_nce
+from keras_conmim.masking import BlockMasking, RandomUnitMasking, get_mask_generator
+from keras_conmim.optimizers import (
+    LayerDecayAdamW, layer_decay_scales, pretrain_optimizer, warmup_cosine,
+)
+from keras_conmim.presets import PRESETS, list_presets
+from keras_conmim.projector import ProjectionHead
+from keras_conmim.train_step import momentum_at
+from keras_conmim.views import PairedViews, normalize_images
+from keras_conmim.vit import ViT
 
-# Public name -> the module that defines it.
-_PUBLIC = {
-    "ConMIM": "conmim",
-    "lookup_accuracy": "losses", "patch_info_nce": "losses",
-    "BlockMasking": "masking", "RandomUnitMasking": "masking", "get_mask_generator": "masking",
-    "PRESETS": "presets", "list_presets": "presets",
-    "ProjectionHead": "projector",
-    "load_encoder": "saving",
-    "momentum_at": "train_step",
-    "LayerDecayAdamW": "optimizers", "layer_decay_scales": "optimizers", "warmup_cosine": "optimizers",
-    "PairedViews": "views", "normalize_images": "views",
-    "ViT": "vit",
-}
-
-# Subpackages reachable as attributes (`kc.data.from_idx`, `kc.evaluation`),
-# imported on first use: kerashub / kerascv pull in KerasHub / Keras-CV, export
-# pulls in TensorFlow or ONNX tools only when called.
-SUBMODULES = ("callbacks", "classifier", "convert", "data", "distribute", "downstream_metrics",
-              "evaluation", "export", "finetune_budget", "finetune_run", "kerascv", "kerashub",
-              "layers", "losses", "masking", "optimizers", "presets", "pretrain_config", "projector",
-              "pyramid", "resize", "run_folder", "saving", "train_step", "views", "vit")
-
-# The modules whose classes `.keras` files name (KerasHub / Keras-CV wrappers
-# register when `keras_conmim.kerashub` / `.kerascv` are imported).
-_REGISTERING = ("layers", "projector", "vit", "masking", "views", "optimizers", "conmim",
-                "classifier", "export")
-
-
-def register_all():
-    """Import every module that registers a Keras class (imports Keras)."""
-    for name in _REGISTERING:
-        importlib.import_module(f"keras_conmim.{name}")
-
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"keras_conmim.{_PUBLIC[name]}"), name)
-        globals()[name] = value
-        return value
-    if name in SUBMODULES:
-        return importlib.import_module(f"keras_conmim.{name}")
-    raise AttributeError(f"module 'keras_conmim' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(SUBMODULES) | set(_PUBLIC))
-
-
-class _RegisterAfterKeras:
-    """A meta-path finder that waits for `import keras` and then registers the
-    package's classes, so `import keras_conmim; import keras;
-    keras.saving.load_model(...)` works without importing Keras here first
-    (which would fix the backend before a recipe has read `--backend`)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "keras":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
-        if spec is None or spec.loader is None:
-            return spec
-        loader = spec.loader
-
-        class Loader:
-            def create_module(self, spec):
-                return loader.create_module(spec)
-
-            def exec_module(self, module):
-                loader.exec_module(module)
-                register_all()
-
-        spec.loader = Loader()
-        return spec
-
-
-if isinstance(sys.modules.get("keras"), type(sys)):
-    register_all()
-elif "keras" not in sys.modules:
-    sys.meta_path.insert(0, _RegisterAfterKeras())
-
-__all__ = sorted(_PUBLIC) + ["register_all"]
+__all__ = [
+    "BlockMasking", "ConMIM", "LayerDecayAdamW", "PRESETS", "PairedViews", "ProjectionHead",
+    "RandomUnitMasking", "ViT", "ViTClassifier", "__version__", "get_mask_generator",
+    "layer_decay_scales", "list_presets", "load_encoder", "lookup_accuracy", "momentum_at",
+    "normalize_images", "patch_info_nce", "pretrain_optimizer", "warmup_cosine",
+]

@@ -8,14 +8,15 @@ import warnings
 import keras
 import numpy as np
 
+from keras_conmim.atomic import save_atomic
+from keras_conmim.data.images import resize_image
 from keras_conmim.distribute import this_host_only
+from keras_conmim.errors import NonFiniteLossError
 from keras_conmim.run_folder import CHECKPOINT_PATTERN
-from keras_conmim.saving import save_atomic
 
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; training was stopped."""
+__all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "TrainingScalars", "ViewGrid",
+           "checkpoint_step", "list_checkpoints", "load_latest_checkpoint", "nonfinite_variables",
+           "restore_latest_checkpoint"]
 
 
 def _sync(model):
@@ -267,7 +268,6 @@ class ViewGrid(keras.callbacks.Callback):
             return ((x - lo) / np.maximum(hi - lo, 1e-6) * 255).astype("uint8")
 
         size = student.shape[1:3]
-        from keras_conmim.data.images import resize_image
 
         inputs = np.stack([resize_image(img, size, "pad") for img in self.images])
         channels = student.shape[-1]

@@ -1,8 +1,10 @@
 """Fine-tuning: the release's classifier on a pre-trained encoder."""
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_conmim.evaluation import extract_features, fit_linear_head, resolve_weight_decay
 from keras_conmim.layers import PACKAGE, config_with_layers
 from keras_conmim.views import normalize_images
 from keras_conmim.vit import ViT
@@ -79,10 +81,6 @@ class ViTClassifier(keras.Model):
     def features(self, images, batch_size=256):
         """What the head sees, `fc_norm(pool(encoder(images)))`, for uint8
         `images` (numpy, inference mode): float32 `[n, D]`."""
-        import numpy as np
-
-        from keras_conmim.evaluation import extract_features
-
         pooled = extract_features(self.encoder, images, batch_size, self.pooling,
                                   self.mean, self.std)
         return np.asarray(ops.convert_to_numpy(self.fc_norm(pooled)), "float32")
@@ -100,8 +98,6 @@ class ViTClassifier(keras.Model):
         the labelled images (a probe that memorises a few images hands
         fine-tuning an over-confident head: measured, Fashion-MNIST 10 per
         class, README), or a number. Returns `(train_accuracy, weight_decay)`."""
-        from keras_conmim.evaluation import fit_linear_head, resolve_weight_decay
-
         features = self.features(images)
         fit = dict(epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size)
         weight_decay = resolve_weight_decay(weight_decay, features, labels, self.num_classes,

@@ -1,16 +1,26 @@
-"""The flags the recipes share, defined once (keras-free: a recipe parses
-and checks its flags before choosing the Keras backend).
+"""The flags the recipes share, defined once, their checks, and the result
+lines the recipes print and the benchmarks re-read.
 
     parser = argparse.ArgumentParser()
     cli.add_backend(parser)
     cli.add_encoder(parser)          # --encoder / --from-scratch / --preset
     cli.add_data(parser)
     args = parser.parse_args()
-    cli.check_encoder(parser, args)
-    cli.use_backend(args.backend)    # before anything imports keras
+    try:
+        cli.check_encoder(args)      # ConfigError naming the flag and the fix
+    except ConfigError as e:
+        parser.error(str(e))         # the recipe decides to exit
+
+The backend itself is chosen before this module is imported (importing the
+package imports Keras): recipes/recipe_main.py reads --backend from argv.
 """
 
 import os
+
+from keras_conmim.errors import ConfigError
+from keras_conmim.loading import load_encoder
+from keras_conmim.presets import PRESETS, WEIGHTS, weights_path
+from keras_conmim.vit import ViT
 
 BACKENDS = ("jax", "tensorflow", "torch")
 SHIPPED = "conmim_vit_mini_p4_28_fmnist"  # the preset with weights the recipes start from
@@ -32,13 +42,13 @@ def probe_weight_decay(text, words=("cv",)):
     return value
 
 
-def check_at_least_one(parser, args, names):
-    """Refuse (parser.error) any of the flags `names` (argparse dests) that
+def check_at_least_one(args, names):
+    """ConfigError for the first of the flags `names` (argparse dests) that
     was given a value below 1; flags left at None are skipped."""
     for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
 
 
 def add_backend(parser, default=None):
@@ -71,57 +81,91 @@ def add_data(parser, default="default"):
 
 def encoder_exists(name):
     """Whether --encoder names something `load_encoder` can open."""
-    from keras_conmim.presets import WEIGHTS
-
     return os.path.exists(name) or name in WEIGHTS
 
 
-def check_encoder(parser, args):
+def check_encoder(args):
     """--encoder / --from-scratch / --preset make sense together, else
-    `parser.error` with the fix."""
-    from keras_conmim.presets import PRESETS, WEIGHTS
-
+    ConfigError with the fix."""
     scratch = getattr(args, "from_scratch", False)
     preset = getattr(args, "preset", None)
     # Only recipes with --from-scratch can start from an architecture alone.
     or_scratch = " or pass --from-scratch" if hasattr(args, "from_scratch") else ""
     if preset is not None and preset not in PRESETS:
-        parser.error(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"--preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if args.encoder in PRESETS and not scratch:
-        parser.error(f"--encoder {args.encoder}: an architecture preset has no weights; pass a "
+        raise ConfigError(f"--encoder {args.encoder}: an architecture preset has no weights; pass a "
                      f"preset with weights ({', '.join(WEIGHTS)}) or a .keras file"
                      + (f", or --from-scratch --preset {args.encoder}" if or_scratch else ""))
     if not scratch and not encoder_exists(args.encoder):
-        parser.error(f"--encoder {args.encoder}: no such file, folder or preset with weights "
+        raise ConfigError(f"--encoder {args.encoder}: no such file, folder or preset with weights "
                      f"({', '.join(WEIGHTS)}). Pre-train first (python recipes/pretrain.py)"
                      f"{or_scratch}.")
     if scratch and not preset and not encoder_exists(args.encoder):
-        parser.error("--from-scratch needs --preset, or an --encoder to copy the architecture from")
+        raise ConfigError("--from-scratch needs --preset, or an --encoder to copy the architecture from")
 
 
 def load_start(args):
     """The encoder a run starts from: --encoder's weights, or with
     --from-scratch the same architecture at random init (--preset's, else
-    --encoder's). Imports Keras."""
-    from keras_conmim.saving import load_encoder
-    from keras_conmim.vit import ViT
-
+    --encoder's)."""
     if not getattr(args, "from_scratch", False):
         return load_encoder(args.encoder)
     return ViT.from_preset(getattr(args, "preset", None) or args.encoder, load_weights=False)
 
 
 def use_backend(backend):
-    """Set the Keras backend (`KERAS_BACKEND`); it takes effect at the first
-    `import keras` of the process, so recipes call this before it."""
-    os.environ["KERAS_BACKEND"] = backend
+    """Check that Keras runs on `backend` (--backend) in this process. The
+    backend is fixed at the first `import keras`, which importing this
+    package already did: recipes choose it from argv before that
+    (recipes/recipe_main.py); a mismatch is a ConfigError saying so."""
+    import keras
+
+    if keras.backend.backend() != backend:
+        raise ConfigError(
+            f"--backend {backend}: Keras is already running on {keras.backend.backend()} in "
+            "this process (the backend is fixed at the first `import keras`). Run the recipe as "
+            "a command (it sets KERAS_BACKEND from --backend first), or set KERAS_BACKEND before "
+            "importing keras_conmim.")
 
 
 def encoder_path(name):
     """--encoder as an absolute path (a preset with weights: its file), the
     form run files record."""
-    from keras_conmim.presets import WEIGHTS, weights_path
-
     if name in WEIGHTS and not os.path.exists(name):
         return os.path.abspath(weights_path(name))
     return os.path.abspath(name)
+
+
+def result_line(linear, knn, k, test_images, what, labels):
+    """The line printed per label count (`labels`: "all" or a count per class);
+    also how scripts render a --results-json file for people."""
+    return (f"linear probe top-1 {linear:.2f}%, kNN (k={k}) top-1 {knn:.2f}% on {test_images} test "
+            f"images ({what}) [labels: {'all' if labels == 'all' else f'{labels} per class'}]")
+
+
+def result_lines(result):
+    """Every line of a --results-json file, as `main` printed them."""
+    return [result_line(v["linear"], v["knn"], result["k"], result["test_images"],
+                        result["probed"], labels) for labels, v in result["results"].items()]
+
+
+def linear_probe_weight_decay(text):
+    """--probe-weight-decay: "auto", "cv" or a number >= 0."""
+    return probe_weight_decay(text, words=("auto", "cv"))
+
+
+def parse_label_counts(text):
+    """'10,100,all' -> [10, 100, None] (None: every training image)."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            counts.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            counts.append(int(part))
+        else:
+            raise ValueError(f"{part!r} is not a positive count or 'all'")
+    if not counts:
+        raise ValueError("no label count given")
+    return counts

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_conmim import train_step as backend_step
+from keras_conmim.callbacks import NaNGuard
 from keras_conmim.layers import PACKAGE, config_with_layers
 from keras_conmim.losses import info_nce_and_accuracy, masked_pixel_l1, patchify
 from keras_conmim.masking import get_mask_generator
@@ -15,6 +16,10 @@ from keras_conmim.vit import ViT
 
 OBJECTIVES = ("contrast", "pixel")
 NAN_POLICIES = ("raise", "ignore")
+# The pre-training recipe's values that shape the model (`ConMIM.from_preset`
+# applies them; the rest of a recipe is the optimizer's and the run's).
+MODEL_RECIPE_KEYS = ("mask", "mask_ratio", "mask_unit", "mask_token_position", "views",
+                     "crop_scale_min", "temperature", "base_momentum", "final_momentum")
 
 
 def check_images(images, image_shape):
@@ -186,15 +191,48 @@ class ConMIM(keras.Model):
         self.built = True
 
     @classmethod
-    def from_preset(cls, name, encoder_kwargs=None, load_weights=True, **kwargs):
-        """ConMIM with a preset's encoder and its matching projection head.
-        For a preset that carries weights the student and the EMA teacher
-        both start from them (the projection heads start fresh: only
-        encoders are shipped), to go on pre-training."""
+    def from_preset(cls, name, load_weights=True, encoder_kwargs=None, **kwargs):
+        """The preset's pre-training model: its encoder and matching projection
+        head, with every value of its pre-training recipe
+        (`PRESETS[name]["pretrain"]`) that shapes the model applied: the mask
+        generator (`mask`, `mask_ratio`, `mask_unit`), the mask tokens'
+        position code (`mask_token_position`), the views (`views`,
+        `crop_scale_min`), `temperature`, `base_momentum` and
+        `final_momentum`. `recipes/pretrain.py` builds its model through this
+        call; `keras_conmim.pretrain_optimizer(name, steps_per_epoch)` is the
+        recipe's optimizer.
+
+        Keyword arguments override: any of those recipe keys
+        (`views` may also be a `PairedViews`, `mask_generator` a mask layer),
+        `symmetric_views`, and `ConMIM`'s own arguments (`projector`,
+        `total_steps`, `seed`, `objective`). `encoder_kwargs` go to
+        `ViT.from_preset` (e.g. `image_shape`, `patch_size`). For a preset
+        that carries weights, student and EMA teacher both start from them
+        (the projection heads start fresh: only encoders are shipped)."""
         preset = get_preset(name)
-        encoder = ViT.from_preset(name, load_weights=load_weights, **(encoder_kwargs or {}))
+        recipe = {key: kwargs.pop(key) if key in kwargs else preset["pretrain"][key]
+                  for key in MODEL_RECIPE_KEYS}
+        symmetric = bool(kwargs.pop("symmetric_views", False))
+        seed = kwargs.get("seed")
+        encoder = ViT.from_preset(name, load_weights=load_weights, **{
+            "mask_token_position": recipe["mask_token_position"], **(encoder_kwargs or {})})
         kwargs.setdefault("projector", ProjectionHead(**preset["projector"]))
-        return cls(encoder, **kwargs)
+        if "mask_generator" not in kwargs:
+            mask_kwargs = {"mask_ratio": recipe["mask_ratio"]} if recipe["mask_ratio"] else {}
+            if recipe["mask"] == "random":
+                mask_kwargs["unit_size"] = recipe["mask_unit"]
+            kwargs["mask_generator"] = get_mask_generator(
+                recipe["mask"], encoder.grid_size, seed=seed, **mask_kwargs)
+        views = recipe["views"]
+        if not isinstance(views, PairedViews):
+            views = {key: tuple(value) if isinstance(value, list) else value
+                     for key, value in dict(views or {}).items()}
+            views = PairedViews(encoder.image_shape[:2], crop_scale=(recipe["crop_scale_min"], 1.0),
+                                symmetric=symmetric, seed=None if seed is None else seed + 1,
+                                **views)
+        return cls(encoder, views=views, temperature=recipe["temperature"],
+                   base_momentum=recipe["base_momentum"],
+                   final_momentum=recipe["final_momentum"], **kwargs)
 
     # ---- the forward pass shared by every backend --------------------------
 
@@ -289,8 +327,6 @@ class ConMIM(keras.Model):
         return backend_step.test_step(self, *args)
 
     def fit(self, *args, **kwargs):
-        from keras_conmim.callbacks import NaNGuard
-
         callbacks = list(kwargs.get("callbacks") or [])
         if float(ops.convert_to_numpy(self.total_steps)) == 0:
             callbacks.append(_SetTotalSteps(self, kwargs.get("initial_epoch", 0)))

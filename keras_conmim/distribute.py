@@ -9,7 +9,7 @@
         model.compile(...)
     model.fit(source.dataset(plan.per_host_batch(256), **plan.shard()), ...)
     if plan.is_chief:
-        keras_conmim.saving.save_atomic(model, "ckpt.keras")  # alone: this_host_only()
+        keras_conmim.atomic.save_atomic(model, "ckpt.keras")  # alone: this_host_only()
 
 What is the same as one device with the same global batch and seed:
 - **Views and masks.** Every random draw is made for the global batch and

@@ -18,7 +18,7 @@ import os
 import keras
 
 from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.saving import save_atomic
+from keras_conmim.atomic import save_atomic
 from keras_conmim.views import normalize_images
 from keras_conmim.vit import ViT
 

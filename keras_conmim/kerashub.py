@@ -8,7 +8,7 @@ not import this module.
     import keras_hub
     from keras_conmim.kerashub import ViTPyramidBackbone
 
-    encoder = keras_conmim.saving.load_encoder("saved_models/conmim_vit_mini_p4_28_fmnist.keras")
+    encoder = keras_conmim.load_encoder("conmim_vit_mini_p4_28_fmnist")
     backbone = ViTPyramidBackbone(encoder, image_shape=(64, 64, 1))
     detector = keras_hub.models.RetinaNetObjectDetector(
         backbone=keras_hub.models.RetinaNetBackbone(

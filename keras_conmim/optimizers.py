@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_conmim.layers import PACKAGE
+from keras_conmim.presets import get_preset
 
 
 def layer_decay_scales(encoder, decay=0.65):
@@ -74,3 +75,40 @@ def warmup_cosine(lr, total_steps, warmup_steps=0, min_lr=0.0):
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0 if warmup else lr, decay_steps=max(total_steps - warmup, 1),
         alpha=min_lr / lr, warmup_target=lr if warmup else None, warmup_steps=warmup)
+
+
+# The recipe keys the pre-training optimizer reads.
+OPTIMIZER_KEYS = ("epochs", "lr", "min_lr", "warmup_epochs", "weight_decay", "clip_norm")
+
+
+def pretrain_optimizer(recipe, steps_per_epoch, **overrides):
+    """The pre-training optimizer of a recipe, as the release builds it:
+    AdamW (betas 0.9 / 0.98, eps 1e-8) with `warmup_cosine` over
+    `epochs x steps_per_epoch` steps, the recipe's weight decay (ConMIM's
+    `compile` keeps biases, norms, tokens and position tables out of it) and
+    global-norm clipping when `clip_norm` is set.
+
+    `recipe`: a preset name (its `PRESETS[name]["pretrain"]`) or a dict with
+    the keys `epochs`, `lr`, `min_lr`, `warmup_epochs`, `weight_decay`,
+    `clip_norm`; `overrides` replace any of them.
+
+        model = keras_conmim.ConMIM.from_preset("vit_mini_p4_28")
+        model.compile(optimizer=keras_conmim.pretrain_optimizer(
+            "vit_mini_p4_28", steps_per_epoch=len(images) // 32))
+    """
+    if isinstance(recipe, str):
+        recipe = get_preset(recipe)["pretrain"]
+    unknown = sorted(set(overrides) - set(OPTIMIZER_KEYS))
+    if unknown:
+        raise ValueError(f"pretrain_optimizer: unknown settings {unknown}; valid: "
+                         f"{', '.join(OPTIMIZER_KEYS)}.")
+    values = {key: recipe.get(key) for key in OPTIMIZER_KEYS}
+    values.update(overrides)
+    if steps_per_epoch < 1 or values["epochs"] < 1:
+        raise ValueError(f"Need steps_per_epoch >= 1 and epochs >= 1, received "
+                         f"steps_per_epoch={steps_per_epoch}, epochs={values['epochs']}.")
+    total = int(steps_per_epoch * values["epochs"])
+    schedule = warmup_cosine(values["lr"], total, values["warmup_epochs"] * steps_per_epoch,
+                             values["min_lr"])
+    return keras.optimizers.AdamW(schedule, weight_decay=values["weight_decay"], beta_1=0.9,
+                                  beta_2=0.98, epsilon=1e-8, global_clipnorm=values["clip_norm"])

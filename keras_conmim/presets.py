@@ -220,14 +220,15 @@ PRESETS = {
 
 # Presets that carry weights, KerasHub-style: name -> the architecture preset
 # the weights fit, the `.keras` file that holds them and what they are. The
-# files live in the repository's `saved_models/` (or a folder named by
-# $KERAS_CONMIM_WEIGHTS); nothing is fetched from a hub.
+# files travel inside the package (`keras_conmim/weights/`, package data, so
+# a wheel carries them); $KERAS_CONMIM_WEIGHTS names a folder searched first.
+# Nothing is fetched from a hub.
 WEIGHTS = {
     "conmim_vit_mini_p4_28_fmnist": dict(
         preset="vit_mini_p4_28",
         file="conmim_vit_mini_p4_28_fmnist.keras",
         description="vit_mini_p4_28 pre-trained with ConMIM on the 60,000 Fashion-MNIST "
-        "training images (6 epochs, 2x2 mask units, EMA teacher; card: saved_models/CARD.md).",
+        "training images (6 epochs, 2x2 mask units, EMA teacher; card: keras_conmim/weights/CARD.md).",
     ),
 }
 
@@ -260,8 +261,9 @@ def list_presets():
 
 
 def weights_path(name):
-    """The local path of a weighted preset's `.keras` file: in $KERAS_CONMIM_WEIGHTS
-    if set, else in the repository's `saved_models/`."""
+    """The local path of a weighted preset's `.keras` file: in the folder
+    $KERAS_CONMIM_WEIGHTS names when it holds the file, else in the
+    package's own `weights/` folder (installed with it)."""
     import os
 
     if name not in WEIGHTS:
@@ -270,12 +272,12 @@ def weights_path(name):
     file = WEIGHTS[name]["file"]
     here = os.path.dirname(os.path.abspath(__file__))
     folders = [os.environ[WEIGHTS_ENV]] if os.environ.get(WEIGHTS_ENV) else []
-    folders.append(os.path.join(os.path.dirname(here), "saved_models"))
+    folders.append(os.path.join(here, "weights"))
     for folder in folders:
         path = os.path.join(folder, file)
         if os.path.isfile(path):
             return path
     raise FileNotFoundError(
-        f"Preset {name!r}: {file} is not in {' or '.join(folders)}. It ships in the "
-        f"repository's saved_models/ (install with `pip install -e .` from a clone), or put it in a "
-        f"folder and set {WEIGHTS_ENV} to that folder.")
+        f"Preset {name!r}: {file} is not in {' or '.join(folders)}. It ships inside the "
+        f"package (keras_conmim/weights/): reinstall keras-conmim, or put the file in a folder "
+        f"and set {WEIGHTS_ENV} to that folder.")

@@ -1,27 +1,29 @@
 """The pre-training recipe's configuration, from flags and files to a model.
 
-Keras-free at import (the backend is chosen from `--backend` after this
-runs): every option with its type, default and help (`OPTIONS`), the
-merge defaults < the preset's recipe < `--config` file < flags
-(`resolve_config`), type coercion and range checks that fail before Keras
-loads (`coerce`, `validate`, `view_errors`), the resume check against the run
-folder's `config.json` (`check_resume`), and `build_model`, the one place a
-resolved config becomes a compiled `ConMIM` (imports Keras when called).
-`recipes/pretrain.py` is the command line over it; the benchmarks build
-their models through it too.
+Every option with its type, default and help (`OPTIONS`), the merge
+defaults < the preset's recipe < `--config` file < flags (`resolve_config`,
+through `run_config`, the one resolver every recipe uses), type coercion and
+range checks that fail before the model is built, any data is read or any
+file is written (`validate`, `view_errors`), the resume check against the
+run folder's `config.json` (`check_resume`, through `run_folder`), and
+`build_model`: `ConMIM.from_preset` and `pretrain_optimizer` with the
+resolved values. Errors are `ConfigError` / `ResumeError`; only
+`recipes/pretrain.py` turns them into an exit. The benchmarks build their
+models through it too.
 """
 
-import argparse
-import json
 import math
 import os
 
 from keras_conmim import run_folder
+from keras_conmim.conmim import MODEL_RECIPE_KEYS, ConMIM
 from keras_conmim.data.geometry import INTERPOLATIONS
+from keras_conmim.errors import ConfigError, ResumeError
+from keras_conmim.optimizers import pretrain_optimizer
 from keras_conmim.presets import PRESETS
+from keras_conmim.run_config import ArgumentParser, coerce, describe, read_config_file, resolve
+from keras_conmim.train_step import jit_compile_for
 
-# The repository root (recipes write to its saved_models/ by default).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("jax", "tensorflow", "torch")
 MASKS = ("random", "block")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -72,7 +74,7 @@ OPTIONS = {
     "distribute": (str, "auto", "auto | none | data_parallel: spread the global batch over "
                    "every device (JAX: keras.distribution, also multi-host; TensorFlow: "
                    "tf.distribute); auto: all devices when there are several"),
-    "output": (str, os.path.join(ROOT, "saved_models"), "run directory"),
+    "output": (str, "saved_models", "run directory (relative: to the current folder)"),
     "keep_checkpoints": (int, 3, "how many checkpoints to keep"),
     "checkpoint_every": (int, None, "also checkpoint every N steps (default: epoch ends)"),
     "view_grid_every": (int, 5, "epochs between pictures of the views"),
@@ -87,31 +89,12 @@ RESUMABLE_CHANGES = ("backend", "output", "keep_checkpoints", "checkpoint_every"
 NULLABLE = tuple(k for k, (_, default, _) in OPTIONS.items() if default is None) + ("clip_norm",)
 
 
-def _read_config_file(path):
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: --config {path}: file not found.")
-    with open(path) as f:
-        text = f.read()
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError:
-            raise SystemExit("error: YAML configs need PyYAML (pip install pyyaml), or use JSON.")
-        config = yaml.safe_load(text) or {}
-    else:
-        config = json.loads(text)
-    unknown = sorted(set(config) - set(OPTIONS))
-    if unknown:
-        raise SystemExit(f"error: --config {path}: unknown keys {unknown}. "
-                         f"Valid keys: {', '.join(OPTIONS)}.")
-    return config
-
-
 def resolve_config(argv=None):
     """defaults < the preset's recipe < --config file < flags given on the
     command line. Returns (config, resume, sources): sources names where each
-    recipe value came from ("preset", "file" or "flag")."""
-    parser = argparse.ArgumentParser(description="ConMIM pre-training.")
+    recipe value came from ("preset", "file" or "flag"). Raises ConfigError
+    naming every value that cannot work."""
+    parser = ArgumentParser(description="ConMIM pre-training.")
     parser.add_argument("--config", help="YAML or JSON file with any of the options below")
     parser.add_argument("--no-resume", action="store_true",
                         help="start over even if --output holds checkpoints")
@@ -127,25 +110,17 @@ def resolve_config(argv=None):
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
     args = parser.parse_args(argv)
-    from_file = _read_config_file(args.config) if args.config else {}
+    from_file = read_config_file(args.config, OPTIONS) if args.config else {}
     from_flags = {k: v for k, v in vars(args).items() if k in OPTIONS and v is not None}
     config = {name: default for name, (_, default, _) in OPTIONS.items()}
     config.update(from_file)
     config.update(from_flags)
-    presets = PRESETS
-    if config["preset"] not in presets:
-        parser.error(f"invalid configuration:\n  preset={config['preset']!r}: choose one of "
-                     f"{', '.join(presets)}")
-    recipe = presets[config["preset"]]["pretrain"]
-    sources = {}
-    for key in RECIPE_KEYS:
-        if key in from_flags:
-            sources[key] = "flag"
-        elif key in from_file:
-            sources[key] = "file"
-        else:
-            config[key] = recipe[key]
-            sources[key] = "preset"
+    if config["preset"] not in PRESETS:
+        raise ConfigError(f"invalid configuration:\n  preset={config['preset']!r}: choose one "
+                          f"of {', '.join(PRESETS)}")
+    recipe, sources = resolve(RECIPE_KEYS, PRESETS[config["preset"]]["pretrain"], from_file,
+                              from_flags)
+    config.update(recipe)
     if config["backend"] is None:
         config["backend"] = os.environ.get("KERAS_BACKEND", "jax")
     errors = []
@@ -157,47 +132,8 @@ def resolve_config(argv=None):
             errors.append(f"{name}={config[name]!r} (from the {origin}): {e}")
     errors = errors or validate(config)
     if errors:
-        parser.error("\n  ".join(["invalid configuration:"] + errors))
+        raise ConfigError("\n  ".join(["invalid configuration:"] + errors))
     return config, not args.no_resume, sources
-
-
-def coerce(value, kind, nullable=False):
-    """`value` as `kind` where that is unambiguous ("1e-3" -> 0.001, 4.0 ->
-    4, "true" -> True), else ValueError saying what is expected. Floats must
-    be finite; a bool is no number."""
-    if value is None or (nullable and isinstance(value, str) and value.lower() == "none"):
-        if nullable:
-            return None
-        raise ValueError("must be set")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError("must be true or false")
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError("must be a string")
-    if kind is dict:
-        if isinstance(value, dict):
-            return value
-        raise ValueError("must be a mapping")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
-    if not math.isfinite(number):
-        raise ValueError("must be a finite number")
-    if kind is int:
-        if isinstance(value, int):
-            return value
-        if not number.is_integer():
-            raise ValueError("must be an integer")
-        return int(number)
-    return number
 
 
 def _float_or_none(text):
@@ -208,11 +144,7 @@ def _float_or_none(text):
 
 def describe_recipe(config, sources):
     """The recipe values of `config`, one line each, with where they came from."""
-    lines = [f"pre-training recipe ({config['preset']}):"]
-    for key in RECIPE_KEYS:
-        origin = "" if sources.get(key) == "preset" else f"   <- {sources.get(key)}"
-        lines.append(f"  {key:<20} {json.dumps(config[key])}{origin}")
-    return "\n".join(lines)
+    return describe(f"pre-training recipe ({config['preset']}):", config, sources, RECIPE_KEYS)
 
 
 def validate(config):
@@ -327,49 +259,28 @@ def view_errors(views):
 
 def build_model(config, steps_per_epoch):
     """The ConMIM model and its optimizer, compiled, from a resolved config
-    (`resolve_config`): the one place a recipe's values become a model. The
-    total schedule is epochs x steps_per_epoch."""
-    import keras
-
-    import keras_conmim as kc
-
-    preset = kc.PRESETS[config["preset"]]
-    vit_args = {k: config[k] for k in ("patch_size", "position_embedding") if config.get(k)}
+    (`resolve_config`): `ConMIM.from_preset` with the config's recipe values
+    (the one place a recipe becomes a model) and `pretrain_optimizer` over
+    epochs x steps_per_epoch steps."""
+    preset = PRESETS[config["preset"]]
     size = config.get("image_size") or preset["config"]["image_shape"][0]
-    vit_args["image_shape"] = (size, size, preset["config"]["image_shape"][-1])
-    vit_args["mask_token_position"] = config["mask_token_position"]
-    total = steps_per_epoch * config["epochs"]
-    encoder = kc.ViT.from_preset(config["preset"], **vit_args)
-    mask_kwargs = {"mask_ratio": config["mask_ratio"]} if config["mask_ratio"] else {}
-    if config["mask"] == "random":
-        mask_kwargs["unit_size"] = config["mask_unit"]
-    views = dict(config["views"])
-    for key in ("crop_ratio", "blur_sigma", "mean", "std"):
-        if views.get(key) is not None:
-            views[key] = tuple(views[key])
-    model = kc.ConMIM(
-        encoder, projector=kc.ProjectionHead(**preset["projector"]),
-        mask_generator=kc.get_mask_generator(
-            config["mask"], encoder.grid_size, seed=config["seed"], **mask_kwargs),
-        views=kc.PairedViews(encoder.image_shape[:2], crop_scale=(config["crop_scale_min"], 1.0),
-                             symmetric=bool(config.get("symmetric_views")),
-                             seed=config["seed"] + 1, **views),
-        temperature=config["temperature"],
-        base_momentum=config["base_momentum"], final_momentum=config["final_momentum"],
-        objective=config.get("objective", "contrast"), total_steps=total, seed=config["seed"])
-    schedule = kc.warmup_cosine(config["lr"], total, config["warmup_epochs"] * steps_per_epoch,
-                                config["min_lr"])
-    model.compile(optimizer=keras.optimizers.AdamW(
-        schedule, weight_decay=config["weight_decay"], beta_1=0.9, beta_2=0.98,
-        epsilon=1e-8, global_clipnorm=config["clip_norm"]),
-        jit_compile=kc.train_step.jit_compile_for(config.get("jit_compile", "auto")))
+    encoder_kwargs = {k: config[k] for k in ("patch_size", "position_embedding") if config.get(k)}
+    encoder_kwargs["image_shape"] = (size, size, preset["config"]["image_shape"][-1])
+    model = ConMIM.from_preset(
+        config["preset"], load_weights=False, encoder_kwargs=encoder_kwargs,
+        symmetric_views=bool(config.get("symmetric_views")),
+        objective=config.get("objective", "contrast"), seed=config["seed"],
+        total_steps=steps_per_epoch * config["epochs"],
+        **{key: config[key] for key in MODEL_RECIPE_KEYS})
+    model.compile(optimizer=pretrain_optimizer(config, steps_per_epoch),
+                  jit_compile=jit_compile_for(config.get("jit_compile", "auto")))
     return model
 
 
 def check_resume(config, resume):
     """Whether this run resumes the one in --output (it has checkpoints and
     --no-resume was not given), checked before Keras loads: the run there
-    must have been made with these settings, else exit naming each
+    must have been made with these settings, else ResumeError naming each
     difference and the ways out. Returns (resuming, saved config or None)."""
     run = run_folder
     output = config["output"]
@@ -382,8 +293,8 @@ def check_resume(config, resume):
         return True, None
     problems = run.resume_problems(saved, config, RESUMABLE_CHANGES)
     if problems:
-        raise SystemExit(
-            f"error: {output} holds a run made with other settings, which a resume would "
+        raise ResumeError(
+            f"{output} holds a run made with other settings, which a resume would "
             "silently ignore:\n  " + "\n  ".join(problems) + "\nResume it with its own "
             f"settings ({os.path.join(output, run.CONFIG)} lists them), or start a new run: "
             f"add --no-resume (the run there is moved to {os.path.join(output, run.PREVIOUS)}/, "

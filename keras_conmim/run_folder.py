@@ -1,7 +1,8 @@
-"""A pre-training run's folder: which files belong to a run, moving an old
-run aside, and `config.json` as the record of what ran (with every start
-and resume). Imports neither keras nor the package, so the recipe can check
-a resume before Keras loads (`recipes/pretrain.py` reads it by path).
+"""A run's folder: which files belong to a run, moving an old run aside,
+and `config.json` as the record of what ran (with every start and resume),
+the one run-file format of every recipe (pre-training writes it in its
+--output, fine-tuning beside its checkpoints), and the one resume check
+(`resume_problems`). Standard library only.
 
 The promise: two runs never mix in one folder. A run that starts fresh in a
 folder that holds another run's files moves them into
@@ -18,7 +19,7 @@ CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 PREVIOUS = "previous_runs"
 # What recipes/pretrain.py writes into --output; nothing else there is touched
-# (the default output, saved_models/, also holds the shipped backbone).
+# (the default output is saved_models/, which holds other files too).
 RESULTS = "results.json"  # the finished run's result, for scripts
 RUN_FILES = (CONFIG, RESULTS, "log.csv", CHECKPOINTS, "tensorboard", "views", "conmim.keras",
              "teacher_encoder.keras", "student_encoder.keras")
@@ -91,11 +92,12 @@ def _same(a, b):
     return a == b
 
 
-def record(config, sources, saved, event, step, checkpoint=None):
+def record(config, sources, saved, event, step, checkpoint=None, extra=None):
     """The config.json text for this start or resume: the settings that run
-    now, where the recipe values came from, and the history of earlier
+    now, where the recipe values came from, what else the run records
+    (`extra`, e.g. the fine-tuning head's start), and the history of earlier
     starts and resumes (from `saved`) with this one appended, naming the
-    mutable settings it changed."""
+    mutable settings it changed. The one run-file format of every recipe."""
     history = list((saved or {}).get("history", []))
     entry = {"event": event, "time": datetime.datetime.now(datetime.timezone.utc)
              .isoformat(timespec="seconds"), "step": step}
@@ -106,4 +108,5 @@ def record(config, sources, saved, event, step, checkpoint=None):
         if changed:
             entry["changed"] = changed
     history.append(entry)
-    return json.dumps({**config, "recipe_sources": sources, "history": history}, indent=2)
+    return json.dumps({**config, **(extra or {}), "recipe_sources": sources, "history": history},
+                      indent=2)

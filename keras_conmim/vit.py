@@ -1,8 +1,12 @@
 """The ViT encoder (BEiT-style, as in the ConMIM release)."""
 
+import os
+
 import keras
 import numpy as np
 from keras import ops
+
+from keras_conmim.atomic import save_preset
 
 from keras_conmim.layers import (
     PACKAGE,
@@ -12,7 +16,7 @@ from keras_conmim.layers import (
     sincos_position_embedding,
     trunc_normal,
 )
-from keras_conmim.presets import POOLINGS, get_preset
+from keras_conmim.presets import POOLINGS, PRESETS, WEIGHTS, get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
 MASK_TOKEN_POSITIONS = ("none", "sincos")
@@ -316,15 +320,15 @@ class ViT(keras.Model):
         architecture at random init. Keyword arguments override config
         values that do not change the weights' shapes (`drop_path_rate`,
         `fused_attention`, ...)."""
-        import os
-
-        from keras_conmim.presets import PRESETS, WEIGHTS
-
         is_path = name not in WEIGHTS and os.path.exists(name)
         if not is_path and (name in PRESETS or not load_weights or name not in WEIGHTS):
             # the architecture alone (an unknown name: get_preset says so)
             return cls(**{**get_preset(name)["config"], **kwargs})
-        from keras_conmim.saving import load_encoder
+        # The package's one upward arrow: a file may hold any of the package's
+        # models (a ConMIM checkpoint, a classifier, a KerasHub preset
+        # folder), so the loader sits above them all and the encoder reaches
+        # up to it only when asked to load one.
+        from keras_conmim.loading import load_encoder  # upward: see above
 
         encoder = load_encoder(name)  # a file or folder: its config, and its weights if asked
         if load_weights and not kwargs and encoder.name == "vit" and type(encoder) is cls:
@@ -338,8 +342,6 @@ class ViT(keras.Model):
         """Write a preset folder (`config.json`, `model.weights.h5`,
         `metadata.json`, KerasHub's layout) that `ViT.from_preset(preset_dir)`
         loads."""
-        from keras_conmim.saving import save_preset
-
         return save_preset(self, preset_dir)
 
     def get_config(self):

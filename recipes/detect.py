@@ -12,10 +12,10 @@ RetinaNet's FPN). Anchors: 3 scales x 3 aspect ratios per level, base size
 keras_conmim.downstream_metrics.coco_map.
 """
 
-import os
-import sys
+import recipe_main  # stdlib only: chooses the backend before Keras loads
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":
+    recipe_main.choose_backend()
 import downstream  # noqa: E402
 
 
@@ -71,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main.run(main)

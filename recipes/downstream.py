@@ -4,11 +4,10 @@ data built from Fashion-MNIST items, and the two starting points
 
 import argparse
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+from keras_conmim import cli
+from keras_conmim.errors import ConfigError
+
 
 INITS = ("pretrained", "random")
 
@@ -39,9 +38,12 @@ def check(p, args):
     bad = [i for i in inits if i not in INITS]
     if bad or not inits:
         p.error(f"--init {args.init!r}: use a comma list of {', '.join(INITS)}")
-    cli.check_encoder(p, args)
-    cli.check_at_least_one(p, args, ("canvas_size", "max_items", "train_canvases",
-                                     "test_canvases", "epochs", "batch_size"))
+    try:
+        cli.check_encoder(args)
+        cli.check_at_least_one(args, ("canvas_size", "max_items", "train_canvases",
+                                      "test_canvases", "epochs", "batch_size"))
+    except ConfigError as e:
+        p.error(str(e))
     if args.canvas_size % 32:
         p.error(f"--canvas-size {args.canvas_size}: use a multiple of 32, the coarsest pyramid "
                 "stride (P5), so every level has an exact size")
@@ -77,7 +79,7 @@ def encoder_for(init, args):
     """The pre-trained encoder, or a fresh one of the same architecture."""
     import keras
 
-    from keras_conmim.saving import load_encoder
+    from keras_conmim.loading import load_encoder
     from keras_conmim.vit import ViT
 
     if init == "random":

@@ -1,7 +1,7 @@
 """Export a pre-trained encoder for serving and downstream heads, and check
 the exported file against the Keras model.
 
-    python recipes/export.py --encoder saved_models/conmim_vit_mini_p4_28_fmnist.keras \
+    python recipes/export.py --encoder conmim_vit_mini_p4_28_fmnist \
         --format onnx --output exported/encoder.onnx --backend jax
     python recipes/export.py --encoder runs/pretrain/checkpoints/ckpt-0004.keras \
         --format tf_saved_model --output exported/encoder_savedmodel
@@ -21,8 +21,12 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+import recipe_main  # stdlib only: chooses the backend before Keras loads
+
+if __name__ == "__main__":
+    recipe_main.choose_backend()
+from keras_conmim import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.errors import ConfigError  # noqa: E402
 
 FORMATS = ("keras", "tf_saved_model", "onnx")
 
@@ -37,7 +41,10 @@ def parse_args(argv=None):
     cli.add_backend(p)
     p.add_argument("--atol", type=float, default=1e-5)
     args = p.parse_args(argv)
-    cli.check_encoder(p, args)
+    try:
+        cli.check_encoder(args)
+    except ConfigError as e:
+        p.error(str(e))
     if args.format != "keras" and args.backend == "torch":
         p.error(f"--format {args.format} needs --backend jax or tensorflow")
     if args.format == "keras" and not args.output.endswith(".keras"):
@@ -73,7 +80,7 @@ def main(argv=None):
     import numpy as np
 
     from keras_conmim.export import ServingEncoder, export_encoder
-    from keras_conmim.saving import load_encoder
+    from keras_conmim.loading import load_encoder
 
     encoder = load_encoder(args.encoder, which="student" if args.student else "teacher")
     path = export_encoder(encoder, args.output, format=args.format, pooling=args.pooling)
@@ -92,4 +99,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main.run(main)

@@ -21,11 +21,16 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+import recipe_main  # stdlib only: chooses the backend before Keras loads
+
+if __name__ == "__main__":
+    recipe_main.choose_backend()
+from keras_conmim import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.errors import ConfigError  # noqa: E402
 from keras_conmim.data.geometry import CROPS, check_geometry  # noqa: E402
 from keras_conmim.finetune_budget import check_ramp_start  # noqa: E402
 from keras_conmim.presets import POOLINGS  # noqa: E402
+from keras_conmim.run_config import read_config_file  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,8 +60,11 @@ def parse_args(argv=None):
                    help="the LP-FT probe's weight decay: cv (picked by 4-fold cross-validation "
                    "on the labelled images, keras_conmim.evaluation.select_weight_decay) or a "
                    "number >= 0")
-    # The recipe: None = the preset's fine-tuning recipe (presets.py), printed
-    # with where each value came from.
+    # The recipe: None = the preset's fine-tuning recipe (presets.py), or a
+    # --config file's value, printed with where each value came from.
+    p.add_argument("--config", default=None,
+                   help="a YAML or JSON file with any of the recipe values below (--epochs ... "
+                   "--pooling, underscores for dashes); flags override it")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass")
     p.add_argument("--batch-size", type=int, default=None)
@@ -101,8 +109,11 @@ def parse_args(argv=None):
                    help="also write the result here: test top-1 %%, the resolved recipe with each "
                    "value's source, the head, the command (what benchmarks read)")
     args = p.parse_args(argv)
-    cli.check_encoder(p, args)
-    cli.check_at_least_one(p, args, ("epochs", "batch_size", "labels_per_class"))
+    try:
+        cli.check_encoder(args)
+        cli.check_at_least_one(args, ("epochs", "batch_size", "labels_per_class"))
+    except ConfigError as e:
+        p.error(str(e))
     if args.min_steps is not None and args.min_steps < 0:
         p.error("--min-steps must be >= 0")
     if args.ramp_start_steps is not None:
@@ -129,10 +140,21 @@ def parse_args(argv=None):
     return args
 
 
-from keras_conmim.finetune_run import (  # noqa: E402,F401  (keras-free; re-exported for callers)
-    ADDED_SINCE, FINETUNE_KEYS, GEOMETRY_STREAM, RUN_FILE, apply_recipe, load_splits, make_batches,
-    preset_for, recipe_for, remove_checkpoints, resumable, run_settings, write_results, write_run_file,
+from keras_conmim.finetune_run import (  # noqa: E402,F401  (re-exported for callers)
+    ADDED_SINCE, FINETUNE_KEYS, GEOMETRY_STREAM, LEGACY_RUN_FILE, FinetuneRecipe, check_resume,
+    load_splits, make_batches, preset_for, recipe_for, remove_checkpoints, resolve_recipe,
+    run_settings, write_results, write_run_file,
 )
+
+
+def recipe_of(args, preset, num_labelled=None):
+    """`(FinetuneRecipe, sources, text)` for these flags (`resolve_recipe`)."""
+    from_file = read_config_file(args.config, FINETUNE_KEYS) if args.config else {}
+    return resolve_recipe(
+        preset, from_scratch=args.from_scratch,
+        flags={key: getattr(args, key) for key in FINETUNE_KEYS}, from_file=from_file,
+        num_labelled=num_labelled, fixed=args.fixed_recipe, min_steps=args.min_steps,
+        steps_per_epoch=args.steps_per_epoch, ramp_start=args.ramp_start_steps)
 
 
 def main(argv=None):
@@ -142,33 +164,35 @@ def main(argv=None):
     import numpy as np
 
     import keras_conmim as kc
+    from keras_conmim import finetune_budget
+    from keras_conmim.atomic import save_atomic
     from keras_conmim.callbacks import Checkpointer, restore_latest_checkpoint
     from keras_conmim.classifier import ViTClassifier, finetune_encoder
-    from keras_conmim.saving import save_atomic
+    from keras_conmim.errors import ConfigError, ResumeError
+    from keras_conmim.train_step import jit_compile_for
 
     keras.utils.set_random_seed(args.seed)
     encoder = cli.load_start(args)
     preset = args.preset or preset_for(encoder.get_config())
-    train, test = load_splits(args.data, encoder.image_shape,
-                              crop=args.crop or recipe_for(args, preset)[1]["crop"])
+    recipe, _, _ = recipe_of(args, preset)  # the crop decides how test images load
+    train, test = load_splits(args.data, encoder.image_shape, crop=recipe.crop)
     if args.labels_per_class is not None:
         try:
             train = train.labelled_subset(args.labels_per_class, seed=args.seed)
         except ValueError as e:
-            raise SystemExit(f"error: --labels-per-class: {e}")
-    print(apply_recipe(args, preset, len(train)),
-          flush=True)
-    settings = run_settings(args)
-    resumed = resumable(args, settings)
-    encoder = finetune_encoder(encoder, drop_path_rate=args.drop_path)
+            raise ConfigError(f"--labels-per-class: {e}") from None
+    recipe, sources, text = recipe_of(args, preset, len(train))
+    print(text, flush=True)
+    settings = run_settings(args, recipe)
+    resumed = check_resume(args.checkpoint_dir, settings, args.no_resume)
+    encoder = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    model = ViTClassifier(encoder, num_classes, pooling=args.pooling)
-    from keras_conmim import finetune_budget
+    model = ViTClassifier(encoder, num_classes, pooling=recipe.pooling)
 
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
-        not args.from_scratch, len(train), num_classes, args.pooling)
+        not args.from_scratch, len(train), num_classes, recipe.pooling)
     if resumed is not None:
-        head = resumed["head"]  # the checkpoint holds the head; no probe to fit again
+        head = resumed.get("head")  # the checkpoint holds the head; no probe to fit again
     elif head_init == "probe":
         accuracy, weight_decay = model.init_head_from_probe(
             train.images, train.labels, weight_decay=args.probe_weight_decay, seed=args.seed)
@@ -180,52 +204,54 @@ def main(argv=None):
         head = "initialised x0.001 (the release's)"
     print(f"head: {head}", flush=True)
 
-    steps = args.steps_per_epoch or train.steps_per_epoch(args.batch_size)
-    total = steps * args.epochs
-    schedule = kc.warmup_cosine(args.lr, total, args.warmup_epochs * steps, args.min_lr)
+    steps = args.steps_per_epoch or train.steps_per_epoch(recipe.batch_size)
+    total = steps * recipe.epochs
+    schedule = kc.warmup_cosine(recipe.lr, total, recipe.warmup_epochs * steps, recipe.min_lr)
     optimizer = kc.LayerDecayAdamW(
-        lr_scales=kc.layer_decay_scales(encoder, args.layer_decay), learning_rate=schedule,
-        weight_decay=args.weight_decay, beta_1=0.9, beta_2=0.999)
+        lr_scales=kc.layer_decay_scales(encoder, recipe.layer_decay), learning_rate=schedule,
+        weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999)
     optimizer.exclude_from_weight_decay(var_list=model.no_weight_decay_variables())
     model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                            label_smoothing=args.label_smoothing),
+                  loss=keras.losses.CategoricalCrossentropy(
+                      from_logits=True, label_smoothing=recipe.label_smoothing),
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                  jit_compile=kc.train_step.jit_compile_for(args.jit_compile))
+                  jit_compile=jit_compile_for(args.jit_compile))
     start = "random init" if args.from_scratch else args.encoder
     print(f"fine-tuning from {start}: backend={args.backend} train={len(train)}"
           f"{'' if args.labels_per_class is None else f' ({args.labels_per_class} per class)'} "
           f"test={len(test)} "
-          f"classes={num_classes} epochs={args.epochs} steps/epoch={steps}", flush=True)
+          f"classes={num_classes} epochs={recipe.epochs} steps/epoch={steps}", flush=True)
     first_epoch = 0
     if resumed is not None:
         model(np.zeros((1, *encoder.image_shape), "float32"))
         model.optimizer.build(model.trainable_variables)
         path = restore_latest_checkpoint(model, args.checkpoint_dir)
         if path is None:
-            raise SystemExit(f"error: no checkpoint in {args.checkpoint_dir} loads; pass "
-                             "--no-resume to start over.")
+            raise ResumeError(f"no checkpoint in {args.checkpoint_dir} loads; pass --no-resume "
+                              "to start over.")
         first_epoch = min(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps,
-                          args.epochs)
-        print(f"resumed from {path}: {first_epoch} of {args.epochs} epochs done", flush=True)
-    else:
-        write_run_file(args.checkpoint_dir, settings, head)
-    model.fit(make_batches(train, num_classes, args, first_step=first_epoch * steps,
-                           steps_per_epoch=steps),
-              epochs=args.epochs, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=1,
+                          recipe.epochs)
+        print(f"resumed from {path}: {first_epoch} of {recipe.epochs} epochs done", flush=True)
+    write_run_file(args.checkpoint_dir, settings, sources, head, saved=resumed,
+                   step=first_epoch * steps)
+    model.fit(make_batches(train, num_classes, recipe, seed=args.seed,
+                           first_step=first_epoch * steps, steps_per_epoch=steps),
+              epochs=recipe.epochs, initial_epoch=first_epoch, steps_per_epoch=steps, verbose=1,
               callbacks=[Checkpointer(args.checkpoint_dir, keep=2)])
     logits = model.predict(test.images.astype("float32"), batch_size=256, verbose=0)
     top1 = float(np.mean(np.argmax(logits, 1) == test.labels))
     save_atomic(model, args.output)
     remove_checkpoints(args.checkpoint_dir)  # the run is whole in --output
     if args.results_json:
-        write_results(args, dict(top1=round(100 * top1, 2), test_images=len(test),
-                                 train_images=len(train), steps_per_epoch=steps, head=head,
-                                 resumed_after_epoch=first_epoch),
+        write_results(args.results_json,
+                      dict(top1=round(100 * top1, 2), test_images=len(test),
+                           train_images=len(train), steps_per_epoch=steps, head=head,
+                           resumed_after_epoch=first_epoch),
+                      recipe, sources,
                       ["recipes/finetune.py", *(sys.argv[1:] if argv is None else argv)])
     print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images, saved to {args.output}")
     return top1
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main.run(main)

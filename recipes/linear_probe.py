@@ -30,8 +30,13 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from keras_conmim import cli  # noqa: E402  (keras-free: the backend is not chosen yet)
+import recipe_main  # stdlib only: chooses the backend before Keras loads
+
+if __name__ == "__main__":
+    recipe_main.choose_backend()
+from keras_conmim import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.errors import ConfigError  # noqa: E402
+from keras_conmim.cli import parse_label_counts, result_line, result_lines  # noqa: E402,F401
 from keras_conmim.presets import POOLINGS  # noqa: E402
 
 
@@ -53,7 +58,7 @@ def main(argv=None):
                         help="the features: mean of the patch tokens, the CLS token, the "
                         "patch tokens flattened in grid order (keeps where each patch is), or "
                         "the mean and the flattened tokens concatenated")
-    parser.add_argument("--probe-weight-decay", type=probe_weight_decay, default="auto",
+    parser.add_argument("--probe-weight-decay", type=cli.linear_probe_weight_decay, default="auto",
                         help="the linear probe's weight decay: auto (cv with at most 1,000 "
                         "labelled images per class, else 1e-4), cv (picked by 4-fold "
                         "cross-validation on the labelled images: 16 extra fits) or a number "
@@ -75,7 +80,10 @@ def main(argv=None):
     if args.raw_pixels:
         args.preset = args.preset or "vit_mini_p4_28"
     else:
-        cli.check_encoder(parser, args)
+        try:
+            cli.check_encoder(args)
+        except ConfigError as e:
+            parser.error(str(e))
     cli.use_backend(args.backend)
     import keras
     import numpy as np
@@ -85,7 +93,7 @@ def main(argv=None):
     # few labels (at most this many per class): the probe's weight decay is
     # cross-validated, as for the LP-FT head
     from keras_conmim.finetune_budget import LP_FT_MAX_PER_CLASS
-    from recipes.finetune import load_splits
+    from keras_conmim.finetune_run import load_splits
 
     keras.utils.set_random_seed(args.seed)
     if args.raw_pixels:
@@ -132,7 +140,7 @@ def main(argv=None):
     if args.results_json:
         import json
 
-        from keras_conmim.saving import write_text_atomic
+        from keras_conmim.atomic import write_text_atomic
 
         write_text_atomic(args.results_json, json.dumps(dict(
             probed=what, k=args.k, test_images=len(test),
@@ -145,39 +153,5 @@ def main(argv=None):
 MIN_PROBE_STEPS = 300
 
 
-def result_line(linear, knn, k, test_images, what, labels):
-    """The line printed per label count (`labels`: "all" or a count per class);
-    also how scripts render a --results-json file for people."""
-    return (f"linear probe top-1 {linear:.2f}%, kNN (k={k}) top-1 {knn:.2f}% on {test_images} test "
-            f"images ({what}) [labels: {'all' if labels == 'all' else f'{labels} per class'}]")
-
-
-def result_lines(result):
-    """Every line of a --results-json file, as `main` printed them."""
-    return [result_line(v["linear"], v["knn"], result["k"], result["test_images"],
-                        result["probed"], labels) for labels, v in result["results"].items()]
-
-
-def probe_weight_decay(text):
-    """--probe-weight-decay: "auto", "cv" or a number >= 0."""
-    return cli.probe_weight_decay(text, words=("auto", "cv"))
-
-
-def parse_label_counts(text):
-    """'10,100,all' -> [10, 100, None] (None: every training image)."""
-    counts = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == "all":
-            counts.append(None)
-        elif part.isdigit() and int(part) >= 1:
-            counts.append(int(part))
-        else:
-            raise ValueError(f"{part!r} is not a positive count or 'all'")
-    if not counts:
-        raise ValueError("no label count given")
-    return counts
-
-
 if __name__ == "__main__":
-    main()
+    recipe_main.run(main)

@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_conmim.data import read_idx  # noqa: E402
 from keras_conmim.data.sources import PACKAGE_DATA as DEFAULT_DATA  # noqa: E402
 

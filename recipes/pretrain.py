@@ -22,51 +22,56 @@ the configuration that ran, with a history of its starts and resumes.
 
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import recipe_main  # stdlib only: chooses the backend before Keras loads
 
-from keras_conmim.pretrain_config import (  # noqa: E402  (keras-free: the backend is not chosen yet)
+if __name__ == "__main__":
+    recipe_main.choose_backend()
+
+import keras  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from keras_conmim import callbacks as cb  # noqa: E402
+from keras_conmim import distribute, run_folder as run  # noqa: E402
+from keras_conmim.atomic import save_atomic, write_text_atomic  # noqa: E402
+from keras_conmim.data import parse_data_spec  # noqa: E402
+from keras_conmim.errors import ConfigError, DataError, ResumeError  # noqa: E402
+from keras_conmim.pretrain_config import (  # noqa: E402
     OPTIONS, RECIPE_KEYS, RESUMABLE_CHANGES, build_model, check_resume, coerce, describe_recipe,
     resolve_config, validate, view_errors,
 )
+from keras_conmim.presets import PRESETS  # noqa: E402
+from keras_conmim.train_step import jit_compile_for, torch_graph_breaks  # noqa: E402
 
 __all__ = ["OPTIONS", "RECIPE_KEYS", "RESUMABLE_CHANGES", "build_model", "check_resume", "coerce",
            "describe_recipe", "load_source", "main", "resolve_config", "validate", "view_errors"]
 
 
 def load_source(config, size, channels):
-    """The --data source, or exit with what is wrong (before any file is
+    """The --data source; DataError with what is wrong (before any file is
     written)."""
-    from keras_conmim.data import parse_data_spec
-
     spec = config["data"]
     try:
         source = parse_data_spec(spec, size, channels, resize=config["resize"],
                                  download=config["tfds_download"])
     except (ValueError, OSError, ImportError) as e:
-        raise SystemExit(f"error: --data {spec}: {e}")
+        raise DataError(f"--data {spec}: {e}") from None
     batch = config["batch_size"]
     if batch > len(source):
-        raise SystemExit(f"error: --batch-size {batch} is larger than the {len(source)} images "
-                         f"of --data {spec}: use at most {len(source)}.")
+        raise DataError(f"--batch-size {batch} is larger than the {len(source)} images "
+                        f"of --data {spec}: use at most {len(source)}.")
     return source
 
 
 def main(argv=None):
     config, resume, sources = resolve_config(argv)
+    if config["backend"] != keras.backend.backend():
+        raise ConfigError(
+            f"backend={config['backend']}: Keras is already running on "
+            f"{keras.backend.backend()} in this process (the backend is fixed at the first "
+            "`import keras`). Run the recipe as a command (it sets KERAS_BACKEND from --backend "
+            "first), or set KERAS_BACKEND before importing keras_conmim.")
     resuming, saved = check_resume(config, resume)
-    os.environ["KERAS_BACKEND"] = config["backend"]
-    import keras
-    import numpy as np
-
-    import keras_conmim as kc
-    from keras_conmim import callbacks as cb
-    from keras_conmim import distribute
-    from keras_conmim import run_folder as run
-    from keras_conmim.saving import save_atomic, write_text_atomic
-
     print(describe_recipe(config, sources), flush=True)
     print("resolved config:\n" + json.dumps(config, indent=2), flush=True)
     batch = config["batch_size"]
@@ -74,7 +79,7 @@ def main(argv=None):
         plan = distribute.data_parallel(config["distribute"])
         plan.check_batch(batch)
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        raise ConfigError(str(e)) from None
     print(f"devices: {plan.describe(batch)}", flush=True)
     chief = plan.is_chief  # only one process writes files
     output = config["output"]
@@ -82,7 +87,7 @@ def main(argv=None):
 
     keras.utils.set_random_seed(config["seed"])
     keras.config.set_dtype_policy(config["precision"])
-    preset = kc.PRESETS[config["preset"]]
+    preset = PRESETS[config["preset"]]
     size = config["image_size"] or preset["config"]["image_shape"][0]
     channels = preset["config"]["image_shape"][-1]
     source = load_source(config, size, "rgb" if channels == 3 else "gray")
@@ -93,18 +98,18 @@ def main(argv=None):
     with plan.scope():
         model, path = cb.load_latest_checkpoint(ckpt_dir) if resuming else (None, None)
         if resuming and model is None:
-            raise SystemExit(f"error: no checkpoint in {ckpt_dir} loads with finite weights "
+            raise ResumeError(f"no checkpoint in {ckpt_dir} loads with finite weights "
                              "(see the warnings above). Start over with --no-resume (the run "
                              f"is moved to {os.path.join(output, run.PREVIOUS)}/, not deleted).")
         if model is None:
             try:
                 model = build_model(config, steps)
             except ValueError as e:
-                raise SystemExit(f"error: invalid configuration: {e}")
+                raise ConfigError(f"invalid configuration: {e}") from None
             done = 0
         else:
             done = int(keras.ops.convert_to_numpy(model.step_counter))
-            model.jit_compile = kc.train_step.jit_compile_for(config["jit_compile"])
+            model.jit_compile = jit_compile_for(config["jit_compile"])
             print(f"resuming from {path} at step {done}", flush=True)
     if chief:
         if not resuming:
@@ -157,18 +162,18 @@ def main(argv=None):
                 break  # a callback stopped the run
             epoch, offset = divmod(done, steps)
     except cb.NonFiniteLossError as e:
-        raise SystemExit(
-            f"error: {e}\nWith this recipe: resuming as is repeats the same steps. Start over "
+        raise cb.NonFiniteLossError(
+            f"{e}\nWith this recipe: resuming as is repeats the same steps. Start over "
             "with other settings (a lower --lr, --clip-norm 1.0, --precision float32) and "
             f"--no-resume: this run is then moved to {os.path.join(output, run.PREVIOUS)}/, "
-            "not deleted.")
+            "not deleted.") from None
 
     for name, obj in (("conmim", model), ("teacher_encoder", model.teacher_encoder),
                       ("student_encoder", model.encoder)):
         if chief:
             save_atomic(obj, os.path.join(output, f"{name}.keras"))
     if model.jit_compile and config["backend"] == "torch":
-        breaks = kc.train_step.torch_graph_breaks()
+        breaks = torch_graph_breaks()
         print(f"torch.compile: {sum(breaks.values())} graph break(s)"
               + "".join(f"\n  {n} x {reason}" for reason, n in breaks.items()))
     if source.failed_files:
@@ -196,4 +201,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main.run(main)

@@ -13,10 +13,10 @@ SegFormerImageSegmenter (all four levels, learned per-level projections).
 AdamW with warmup + cosine; the whole network is trained.
 """
 
-import os
-import sys
+import recipe_main  # stdlib only: chooses the backend before Keras loads
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":
+    recipe_main.choose_backend()
 import downstream  # noqa: E402
 
 HEADS = ("deeplabv3", "segformer")
@@ -72,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    recipe_main.run(main)

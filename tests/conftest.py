@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The tests import the recipes and bench scripts as modules, and those import
+# their siblings by plain name (as `python recipes/x.py` lets them): the
+# repository (for `recipes.x`), recipes/, bench/ and tests/ go on the path.
+# The package itself is installed (pip install -e .), not put on the path.
+for _folder in (ROOT, os.path.join(ROOT, "recipes"), os.path.join(ROOT, "bench"),
+                os.path.dirname(os.path.abspath(__file__))):
+    sys.path.insert(0, _folder)
 
 
 def pytest_configure(config):

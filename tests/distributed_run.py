@@ -42,7 +42,7 @@ def main():
 
     import keras_conmim as kc
     from keras_conmim import distribute
-    from keras_conmim.saving import save_atomic
+    from keras_conmim.atomic import save_atomic
 
     keras.utils.set_random_seed(0)
     plan = distribute.data_parallel(args.mode)

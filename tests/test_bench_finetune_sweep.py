@@ -84,7 +84,7 @@ def test_the_pixel_row_fine_tunes_the_pixel_encoder(tmp_path, capsys):
             "--rows", "conmim,pixel,scratch", "--pixel-encoder", pixel]
     sweep.main(argv)
     starts = [cmd[cmd.index("--encoder") + 1] if "--encoder" in cmd else "scratch" for cmd in calls]
-    shipped = os.path.join(sweep.ROOT, "saved_models", "conmim_vit_mini_p4_28_fmnist.keras")
+    shipped = os.path.join(sweep.ROOT, "keras_conmim", "weights", "conmim_vit_mini_p4_28_fmnist.keras")
     assert starts == [shipped, pixel, "scratch"]
     report = json.load(open(os.path.join(tmp_path, "results.json")))
     assert set(report["results"]) == {"conmim|flatten|10/15|0", "pixel|flatten|10/15|0",

@@ -4,10 +4,10 @@
   in its own empty temporary folder, with `KERAS_CONMIM_DOCS_TEST=1` set. A
   block whose first line is `# test: skip (reason)` is shown, not run. The blocks
   call the backend-independent API, whose behaviour per backend the other tests
-  pin, so they run once, on torch (eager: no compile wait), in one subprocess
-  (one Keras import for all of them); a block whose first line is
-  `# test: backend jax` (an export the torch backend cannot do) runs in a
-  second subprocess on JAX.
+  pin, so they run once, on torch (eager: no compile wait), each in its own
+  fresh interpreter with only the imports it shows, outside the repository
+  (as a user's first lines run); a block whose first line is
+  `# test: backend jax` (an export the torch backend cannot do) runs on JAX.
 - Every `--flag` of a `python recipes/X.py` / `python bench/X.py` line in a
   ```bash block exists in that script's parser.
 - Every relative link (a file, a folder, a `#heading`) resolves.
@@ -52,38 +52,20 @@ def test_docs_exist_and_readme_is_short():
     assert python_blocks(), "no python block found"
 
 
-RUNNER = r"""
-import json, os, sys, tempfile, time, traceback
-blocks = json.load(open(sys.argv[1]))
-failures = []
-for where, code in blocks:
-    start = time.perf_counter()
-    folder = tempfile.mkdtemp(prefix="docblock-")
-    os.chdir(folder)
-    try:
-        exec(compile(code, where, "exec"), {"__name__": "__main__"})
-    except BaseException:
-        failures.append((where, traceback.format_exc()[-3000:]))
-    print(f"ran {where} in {time.perf_counter() - start:.1f} s", flush=True)
-json.dump(failures, open(sys.argv[2], "w"))
-"""
-
-
 BACKEND_LINE = re.compile(r"# test: backend (jax|tensorflow|torch)\b")
 
 
-def run_blocks(blocks, backend, tmp_path):
-    """Run `blocks` [(where, code)] in one subprocess on `backend`; the failures."""
-    path = tmp_path / f"blocks_{backend}.json"
-    path.write_text(json.dumps(blocks))
-    failures = tmp_path / f"failures_{backend}.json"
+def run_block(where, code, backend, tmp_path):
+    """Run one block as a user would: a fresh interpreter, with only the
+    imports the block shows, in an empty folder outside the repository (the
+    installed package, not the checkout on the path). The error, or None."""
+    folder = tmp_path / re.sub(r"\W", "_", where)
+    folder.mkdir()
     env = dict(os.environ, KERAS_CONMIM_DOCS_TEST="1", KERAS_BACKEND=backend)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", RUNNER, str(path), str(failures)],
-                          capture_output=True, text=True, env=env, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    print(done.stdout)  # the time each block took (pytest -s shows it)
-    return json.loads(failures.read_text())
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=900, cwd=folder)
+    return None if done.returncode == 0 else done.stderr[-3000:]
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="the blocks use the backend-independent API; run once")
@@ -98,7 +80,10 @@ def test_every_python_block_runs(tmp_path):
         todo.setdefault(match.group(1) if match else "torch", []).append((f"{path}:{line}", code))
     failures = []
     for backend, blocks in sorted(todo.items()):
-        failures += run_blocks(blocks, backend, tmp_path)
+        for where, code in blocks:
+            error = run_block(where, code, backend, tmp_path)
+            if error:
+                failures.append((where, error))
     assert not failures, "\n\n".join(f"{where}:\n{error}" for where, error in failures)
 
 

@@ -79,7 +79,7 @@ def test_coco_map_perfect_partial_and_empty():
     ("detect.py", ["--init", "pretrained"], ("pretrained",))])
 def test_downstream_recipes_run(tmp_path, recipe, extra, inits):
     pytest.importorskip("keras_hub")
-    from keras_conmim.saving import save_atomic
+    from keras_conmim.atomic import save_atomic
 
     encoder = save_atomic(tiny_vit(), os.path.join(tmp_path, "vit.keras"))
     done = subprocess.run(

@@ -92,10 +92,10 @@ def test_finetune_recipe_runs(tmp_path):
         written = json.load(f)
     assert f"test top-1 {written['top1']:.2f}%" in last and written["test_images"] == 1000
     assert written["recipe"]["pooling"] == "mean" and written["recipe_sources"]["pooling"] == "flag"
-    assert written["recipe_sources"]["lr"] == "recipe" and written["resumed_after_epoch"] == 0
+    assert written["recipe_sources"]["lr"] == "preset" and written["resumed_after_epoch"] == 0
     assert written["head"].startswith("linear probe on the frozen features")
     assert "head: linear probe on the frozen features" in result.stdout  # LP-FT by default
-    assert re.search(r"pooling +mean   <- flag\n", result.stdout), result.stdout
+    assert re.search(r'pooling +"mean"   <- flag\n', result.stdout), result.stdout
     assert "weight decay 0.0001 <- flag" in result.stdout
     assert re.search(r"randaugment_ops +2\n", result.stdout), result.stdout  # on: not scaled off
     assert os.path.isfile(out)
@@ -169,7 +169,9 @@ def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, caps
         "ckpt-00000002.keras", "ckpt-00000004.keras"]
     assert not os.path.exists(os.path.join(tmp_path, "resumed.keras"))
 
-    with pytest.raises(SystemExit, match="holds checkpoints of another run.*lr.*--no-resume"):
+    from keras_conmim.errors import ResumeError
+
+    with pytest.raises(ResumeError, match="(?s)holds checkpoints of another run.*lr.*--no-resume"):
         run("resumed", "--lr", "0.5")
     capsys.readouterr()
     with open(os.path.join(folder, "notes.txt"), "w") as f:
@@ -185,7 +187,6 @@ def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, caps
 def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch):
     # The PyDataset path (a JAX or torch box without TensorFlow): epoch e's
     # batch i is global step first_step + e * steps + i, as in the tf.data path.
-    import argparse
     import sys as _sys
 
     from keras_conmim.data import load_default
@@ -193,9 +194,8 @@ def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch)
 
     monkeypatch.setitem(_sys.modules, "tensorflow", None)  # `import tensorflow` fails
     source = load_default("train", image_size=(28, 28), channels="gray")
-    args = argparse.Namespace(batch_size=4, seed=3, randaugment_ops=0, randaugment_factor=0.0,
-                              mixup=0.0, cutmix=0.0, random_erasing=0.0, **NO_GEOMETRY)
-    batches = finetune.make_batches(source, 10, args, first_step=6, steps_per_epoch=3)
+    recipe = finetune.FinetuneRecipe(batch_size=4, **NO_GEOMETRY)
+    batches = finetune.make_batches(source, 10, recipe, seed=3, first_step=6, steps_per_epoch=3)
     assert isinstance(batches, keras.utils.PyDataset) and len(batches) == 3
     seen = [to_numpy(batches[0][1])]
     batches.on_epoch_end()
@@ -208,8 +208,6 @@ def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch)
 def test_random_erasing_fills_one_rectangle_per_image(tensorflow):
     # The release's random erasing: with probability p, a rectangle of 2-33%
     # of the image becomes mid-grey; nothing else changes. p = 0: untouched.
-    import argparse
-
     from keras_conmim.data import load_default
     from recipes import finetune
 
@@ -217,10 +215,8 @@ def test_random_erasing_fills_one_rectangle_per_image(tensorflow):
     originals = source.batch(source.batch_indices(16, 0, 0)).astype("float32")
 
     def first_batch(p):
-        args = argparse.Namespace(batch_size=16, seed=0, randaugment_ops=0,
-                                  randaugment_factor=0.0, mixup=0.0, cutmix=0.0, random_erasing=p,
-                                  **NO_GEOMETRY)
-        batches = finetune.make_batches(source, 10, args, steps_per_epoch=1)
+        recipe = finetune.FinetuneRecipe(batch_size=16, random_erasing=p, **NO_GEOMETRY)
+        batches = finetune.make_batches(source, 10, recipe, seed=0, steps_per_epoch=1)
         x, _ = batches[0] if not tensorflow else next(iter(batches))
         return to_numpy(x)
 
@@ -248,34 +244,37 @@ def test_a_run_file_from_before_random_erasing_resumes_with_it_off(tmp_path):
     open(encoder, "w").close()
     argv = ["--encoder", encoder, "--checkpoint-dir", folder, "--output",
             os.path.join(tmp_path, "run.keras")]
+    from keras_conmim.errors import ResumeError
+
     args = finetune.parse_args(argv)
-    finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
-    settings = finetune.run_settings(args)
+    settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
     assert settings["random_erasing"] == 0.0
     old = {k: v for k, v in settings.items() if k != "random_erasing"}
-    with open(os.path.join(folder, finetune.RUN_FILE), "w") as f:
+    with open(os.path.join(folder, finetune.LEGACY_RUN_FILE), "w") as f:
         json.dump({"settings": old, "head": "h"}, f)
-    assert finetune.resumable(args, settings)["head"] == "h"
+    assert finetune.check_resume(folder, settings)["head"] == "h"
     args = finetune.parse_args([*argv, "--random-erasing", "0.25"])
-    finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
-    with pytest.raises(SystemExit, match="random_erasing: 0.0 there, 0.25 here"):
-        finetune.resumable(args, finetune.run_settings(args))
+    settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
+    with pytest.raises(ResumeError, match="random_erasing: the run has 0.0, this command 0.25"):
+        finetune.check_resume(folder, settings)
+    # the run file of today's format: the same check, the same message
+    finetune.write_run_file(folder, old | {"random_erasing": 0.0}, {}, "h")
+    os.remove(os.path.join(folder, finetune.LEGACY_RUN_FILE))
+    with pytest.raises(ResumeError, match="random_erasing: the run has 0.0, this command 0.25"):
+        finetune.check_resume(folder, settings)
 
 
 def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
     # Batch k is train_geometry of step k's images with a generator seeded by
     # (seed, step) alone: the tf.data and the no-TensorFlow paths give the same
     # pixels, and a resumed run crops as the stopped one would have.
-    import argparse
-
     from keras_conmim.data import geometry, load_default
     from recipes import finetune
 
     source = load_default("train", image_size=(28, 28), channels="gray")
-    args = argparse.Namespace(batch_size=16, seed=2, randaugment_ops=0, randaugment_factor=0.0,
-                              mixup=0.0, cutmix=0.0, random_erasing=0.0, crop="auto",
-                              crop_padding=4, crop_scale_min=0.08, flip=0.5)
-    batches = finetune.make_batches(source, 10, args, first_step=5, steps_per_epoch=3)
+    recipe = finetune.FinetuneRecipe(batch_size=16, crop="auto", crop_padding=4,
+                                     crop_scale_min=0.08, flip=0.5)
+    batches = finetune.make_batches(source, 10, recipe, seed=2, first_step=5, steps_per_epoch=3)
     x, y = batches[1] if not tensorflow else list(batches.take(2))[1]
     idx = source.batch_indices(16, 2, 6)
     expected = geometry.train_geometry(
@@ -293,15 +292,17 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
     encoder = os.path.join(tmp_path, "enc.keras")
     open(encoder, "w").close()
     argv = ["--encoder", encoder, "--output", os.path.join(tmp_path, "run.keras")]
+    from keras_conmim.errors import ResumeError
+
     args = finetune.parse_args(argv)
-    text = finetune.apply_recipe(args, "vit_mini_p4_28")  # the recipe as written
-    assert (args.crop, args.crop_padding, args.flip) == ("auto", 4, 0.5)  # the release's
-    assert "crop                 auto" in text
-    finetune.apply_recipe(args := finetune.parse_args(argv), "vit_mini_p4_28", 1000)
-    assert (args.crop, args.crop_padding, args.flip) == ("none", 0, 0.0)  # 300 steps: none
+    recipe, _, text = finetune.recipe_of(args, "vit_mini_p4_28")  # the recipe as written
+    assert (recipe.crop, recipe.crop_padding, recipe.flip) == ("auto", 4, 0.5)  # the release's
+    assert 'crop                 "auto"' in text
+    recipe, _, _ = finetune.recipe_of(finetune.parse_args(argv), "vit_mini_p4_28", 1000)
+    assert (recipe.crop, recipe.crop_padding, recipe.flip) == ("none", 0, 0.0)  # 300 steps: none
     args = finetune.parse_args([*argv, "--crop", "none", "--flip", "0"])
-    finetune.apply_recipe(args, "vit_base_p16_224")
-    assert (args.crop, args.flip, args.crop_scale_min) == ("none", 0.0, 0.08)
+    recipe, _, _ = finetune.recipe_of(args, "vit_base_p16_224")
+    assert (recipe.crop, recipe.flip, recipe.crop_scale_min) == ("none", 0.0, 0.08)
     for bad, message in ((["--flip", "2"], "flip 2.0: a probability"),
                          (["--crop-padding", "-4"], "crop padding -4"),
                          (["--crop-scale-min", "0"], "crop scale min 0.0")):
@@ -314,17 +315,17 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
     os.makedirs(folder)
     open(os.path.join(folder, "ckpt-00000002.keras"), "w").close()
     args = finetune.parse_args([*argv, "--checkpoint-dir", folder, "--pooling", "mean"])
-    finetune.apply_recipe(args, "vit_mini_p4_28", 1000)
-    settings = finetune.run_settings(args)
+    settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
     old = {k: v for k, v in settings.items() if k not in finetune.ADDED_SINCE}
-    with open(os.path.join(folder, finetune.RUN_FILE), "w") as f:
+    with open(os.path.join(folder, finetune.LEGACY_RUN_FILE), "w") as f:
         json.dump({"settings": old, "head": "h"}, f)
-    assert finetune.resumable(args, settings)["head"] == "h"
+    assert finetune.check_resume(folder, settings)["head"] == "h"
     args = finetune.parse_args([*argv, "--checkpoint-dir", folder])
-    finetune.apply_recipe(args, "vit_mini_p4_28")
-    with pytest.raises(SystemExit, match="crop: 'none' there, 'auto' here.*flip: 0.0 there, 0.5"
-                       ".*pooling: 'mean' there, 'flatten' here"):
-        finetune.resumable(args, finetune.run_settings(args))
+    settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28")[0])
+    with pytest.raises(ResumeError, match="(?s)crop: the run has 'none', this command 'auto'.*"
+                       "flip: the run has 0.0, this command 0.5.*"
+                       "pooling: the run has 'mean', this command 'flatten'"):
+        finetune.check_resume(folder, settings)
 
 
 def test_test_images_above_32_px_are_center_cropped_as_the_release_evaluates():

@@ -121,11 +121,11 @@ def test_the_recipe_moves_the_ramp_start_by_flag_and_refuses_a_bad_one(capsys):
 
     argv = ["--from-scratch", "--preset", "vit_mini_p4_28", "--epochs", "5"]
     default = finetune.parse_args(argv)
-    finetune.apply_recipe(default, "vit_mini_p4_28", 60_000)  # 4,685 steps: under the start
-    assert (default.mixup, default.randaugment_ops, default.crop) == (0, 0, "none")
+    recipe, _, _ = finetune.recipe_of(default, "vit_mini_p4_28", 60_000)  # 4,685 steps: under
+    assert (recipe.mixup, recipe.randaugment_ops, recipe.crop) == (0, 0, "none")
     early = finetune.parse_args([*argv, "--ramp-start-steps", "1000"])
-    text = finetune.apply_recipe(early, "vit_mini_p4_28", 60_000)
-    assert early.mixup == pytest.approx(0.1552) and early.randaugment_ops == 2
+    recipe, _, text = finetune.recipe_of(early, "vit_mini_p4_28", 60_000)
+    assert recipe.mixup == pytest.approx(0.1552) and recipe.randaugment_ops == 2
     assert "mixup                0.1552   <- scaled" in text
     for bad in ("-1", str(fb.LONG_STEPS)):
         with pytest.raises(SystemExit):
@@ -168,7 +168,9 @@ def test_finetune_recipe_on_a_labelled_subset(tmp_path, capsys):
     assert "train=80 (8 per class)" in text and "steps/epoch=4" in text  # batch 80 // 4 = 20
     assert "batch_size           20   <- scaled" in text and "epochs=1 " in text
     assert "layer_decay          1.0\n" in text  # the from-scratch recipe
-    with pytest.raises(SystemExit, match="at most 400 per class"):
+    from keras_conmim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at most 400 per class"):
         finetune.main([*argv[:-2], "--labels-per-class", "401", "--output", out])
 
 

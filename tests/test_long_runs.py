@@ -107,7 +107,9 @@ def test_config_file_and_flag_override(tmp_path):
     json_path = os.path.join(tmp_path, "run.json")
     with open(json_path, "w") as f:
         json.dump({"learning_rate": 1}, f)
-    with pytest.raises(SystemExit, match="unknown keys"):
+    from keras_conmim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown keys"):
         recipe.resolve_config(["--config", json_path])
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
+from keras_conmim.errors import ConfigError
 from conftest import to_numpy
 from recipes import pretrain
 
@@ -67,9 +68,9 @@ def test_bad_recipe_values_fail_before_training(tmp_path, capsys):
                           (["--mask-token-position", "learned"], "choose one of none, sincos"),
                           (["--temperature", "0"], "temperature=0.0: must be > 0"),
                           (["--resize", "stretch"], "choose one of crop, pad, center")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(ConfigError) as error:
             pretrain.resolve_config(argv)
-        assert message in capsys.readouterr().err, argv
+        assert message in str(error.value), argv
 
 
 def test_build_model_follows_the_resolved_recipe():
@@ -158,23 +159,27 @@ def test_finetune_takes_the_preset_recipe_unless_a_flag_overrides(tmp_path):
 
     args = finetune.parse_args(["--from-scratch", "--preset", "vit_base_p16_224", "--lr", "1e-3",
                                 "--fixed-recipe"])
-    text = finetune.apply_recipe(args, "vit_base_p16_224")
+    recipe, _, text = finetune.recipe_of(args, "vit_base_p16_224")
     # from random init: the preset's own recipe (DeiT's), no layer decay
-    assert (args.epochs, args.batch_size, args.warmup_epochs, args.layer_decay) == (300, 1024, 5, 1.0)
-    assert (args.mixup, args.cutmix, args.drop_path, args.label_smoothing) == (0.8, 1.0, 0.1, 0.1)
-    assert args.lr == 1e-3 and "lr                   0.001   <- flag" in text
+    assert (recipe.epochs, recipe.batch_size, recipe.warmup_epochs, recipe.layer_decay) == (
+        300, 1024, 5, 1.0)
+    assert (recipe.mixup, recipe.cutmix, recipe.drop_path, recipe.label_smoothing) == (
+        0.8, 1.0, 0.1, 0.1)
+    assert recipe.lr == 1e-3 and "lr                   0.001   <- flag" in text
     assert text.startswith("from-scratch recipe (vit_base_p16_224, as written)")
     path = os.path.join(tmp_path, "enc.keras")
     kc.ViT.from_preset("vit_mini_p4_28").save(path)
     args = finetune.parse_args(["--encoder", path, "--fixed-recipe"])
-    finetune.apply_recipe(args, "vit_base_p16_224")  # pre-trained: the release's recipe
-    assert (args.epochs, args.batch_size, args.warmup_epochs, args.layer_decay) == (100, 1024, 20, 0.65)
+    recipe, _, _ = finetune.recipe_of(args, "vit_base_p16_224")  # pre-trained: the release's
+    assert (recipe.epochs, recipe.batch_size, recipe.warmup_epochs, recipe.layer_decay) == (
+        100, 1024, 20, 0.65)
     vit = kc.ViT.from_preset("vit_mini_p4_28")
     assert finetune.preset_for(vit.get_config()) == "vit_mini_p4_28"
     assert finetune.preset_for({**vit.get_config(), "hidden_dim": 64}) is None
     args = finetune.parse_args(["--from-scratch", "--preset", "vit_mini_p4_28"])
-    assert "no preset matches" in finetune.apply_recipe(args, None)
-    assert args.epochs == kc.PRESETS["vit_mini_p4_28"]["scratch"]["epochs"]
+    recipe, _, text = finetune.recipe_of(args, None)
+    assert "no preset matches" in text
+    assert recipe.epochs == kc.PRESETS["vit_mini_p4_28"]["scratch"]["epochs"]
 
 
 def test_every_preset_has_finetune_and_scratch_recipes():

@@ -23,9 +23,8 @@ def registered_classes():
     KerasHub / Keras-CV register when their modules are imported)."""
     import keras
 
-    import keras_conmim
+    import keras_conmim  # noqa: F401  (registers every class of the package)
 
-    keras_conmim.register_all()
     for module in ("kerashub", "kerascv"):
         try:
             __import__(f"keras_conmim.{module}")

@@ -1,0 +1,26 @@
+"""The errors the library raises where a run cannot go on. Library code
+raises them; only the recipes turn them into one `error: ...` line and an
+exit status (recipes/recipe_main.py). Each message names the problem and the
+fix. They subclass ValueError / RuntimeError, so code that caught those
+before still does."""
+
+
+class ConMIMError(Exception):
+    """Base class: anything a recipe reports as one line."""
+
+
+class ConfigError(ConMIMError, ValueError):
+    """A setting, flag or config file that cannot work (found before training)."""
+
+
+class ResumeError(ConfigError):
+    """A run folder that this command cannot resume (other settings, or no
+    checkpoint that loads)."""
+
+
+class DataError(ConMIMError, ValueError):
+    """Data that cannot be read or does not fit the run."""
+
+
+class NonFiniteLossError(ConMIMError, RuntimeError):
+    """The loss became NaN or Inf; training was stopped."""
