@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

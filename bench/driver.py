@@ -14,7 +14,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from keras_conmim.atomic import write_text_atomic  # noqa: E402,F401  (keras-free; re-exported)
+from keras_conmim.atomic import write_text_atomic  # noqa: F401  (re-exported)
 
 
 def machine(backend):

@@ -29,9 +29,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from keras_conmim import cli  # noqa: E402  (keras-free)
+from keras_conmim import cli
 from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402,F401
-from keras_conmim.cli import parse_label_counts  # noqa: E402  (no keras import)
+from keras_conmim.cli import parse_label_counts  # noqa: E402
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),

@@ -23,11 +23,10 @@ import hashlib
 import json
 import os
 import shlex
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from keras_conmim import cli  # noqa: E402  (keras-free)
-from driver import machine, run_for_results, write_text_atomic  # noqa: E402  (no keras import)
+from keras_conmim import cli
+from driver import machine, run_for_results, write_text_atomic  # noqa: E402
 
 ARMS = {
     # name: recipes/finetune.py flags (explicit, so that an arm means the same

@@ -24,7 +24,6 @@ Rates (images/s) printed:
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 

@@ -18,7 +18,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,11 +20,10 @@ import io
 import json
 import os
 import shutil
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from driver import write_text_atomic  # noqa: E402  (no keras import)
-from keras_conmim.cli import result_lines  # noqa: E402  (no keras import)
+from driver import write_text_atomic  # noqa: E402
+from keras_conmim.cli import result_lines  # noqa: E402
 
 NAME = "conmim_vit_mini_p4_28_fmnist.keras"
 PRESET = NAME[:-len(".keras")]

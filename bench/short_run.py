@@ -21,7 +21,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
-from keras_conmim.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402  (no keras import)
+from keras_conmim.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402
 # The release's layout and numbers, with the small-image views and crop.
 RELEASE = ["--mask-token-position", "none", "--mask-unit", "2", "--mask-ratio", "0.75",
            "--lr", "5e-4", "--warmup-epochs", "0.5", "--batch-size", "64",
@@ -65,7 +65,7 @@ def main(argv=None):
     p.add_argument("--data", default="default")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--variants", default="release,sincos,unit1,lr_1.5e-3,momentum_0.99",
+    p.add_argument("--variants", default="preset,release,sincos,unit1,lr_1.5e-3",
                    help=f"comma-separated, from: {', '.join(VARIANTS)}")
     p.add_argument("--extra", default="", help="flags added to every variant")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "short_run"))

@@ -7,7 +7,7 @@ set it from `--backend` before importing the package).
 
 Modules, from the bottom up (docs/design.md draws the graph):
 
-- leaves, no Keras: `presets`, `errors`, `run_folder`, `finetune_budget`,
+- leaves, standard library or numpy: `presets`, `errors`, `run_folder`, `finetune_budget`,
   `downstream_metrics`, `data.geometry`;
 - layers and ops: `distribute`, `layers`, `losses`, `masking`, `views`,
   `projector`, `optimizers`, `train_step`, `atomic` (writes that never leave

@@ -14,7 +14,8 @@ from keras_conmim.distribute import this_host_only
 from keras_conmim.errors import NonFiniteLossError
 from keras_conmim.run_folder import CHECKPOINT_PATTERN
 
-__all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "TrainingScalars", "ViewGrid",
+__all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "RollbackCount", "TrainingScalars",
+           "ViewGrid",
            "checkpoint_step", "list_checkpoints", "load_latest_checkpoint", "nonfinite_variables",
            "restore_latest_checkpoint"]
 
@@ -185,7 +186,9 @@ def _finite(value):
 
 class NaNGuard(keras.callbacks.Callback):
     """Stops training at the first NaN/Inf loss with a message that says what
-    to try, raising `NonFiniteLossError`. Put it before `Checkpointer`."""
+    to try, raising `NonFiniteLossError` (its `step`: the model's step count
+    after the bad batch; its `checkpoint`: the newest good checkpoint or
+    None). Put it before `Checkpointer`."""
 
     def __init__(self, checkpointer=None):
         super().__init__()
@@ -195,13 +198,31 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not _finite(loss):
             self.model.stop_training = True
+            _sync(self.model)
+            step = _step(self.model)
             last = self.checkpointer.last_good() if self.checkpointer else None
-            raise NonFiniteLossError(
-                f"The loss became {float(np.asarray(keras.ops.convert_to_numpy(loss)))} at batch "
-                f"{batch} of this epoch; training stopped. Last good checkpoint: "
-                f"{last or 'none written yet'}. Check the input data for NaN/Inf, or try a lower "
-                "--lr, --clip-norm 1.0, or --precision float32 / mixed_bfloat16 instead of "
-                "mixed_float16.")
+            error = NonFiniteLossError(
+                f"The loss became {float(np.asarray(keras.ops.convert_to_numpy(loss)))} at step "
+                f"{step - 1} (batch {batch} of this epoch); training stopped. Last good "
+                f"checkpoint: {last or 'none written yet'}. Check the input data for NaN/Inf, or "
+                "try a lower --lr, --clip-norm 1.0, or --precision float32 / mixed_bfloat16 "
+                "instead of mixed_float16.")
+            error.step, error.checkpoint = step, last
+            raise error
+
+
+class RollbackCount(keras.callbacks.Callback):
+    """Adds `nan_rollbacks` (how many times the run rolled back from a NaN so
+    far) to the epoch logs, for the CSV log and TensorBoard. Put it before
+    those loggers."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["nan_rollbacks"] = self.count
 
 
 class TrainingScalars(keras.callbacks.Callback):

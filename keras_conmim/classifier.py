@@ -97,7 +97,7 @@ class ViTClassifier(keras.Model):
         `evaluation.select_weight_decay` picks by 4-fold cross-validation on
         the labelled images (a probe that memorises a few images hands
         fine-tuning an over-confident head: measured, Fashion-MNIST 10 per
-        class, README), or a number. Returns `(train_accuracy, weight_decay)`."""
+        class, docs/benchmarks.md), or a number. Returns `(train_accuracy, weight_decay)`."""
         features = self.features(images)
         fit = dict(epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size)
         weight_decay = resolve_weight_decay(weight_decay, features, labels, self.num_classes,

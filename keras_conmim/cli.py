@@ -108,10 +108,15 @@ def check_encoder(args):
 def load_start(args):
     """The encoder a run starts from: --encoder's weights, or with
     --from-scratch the same architecture at random init (--preset's, else
-    --encoder's)."""
-    if not getattr(args, "from_scratch", False):
-        return load_encoder(args.encoder)
-    return ViT.from_preset(getattr(args, "preset", None) or args.encoder, load_weights=False)
+    --encoder's). A file that holds no usable ViT (another model, a `Lambda`
+    safe mode refuses, a preset folder with a hostile config) is a
+    ConfigError naming --encoder."""
+    try:
+        if not getattr(args, "from_scratch", False):
+            return load_encoder(args.encoder)
+        return ViT.from_preset(getattr(args, "preset", None) or args.encoder, load_weights=False)
+    except (ValueError, OSError, TypeError) as e:
+        raise ConfigError(f"--encoder {args.encoder}: {e}") from None
 
 
 def use_backend(backend):

@@ -1,5 +1,7 @@
 """The ConMIM pre-training model: student, EMA teacher, views, masks, loss."""
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -22,12 +24,19 @@ MODEL_RECIPE_KEYS = ("mask", "mask_ratio", "mask_unit", "mask_token_position", "
                      "crop_scale_min", "temperature", "base_momentum", "final_momentum")
 
 
-def check_images(images, image_shape):
+_SIZE_WARNED = set()  # (images' size, encoder's size) pairs already warned about
+
+
+def check_images(images, image_shape, dtype=None):
     """The contract of `ConMIM`'s input: uint8 `[B, H, W, C]` with the
-    encoder's channel count (any H, W: the views resample). A ValueError that
-    says how to convert, instead of a model that trains on constant inputs
-    (floats in [0, 1]) or an einsum error (channels first)."""
-    dtype = keras.backend.standardize_dtype(images.dtype)
+    encoder's channel count. A ValueError that says how to convert, instead
+    of a model that trains on constant inputs (floats in [0, 1]) or an einsum
+    error (channels first). Images of another height and width are accepted
+    on purpose: the views crop and resize every image to the encoder's size
+    (as the release does for ImageNet photos of any size); a warning says so
+    once. `dtype`: the caller's own dtype when the backend has converted it
+    already (JAX turns int64 into int32)."""
+    dtype = dtype or keras.backend.standardize_dtype(images.dtype)
     channels = image_shape[-1]
     if dtype != "uint8":
         raise ValueError(
@@ -42,9 +51,36 @@ def check_images(images, image_shape):
             hint = " This looks channels-first: transpose with x.transpose(0, 2, 3, 1)."
         elif len(shape) == 3:
             hint = " A channel axis is missing: add it with x[..., None]."
+        elif len(shape) == 4 and shape[-1] == 3 and channels == 1:
+            hint = (" These are RGB images for a grayscale encoder: convert with "
+                    "x.mean(-1, keepdims=True).round().astype('uint8'), or build the encoder "
+                    "with image_shape=(H, W, 3).")
+        elif len(shape) == 4 and shape[-1] == 1 and channels == 3:
+            hint = (" These are grayscale images for an RGB encoder: repeat the channel with "
+                    "np.repeat(x, 3, axis=-1), or build the encoder with image_shape=(H, W, 1).")
         raise ValueError(
             f"ConMIM takes images shaped [B, H, W, C] with C={channels} (channels last), "
             f"received shape {shape}.{hint}")
+    sizes = (tuple(shape[1:3]), tuple(image_shape[:2]))
+    if shape[1] is not None and sizes[0] != sizes[1] and sizes not in _SIZE_WARNED:
+        _SIZE_WARNED.add(sizes)
+        warnings.warn(
+            f"ConMIM: the images are {shape[1]}x{shape[2]}, the encoder's size is "
+            f"{image_shape[0]}x{image_shape[1]}: the views crop and resize each image to it "
+            "(on purpose, as for photos of any size). Resize them beforehand to silence this.",
+            stacklevel=2)
+
+
+def check_fit_data(x):
+    """What `ConMIM.fit` can say about numpy / array input before Keras
+    converts it: empty data, and the array's own dtype (JAX would report
+    int64 as int32)."""
+    if x is None or not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        return None
+    if len(x.shape) >= 1 and x.shape[0] == 0:
+        raise ValueError("ConMIM.fit: the data is empty (0 images). Pass at least one batch of "
+                         "uint8 images [B, H, W, C].")
+    return str(getattr(x.dtype, "name", x.dtype))
 
 
 def _clone(layer, name):
@@ -327,6 +363,10 @@ class ConMIM(keras.Model):
         return backend_step.test_step(self, *args)
 
     def fit(self, *args, **kwargs):
+        x = args[0] if args else kwargs.get("x")
+        dtype = check_fit_data(x)
+        if dtype is not None:
+            check_images(x, self.encoder.image_shape, dtype=dtype)
         callbacks = list(kwargs.get("callbacks") or [])
         if float(ops.convert_to_numpy(self.total_steps)) == 0:
             callbacks.append(_SetTotalSteps(self, kwargs.get("initial_epoch", 0)))

@@ -18,6 +18,14 @@ class ResumeError(ConfigError):
     checkpoint that loads)."""
 
 
+class RunInUseError(ConMIMError, RuntimeError):
+    """A run folder that another live run holds (`run_folder.hold`)."""
+
+
+class StorageError(ConMIMError, OSError):
+    """A folder that cannot take the run's files (not writable, a full disk)."""
+
+
 class DataError(ConMIMError, ValueError):
     """Data that cannot be read or does not fit the run."""
 

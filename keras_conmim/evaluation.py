@@ -80,7 +80,7 @@ def select_weight_decay(features, labels, num_classes, candidates=PROBE_WEIGHT_D
     decay on a tie), for few labels, where a lightly regularised probe
     memorises its images (measured on Fashion-MNIST, 10 per class: picked 1,
     and the LP-FT head fitted with it fine-tunes 2.8 to 3.4 points above the
-    one fitted with 1e-4; README). Folds are class-stratified and seeded.
+    one fitted with 1e-4; docs/finetuning.md). Folds are class-stratified and seeded.
     Returns `(weight_decay, {candidate: held-out accuracy})`."""
     labels = np.asarray(labels).astype("int64")
     if folds < 2:

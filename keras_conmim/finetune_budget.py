@@ -37,7 +37,7 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    CutMix on such a run cost the fine-tuned ViT 8-10 points; RandAugment at
    half magnitude on one 937-step epoch of Fashion-MNIST kept the training
    accuracy under 50% and cost 8.4 points from ConMIM, 43.7 from scratch;
-   on 300 steps over 100 labels per class it would add 1.3, README; the
+   on 300 steps over 100 labels per class it would add 1.3, docs/benchmarks.md; the
    release's crop + flip on 300 steps cost 8.2 points from ConMIM and 9.7
    from scratch at 100 labels per class, and moved 10 per class by +1.2 /
    +1.0, bench/finetune_sweep.py). The geometry at ramp r: padding
@@ -48,7 +48,7 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    pre-trained encoder with few labels gets its head fitted first as a
    linear probe on the frozen features (LP-FT); with many labels, and from
    scratch, the release's head x0.001. Measured on Fashion-MNIST (ConMIM,
-   6 pre-training epochs, README): LP-FT +0.7 points at 10 labels per
+   6 pre-training epochs, docs/benchmarks.md): LP-FT +0.7 points at 10 labels per
    class, +11.5 at 100, but -1.9 with all 6,000 per class (a converged
    probe's confident head slows the encoder's learning). The threshold,
    LP_FT_MAX_PER_CLASS, sits between the measured 100 and 6,000: not

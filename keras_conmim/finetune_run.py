@@ -21,10 +21,12 @@ from keras_conmim import data, run_folder
 from keras_conmim.atomic import write_text_atomic
 from keras_conmim.callbacks import list_checkpoints
 from keras_conmim.cli import encoder_path
-from keras_conmim.data.geometry import eval_center_crop, eval_load_size, train_geometry
+from keras_conmim.data.geometry import (
+    check_geometry, eval_center_crop, eval_load_size, train_geometry,
+)
 from keras_conmim.errors import ConfigError, DataError, ResumeError
 from keras_conmim.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
-from keras_conmim.presets import PRESETS
+from keras_conmim.presets import POOLINGS, PRESETS
 from keras_conmim.run_config import describe, resolve
 
 
@@ -62,13 +64,19 @@ class FinetuneRecipe:
             errors.append(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
         if not 0 < self.layer_decay <= 1:
             errors.append(f"layer_decay={self.layer_decay}: must be in (0, 1]")
-        for k in ("random_erasing", "flip", "drop_path", "label_smoothing"):
+        for k in ("random_erasing", "drop_path", "label_smoothing"):
             if not 0 <= getattr(self, k) <= 1:
                 errors.append(f"{k}={getattr(self, k)}: must be in [0, 1]")
         for k in ("warmup_epochs", "weight_decay", "mixup", "cutmix", "randaugment_ops",
-                  "randaugment_factor", "crop_padding"):
+                  "randaugment_factor"):
             if getattr(self, k) < 0:
                 errors.append(f"{k}={getattr(self, k)}: must be >= 0")
+        try:
+            check_geometry(self.crop, self.crop_padding, self.crop_scale_min, self.flip)
+        except ValueError as e:
+            errors.append(str(e))
+        if self.pooling not in POOLINGS:
+            errors.append(f"pooling={self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if errors:
             raise ConfigError("invalid fine-tuning recipe:\n  " + "\n  ".join(errors))
 

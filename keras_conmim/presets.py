@@ -15,8 +15,8 @@ The 224 px presets carry the release's numbers (spec, and the release's
 README: lr 5e-4, warmup 5 epochs, cosine to 1e-5, AdamW wd 0.05, random 2x2
 units at 75%, momentum 0.996 -> 1, tau 0.1, crop 0.08-1, the strong view's
 ImageNet strengths; ViT-L: lr 7.5e-4, warmup 10, clip 1.0). The small-image
-recipes were chosen by measurement on Fashion-MNIST (README, "Recipes per
-preset").
+recipes were chosen by measurement on Fashion-MNIST (docs/pretraining.md,
+"Recipes per preset"; docs/benchmarks.md).
 """
 
 # PairedViews arguments of the strong teacher view of docs/method.md (its defaults).
@@ -77,7 +77,7 @@ def deit_recipe():
 
 
 # Small images: the release's recipe scaled down to minutes, without its layer
-# decay. Measured on Fashion-MNIST with a 6-epoch ConMIM teacher (README's
+# decay. Measured on Fashion-MNIST with a 6-epoch ConMIM teacher (docs/benchmarks.md's
 # benchmark): 1.0 instead of the release's 0.65 gives 86.70 vs 84.22 after 15
 # all-label epochs (scratch: 86.60), 78.97 vs 78.79 after one, 50.21 vs 48.45
 # with 10 labels per class and 69.76 vs 70.30 with 100. The release's 0.65
@@ -119,13 +119,13 @@ RELEASE_CALIBRATION_RECIPE = dict(
 
 # Small images, short runs (minutes to hours on a CPU): the calibration's
 # recipe with what `bench/short_run.py` measured to make a 4-epoch run on the
-# packaged 4,000 images learn (README, "Learning from the first minutes"):
+# packaged 4,000 images learn (docs/benchmarks.md, "Short runs"):
 # a position code on the mask tokens, batch 32 (more steps for the same
 # images), a milder crop (0.8-1: 28 px crops to 35% are a blur) and momentum
 # 0.99 -> 1 (0.996 over a few hundred steps leaves the teacher near its init).
 # Mask units stay the release's 2x2 (on a 7x7 grid the edge units are cut):
 # single patches make a higher lookup accuracy on the short run, but on the
-# full 60,000 images for 6 epochs 2x2 units fine-tune better (README,
+# full 60,000 images for 6 epochs 2x2 units fine-tune better (docs/benchmarks.md,
 # "Harder masking": +1.20 with 10 labels per class over three seeds, +0.37
 # with 100, -0.24 with all labels for one epoch).
 SMALL_IMAGE_RECIPE = dict(

@@ -79,12 +79,30 @@ OPTIONS = {
     "checkpoint_every": (int, None, "also checkpoint every N steps (default: epoch ends)"),
     "view_grid_every": (int, 5, "epochs between pictures of the views"),
     "seed": (int, 0, "seed for weights, data order, views and masks"),
+    "on_nan": (str, "stop", "stop | rollback: at a NaN/Inf loss, stop naming the last good "
+               "checkpoint and the command that goes on from it with a lower lr; or roll back "
+               "to that checkpoint by itself, skip the batches since it, scale the lr by "
+               "--rollback-lr-factor and go on (at most --max-rollbacks times)"),
+    "max_rollbacks": (int, 3, "--on-nan rollback: how many times a run may roll back"),
+    "rollback_lr_factor": (float, 0.5, "--on-nan rollback: lr and min_lr are multiplied by this "
+                           "at each rollback"),
 }
 RECIPE_KEYS = tuple(k for k, (_, default, _) in OPTIONS.items() if default == RECIPE)
 # Settings a resumed run may change: where files go and how often, and how the
 # same global batch is computed. Any other difference refuses to resume.
-RESUMABLE_CHANGES = ("backend", "output", "keep_checkpoints", "checkpoint_every",
+RESUMABLE_CHANGES = ("on_nan", "max_rollbacks", "rollback_lr_factor",
+                     "backend", "output", "keep_checkpoints", "checkpoint_every",
                      "view_grid_every", "distribute", "tfds_download", "jit_compile")
+# Settings a run resumed from a good checkpoint may change to climb out of a
+# NaN: the optimizer's (learning rate, its floor, clipping, warm-up where the
+# run is still warming up) and the precision. The run goes on from the
+# checkpoint's step with the new values; `build_model` makes the model and its
+# optimizer anew and the checkpoint's weights, optimizer state, step and RNG
+# state are loaded into it. The schedule keeps its shape: the same warm-up +
+# cosine over the same total steps, evaluated at the same step with the new
+# peak and floor, lr(t) = min_lr' + (lr' - min_lr') (1 + cos(pi (t - w) /
+# (T - w))) / 2 after the warm-up of w steps (T: the run's total steps).
+RECOVERY_CHANGES = ("lr", "min_lr", "clip_norm", "precision", "warmup_epochs")
 # Options that may be unset (None); clip_norm's "none" is None too.
 NULLABLE = tuple(k for k, (_, default, _) in OPTIONS.items() if default is None) + ("clip_norm",)
 
@@ -166,6 +184,11 @@ def validate(config):
         errors.append("distribute=data_parallel: not on torch (Keras 3's torch trainer has no "
                       "multi-device fit); use --backend jax or tensorflow, or --distribute none")
     choice("objective", ("contrast", "pixel"))
+    choice("on_nan", ("stop", "rollback"))
+    if not isinstance(config["max_rollbacks"], int) or config["max_rollbacks"] < 0:
+        errors.append(f"max_rollbacks={config['max_rollbacks']!r}: must be an integer >= 0")
+    if not 0 < config["rollback_lr_factor"] < 1:
+        errors.append(f"rollback_lr_factor={config['rollback_lr_factor']}: must be in (0, 1)")
     if config["position_embedding"] is not None:
         choice("position_embedding", ("relative", "absolute", "sincos"))
     if not 0 <= config["base_momentum"] <= config["final_momentum"] <= 1:
@@ -211,7 +234,7 @@ def validate(config):
         errors.append(f"data={spec!r}: use default, idx:PATH, dir:PATH or tfds:NAME")
     if config["preset"] in presets:
         preset = presets[config["preset"]]["config"]
-        size = config["image_size"] or preset["image_shape"][0]
+        size = image_shape_of(config)[0]
         patch = config["patch_size"] or preset["patch_size"]
         if size % patch:
             errors.append(f"patch_size={patch} does not divide image_size={size}: "
@@ -226,7 +249,7 @@ def validate(config):
 
 def view_errors(views):
     """Type and range of each `views` value (PairedViews checks the ranges
-    again; here they fail before Keras loads, with the key named)."""
+    again; here they fail before the model is built, with the key named)."""
     errors = []
 
     def number(x):
@@ -257,15 +280,21 @@ def view_errors(views):
     return errors
 
 
+def image_shape_of(config):
+    """The encoder's `(H, W, C)` for a resolved config: --image-size, else the
+    preset's (derived here once, for the checks, the data and the model)."""
+    preset = PRESETS[config["preset"]]["config"]
+    size = config.get("image_size") or preset["image_shape"][0]
+    return (size, size, preset["image_shape"][-1])
+
+
 def build_model(config, steps_per_epoch):
     """The ConMIM model and its optimizer, compiled, from a resolved config
     (`resolve_config`): `ConMIM.from_preset` with the config's recipe values
     (the one place a recipe becomes a model) and `pretrain_optimizer` over
     epochs x steps_per_epoch steps."""
-    preset = PRESETS[config["preset"]]
-    size = config.get("image_size") or preset["config"]["image_shape"][0]
     encoder_kwargs = {k: config[k] for k in ("patch_size", "position_embedding") if config.get(k)}
-    encoder_kwargs["image_shape"] = (size, size, preset["config"]["image_shape"][-1])
+    encoder_kwargs["image_shape"] = image_shape_of(config)
     model = ConMIM.from_preset(
         config["preset"], load_weights=False, encoder_kwargs=encoder_kwargs,
         symmetric_views=bool(config.get("symmetric_views")),
@@ -279,7 +308,7 @@ def build_model(config, steps_per_epoch):
 
 def check_resume(config, resume):
     """Whether this run resumes the one in --output (it has checkpoints and
-    --no-resume was not given), checked before Keras loads: the run there
+    --no-resume was not given), checked before the model is built: the run there
     must have been made with these settings, else ResumeError naming each
     difference and the ways out. Returns (resuming, saved config or None)."""
     run = run_folder
@@ -291,12 +320,36 @@ def check_resume(config, resume):
         print(f"warning: {output} has checkpoints but no config.json (an older version's run): "
               "resuming without checking its settings", flush=True)
         return True, None
-    problems = run.resume_problems(saved, config, RESUMABLE_CHANGES)
+    problems = run.resume_problems(saved, config, RESUMABLE_CHANGES + RECOVERY_CHANGES)
     if problems:
         raise ResumeError(
             f"{output} holds a run made with other settings, which a resume would "
-            "silently ignore:\n  " + "\n  ".join(problems) + "\nResume it with its own "
+            "silently ignore:\n  " + "\n  ".join(problems) + "\nA resume may change only "
+            f"where files go and how often ({', '.join(RESUMABLE_CHANGES)}) and, to climb out "
+            f"of a NaN, {', '.join(RECOVERY_CHANGES)}. Resume it with its own "
             f"settings ({os.path.join(output, run.CONFIG)} lists them), or start a new run: "
             f"add --no-resume (the run there is moved to {os.path.join(output, run.PREVIOUS)}/, "
             "not deleted) or pass another --output.")
     return True, saved
+
+
+def recovery_changes(saved, config):
+    """{key: (the run's value, this command's)} for the RECOVERY_CHANGES a
+    resume makes (empty when it makes none)."""
+    if not saved:
+        return {}
+    return {key: (saved[key], config[key]) for key in RECOVERY_CHANGES
+            if key in saved and not run_folder.same(saved[key], config[key])}
+
+
+def check_warmup_change(saved, config, step, steps_per_epoch):
+    """A warm-up change keeps the schedule's shape only while the run is still
+    warming up under the new warm-up (`step` before its end): else ResumeError."""
+    if saved is None or run_folder.same(saved.get("warmup_epochs"), config["warmup_epochs"]):
+        return
+    end = int(config["warmup_epochs"] * steps_per_epoch)
+    if step >= end:
+        raise ResumeError(
+            f"warmup_epochs: the run resumes at step {step}, past the end of the new warm-up "
+            f"(step {end}); changing it now would jump the cosine instead of keeping its shape. "
+            "Keep --warmup-epochs, or lower --lr alone.")

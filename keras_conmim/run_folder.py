@@ -15,6 +15,8 @@ import json
 import os
 import re
 
+from keras_conmim.errors import ConfigError, RunInUseError
+
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 PREVIOUS = "previous_runs"
@@ -71,7 +73,7 @@ def resume_problems(saved, config, mutable):
     saved config lacks (written by an older version) is not compared."""
     problems = []
     for key, value in config.items():
-        if key in mutable or key not in saved or _same(saved[key], value):
+        if key in mutable or key not in saved or same(saved[key], value):
             continue
         if key == "epochs":
             problems.append(
@@ -83,12 +85,12 @@ def resume_problems(saved, config, mutable):
     return problems
 
 
-def _same(a, b):
+def same(a, b):
     # JSON turns tuples into lists.
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     return a == b
 
 
@@ -104,9 +106,155 @@ def record(config, sources, saved, event, step, checkpoint=None, extra=None):
     if checkpoint:
         entry["checkpoint"] = os.path.basename(checkpoint)
     if saved:
-        changed = {k: [saved[k], v] for k, v in config.items() if k in saved and not _same(saved[k], v)}
+        changed = {k: [saved[k], v] for k, v in config.items() if k in saved and not same(saved[k], v)}
         if changed:
             entry["changed"] = changed
     history.append(entry)
     return json.dumps({**config, **(extra or {}), "recipe_sources": sources, "history": history},
                       indent=2)
+
+
+# ---- one run per folder --------------------------------------------------------
+
+LOCK = ".run.lock"
+HEARTBEAT_SECONDS = 30  # the holder touches its lock this often
+STALE_SECONDS = 300  # a lock from another host untouched this long belongs to a dead run
+
+
+def _lock_info():
+    import socket
+    import sys
+
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv)[:500]}
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def lock_holder(folder):
+    """`(info, stale)` for the lock in `folder` (info: pid, host, started,
+    command), or `(None, False)` when nothing holds it. A lock is stale when
+    its process is gone (same host) or it has not been touched for
+    STALE_SECONDS (another host: its process cannot be asked)."""
+    import socket
+    import time
+
+    path = os.path.join(folder, LOCK)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        age = time.time() - os.path.getmtime(path)
+    except FileNotFoundError:
+        return None, False
+    except (OSError, ValueError):  # half-written by a run killed while taking it
+        return {"pid": None, "host": "?", "started": "?", "command": "?"}, True
+    if info.get("host") == socket.gethostname():
+        return info, not _alive(int(info.get("pid") or -1))
+    return info, age > STALE_SECONDS
+
+
+def describe_holder(info):
+    return (f"process {info.get('pid')} on host {info.get('host')}, started {info.get('started')} "
+            f"({info.get('command')})")
+
+
+class hold:
+    """`with run_folder.hold(folder):` the run owns `folder` until the block
+    ends. A second run into a folder that a live run holds raises
+    RunInUseError at once, naming the holder; a lock left by a dead run is
+    taken over with a warning. The lock file is created with O_EXCL (atomic,
+    also on NFS v3 and later), its content names the holder, and a thread
+    touches it every HEARTBEAT_SECONDS so that a run on another host can tell
+    a live holder from a dead one. In a multi-process job only the process
+    that writes files should hold it."""
+
+    def __init__(self, folder, warn=print):
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK)
+        self.warn = warn
+        self._stop = None
+        self.info = None
+
+    def _create(self):
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise ConfigError(f"{self.folder}: cannot write there ({e.strerror or e}). Pass a "
+                              "folder you can write, with free space.") from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.info, f)
+        except OSError as e:
+            os.remove(self.path)
+            raise ConfigError(f"{self.folder}: cannot write there ({e.strerror or e}). Pass a "
+                              "folder you can write, with free space.") from None
+
+    def __enter__(self):
+        import threading
+
+        self.created = not os.path.isdir(self.folder)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{self.folder}: cannot make this folder ({e.strerror or e}"
+                              f"{': ' + e.filename if e.filename else ''}). Pass a folder you "
+                              "can write.") from None
+        self.info = _lock_info()
+        for _ in range(3):
+            try:
+                self._create()
+                break
+            except FileExistsError:
+                holder, stale = lock_holder(self.folder)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                if not stale:
+                    raise RunInUseError(
+                        f"{self.folder} is in use by another run: {describe_holder(holder)}. "
+                        "Wait for it to finish, or pass another folder. Two runs in one folder "
+                        f"would mix their files. (If that run is dead, delete {self.path}.)"
+                    ) from None
+                self.warn(f"warning: {self.folder} was held by a run that is gone "
+                          f"({describe_holder(holder)}); taking it over")
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+        else:
+            raise RunInUseError(f"{self.folder}: could not take its lock {self.path}; another "
+                              "run is taking it at the same moment. Try again.")
+        self._stop = threading.Event()
+        thread = threading.Thread(target=self._beat, daemon=True, name="run-folder-heartbeat")
+        thread.start()
+        return self
+
+    def _beat(self):
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __exit__(self, *exc):
+        if self._stop is not None:
+            self._stop.set()
+        try:  # remove it only if it is still ours
+            with open(self.path) as f:
+                if json.load(f) == self.info:
+                    os.remove(self.path)
+            if self.created and not os.listdir(self.folder):
+                os.rmdir(self.folder)  # a run refused before writing leaves no folder behind
+        except (OSError, ValueError):
+            pass
+        return False

@@ -3,7 +3,6 @@ data built from Fashion-MNIST items, and the two starting points
 (pre-trained encoder, or the same architecture with random weights)."""
 
 import argparse
-import os
 
 from keras_conmim import cli
 from keras_conmim.errors import ConfigError

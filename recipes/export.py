@@ -18,7 +18,6 @@ largest difference is printed and a difference above --atol is an error.
 
 import argparse
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import recipe_main  # stdlib only: chooses the backend before Keras loads
@@ -51,7 +50,32 @@ def parse_args(argv=None):
         p.error("--format keras needs an --output ending in .keras")
     if os.path.exists(args.output):
         p.error(f"--output {args.output} exists; choose a new path")
+    problem = output_problem(args.output)
+    if problem:
+        p.error(f"--output {args.output}: {problem}")
+    if args.format == "onnx":  # known before the model loads
+        import importlib.util
+
+        converter = {"jax": "jax2onnx", "tensorflow": "tf2onnx"}[args.backend]
+        missing = [m for m in ("onnx", converter) if importlib.util.find_spec(m) is None]
+        if missing:
+            p.error(f"--format onnx on --backend {args.backend} needs {' and '.join(missing)}: "
+                    "pip install 'keras-conmim[onnx]'")
     return args
+
+
+def output_problem(path):
+    """Why a file or folder cannot be written at `path` (checked before the
+    model loads), or None: its nearest existing parent must be a folder this
+    process can write into."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder; pass a path in a folder"
+    if not os.access(parent, os.W_OK):
+        return f"cannot write in {parent}; pass a folder you can write"
+    return None
 
 
 def reload_outputs(path, format, images):
@@ -82,7 +106,10 @@ def main(argv=None):
     from keras_conmim.export import ServingEncoder, export_encoder
     from keras_conmim.loading import load_encoder
 
-    encoder = load_encoder(args.encoder, which="student" if args.student else "teacher")
+    try:
+        encoder = load_encoder(args.encoder, which="student" if args.student else "teacher")
+    except (ValueError, OSError) as e:  # not a ViT, a Lambda, a hostile preset config...
+        raise ConfigError(f"--encoder {args.encoder}: {e}") from None
     path = export_encoder(encoder, args.output, format=args.format, pooling=args.pooling)
     h, w, c = encoder.image_shape
     images = np.random.default_rng(0).uniform(0, 255, (4, h, w, c)).astype("float32")

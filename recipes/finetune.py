@@ -128,9 +128,9 @@ def parse_args(argv=None):
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         p.error(f"--layer-decay {args.layer_decay}: must be in (0, 1]")
     try:
-        check_geometry(padding=4 if args.crop_padding is None else args.crop_padding,
-                       scale_min=0.08 if args.crop_scale_min is None else args.crop_scale_min,
-                       flip=0.5 if args.flip is None else args.flip)
+        given = {"padding": args.crop_padding, "scale_min": args.crop_scale_min,
+                 "flip": args.flip}  # the ones not given are the recipe's, checked there
+        check_geometry(**{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
         p.error(str(e))
     if not args.output.endswith(".keras"):

@@ -36,7 +36,7 @@ if __name__ == "__main__":
     recipe_main.choose_backend()
 from keras_conmim import cli  # noqa: E402  (after choosing the backend)
 from keras_conmim.errors import ConfigError  # noqa: E402
-from keras_conmim.cli import parse_label_counts, result_line, result_lines  # noqa: E402,F401
+from keras_conmim.cli import parse_label_counts, result_line  # noqa: E402
 from keras_conmim.presets import POOLINGS  # noqa: E402
 
 

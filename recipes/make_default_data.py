@@ -9,7 +9,6 @@ set and 100 per class from the test set.
 
 import argparse
 import os
-import sys
 
 import numpy as np
 

@@ -13,7 +13,6 @@
 - Every relative link (a file, a folder, a `#heading`) resolves.
 """
 
-import json
 import os
 import re
 import subprocess
@@ -163,3 +162,19 @@ def test_readme_headline_table_is_what_the_script_prints(capsys):
     headline.main([])
     printed = "\n".join(line.rstrip() for line in capsys.readouterr().out.strip().splitlines())
     assert printed in open(os.path.join(ROOT, "README.md")).read()
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="backend-independent: checked once")
+def test_every_result_table_is_printed_from_committed_results():
+    """docs' result tables are what `python bench/doc_tables.py` prints from the
+    committed files under bench/results/ (nothing typed in)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "doc_tables.py"),
+                           "--check"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    for doc in ("docs/benchmarks.md",):  # every table there is a result table
+        text = open(os.path.join(ROOT, doc)).read()
+        starts = [i for i, line in enumerate(text.splitlines())
+                  if line.startswith("|") and (i == 0 or not text.splitlines()[i - 1].startswith("|"))]
+        lines = text.splitlines()
+        unmarked = [lines[i] for i in starts if not lines[i - 1].startswith("<!-- table: ")]
+        assert not unmarked, f"{doc}: tables not printed by bench/doc_tables.py: {unmarked}"

@@ -89,6 +89,51 @@ def test_build_model_follows_the_resolved_recipe():
     assert model.optimizer.beta_2 == 0.98
 
 
+def _unnamed(config):
+    """A config without the layers' generated names (a second model's heads
+    are `projection_head_1`...)."""
+    if isinstance(config, dict):
+        return {k: _unnamed(v) for k, v in config.items() if k != "name"}
+    if isinstance(config, (list, tuple)):
+        return [_unnamed(v) for v in config]
+    return config
+
+
+@pytest.mark.parametrize("name", ["vit_mini_p4_28", "vit_tiny_p4_32", "vit_mini_p4_32"])
+def test_conmim_from_preset_is_the_presets_pretraining_model(name):
+    """`ConMIM.from_preset(name)` carries every value of PRESETS[name]["pretrain"]
+    that shapes the model, and is the model the recipe builds (the same
+    config, the same optimizer schedule): the README's `fit` is the recipe's."""
+    recipe = kc.PRESETS[name]["pretrain"]
+    model = kc.ConMIM.from_preset(name, seed=0)
+    assert model.encoder.mask_token_position == recipe["mask_token_position"]
+    assert model.mask_generator.mask_ratio == recipe["mask_ratio"]
+    assert model.mask_generator.unit_size == recipe["mask_unit"]
+    assert type(model.mask_generator).__name__ == {"random": "RandomUnitMasking",
+                                                   "block": "BlockMasking"}[recipe["mask"]]
+    assert model.views.crop_scale == (recipe["crop_scale_min"], 1.0)
+    for key, value in recipe["views"].items():
+        assert getattr(model.views, key) == (tuple(value) if isinstance(value, list) else value), key
+    assert (model.temperature, model.base_momentum, model.final_momentum) == (
+        recipe["temperature"], recipe["base_momentum"], recipe["final_momentum"])
+    config, _, _ = pretrain.resolve_config(["--preset", name, "--seed", "0"])
+    built = pretrain.build_model(config, steps_per_epoch=7)
+    ours = kc.ConMIM.from_preset(name, seed=0, total_steps=7 * config["epochs"])
+    assert _unnamed(ours.get_config()) == _unnamed(built.get_config())
+    optimizer = kc.pretrain_optimizer(name, steps_per_epoch=7)
+    ours_config, built_config = optimizer.get_config(), built.optimizer.get_config()
+    assert _unnamed(ours_config) == _unnamed(built_config)  # schedule, decay, betas, clipping
+    schedule = ours_config["learning_rate"]["config"]
+    assert schedule["warmup_target"] in (recipe["lr"], None)
+    assert schedule["decay_steps"] + schedule["warmup_steps"] == 7 * config["epochs"]
+    assert optimizer.weight_decay == recipe["weight_decay"]
+    # a keyword overrides the recipe, as a flag does
+    hotter = kc.ConMIM.from_preset(name, temperature=0.2, mask_ratio=0.6)
+    assert hotter.temperature == 0.2 and hotter.mask_generator.mask_ratio == 0.6
+    with pytest.raises(ValueError, match="unknown settings"):
+        kc.pretrain_optimizer(name, steps_per_epoch=7, learning_rate=1.0)
+
+
 def test_mask_token_position_is_switchable_and_off_is_the_release_layout():
     images = np.random.RandomState(0).standard_normal((2, 16, 16, 1)).astype("float32")
     mask = np.zeros((2, 16), bool)

@@ -75,8 +75,7 @@ def test_recipe_runs_and_writes_models(tmp_path):
     assert line.startswith("linear probe top-1") and "kNN (k=20)" in line
     with open(os.path.join(tmp_path, "probe.json")) as f:
         probed = json.load(f)
-    sys.path.insert(0, ROOT)
-    from recipes.linear_probe import result_lines
+    from keras_conmim.cli import result_lines
 
     assert list(probed["results"]) == ["all"] and result_lines(probed) == [line]
 

@@ -121,7 +121,8 @@ def test_recipe_nan_names_only_a_good_checkpoint(tmp_path):
     exists, and the one the message names (if any) loads finite."""
     out = tmp_path / "run"
     result = _recipe(out, "--lr", "1e3", "--epochs", "3", "--warmup-epochs", "0")
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()
     assert any("The loss became nan" in line for line in message), result.stderr[-3000:]
     assert "--no-resume" in result.stderr
@@ -155,7 +156,8 @@ def test_resume_refuses_changed_settings_and_no_resume_moves_the_run_aside(tmp_p
     # same settings, where files go changed: resumes, nothing left, history says so
     again = _recipe(out, "--epochs", "1", "--keep-checkpoints", "5")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "done: nothing left to train" in again.stdout and "nan" not in again.stdout
+    assert "done: nothing left to train" in again.stdout
+    assert "The loss became" not in again.stdout + again.stderr
     with open(out / "config.json") as f:
         config = json.load(f)
     assert config["keep_checkpoints"] == 5 and config["epochs"] == 1
@@ -232,10 +234,10 @@ def test_non_finite_flags_are_refused(capsys):
 def test_data_errors_come_before_any_file_is_written(tmp_path):
     out = tmp_path / "run"
     too_big = _recipe(out, "--epochs", "1", "--batch-size", "5000")
-    assert too_big.returncode == 1
+    assert too_big.returncode == 2 and "Traceback" not in too_big.stderr
     assert "--batch-size 5000 is larger than the 4000 images" in too_big.stderr
     offline = _recipe(out, "--epochs", "1", "--data", "tfds:conmim_no_such_set")
-    assert offline.returncode == 1 and "tfds has no dataset" in offline.stderr
+    assert offline.returncode == 2 and "tfds has no dataset" in offline.stderr
     assert not out.exists()
 
 
@@ -253,3 +255,160 @@ def test_conmim_refuses_float_and_channels_first_images():
     model.compile(optimizer="adamw")
     with pytest.raises(ValueError, match="ConMIM takes uint8 images"):
         model.fit(uint8_images(8).astype("float32"), batch_size=4, epochs=1, verbose=0)
+
+
+# ---- one run per folder ----------------------------------------------------------
+
+def test_a_held_folder_refuses_a_second_run_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    import socket
+
+    from keras_conmim import run_folder
+    from keras_conmim.errors import RunInUseError
+
+    folder = str(tmp_path / "run")
+    with run_folder.hold(folder):
+        with pytest.raises(RunInUseError, match=rf"in use by another run: process {os.getpid()} "
+                           rf"on host {socket.gethostname()}"):
+            with run_folder.hold(folder):
+                pass
+    assert not os.path.exists(os.path.join(folder, run_folder.LOCK))  # released
+    # a lock whose process is gone (same host): taken over, with a warning
+    os.makedirs(folder, exist_ok=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    lock = os.path.join(folder, run_folder.LOCK)
+    with open(lock, "w") as f:
+        json.dump({"pid": int(dead), "host": socket.gethostname(), "started": "then",
+                   "command": "old"}, f)
+    said = []
+    with run_folder.hold(folder, warn=said.append):
+        assert said and "held by a run that is gone" in said[0] and f"process {dead}" in said[0]
+    # another host: alive while its heartbeat is fresh, dead once it is old
+    with open(lock, "w") as f:
+        json.dump({"pid": 1, "host": "elsewhere", "started": "then", "command": "x"}, f)
+    with pytest.raises(RunInUseError, match="host elsewhere"):
+        with run_folder.hold(folder):
+            pass
+    old = os.path.getmtime(lock) - run_folder.STALE_SECONDS - 1
+    os.utime(lock, (old, old))
+    with run_folder.hold(folder, warn=said.append):
+        pass
+    assert "host elsewhere" in said[-1]
+
+
+@recipe_backend_only
+def test_two_runs_into_one_folder_the_second_is_refused_the_first_finishes(tmp_path):
+    import time
+
+    from keras_conmim import run_folder
+
+    out = tmp_path / "run"
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    first = subprocess.Popen(
+        [sys.executable, RECIPE, "--backend", "jax", "--output", str(out), *TINY,
+         "--epochs", "2", "--steps-per-epoch", "12"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    while not (out / run_folder.LOCK).exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert (out / run_folder.LOCK).exists(), "the first run never took the folder"
+    start = time.perf_counter()
+    second = _recipe(out, "--epochs", "2", "--steps-per-epoch", "12")
+    refused_in = time.perf_counter() - start
+    stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+    assert f"is in use by another run: process {first.pid}" in second.stderr
+    assert refused_in < 60, refused_in  # refused at start, not after training
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert [h["event"] for h in config["history"]] == ["start"]  # the first run's record, alone
+    assert not (out / run_folder.PREVIOUS).exists() and not (out / run_folder.LOCK).exists()
+    assert json.load(open(out / "results.json"))["step"] == 24
+
+
+# ---- a NaN you can climb out of -----------------------------------------------------
+
+NAN_STEP = 5
+
+
+@pytest.fixture
+def nan_at_step(monkeypatch):
+    """Makes the loss (and so every gradient) NaN at step NAN_STEP, inside the
+    compiled step: the injected bad batch."""
+    from keras import ops
+
+    from keras_conmim.conmim import ConMIM
+
+    original = ConMIM.pretext_loss
+    window = {"until": NAN_STEP + 1}  # a test may make every later step bad too
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        step = ops.cast(self.step_counter, "int32")
+        bad = ops.logical_and(step >= NAN_STEP, step < window["until"])
+        out["loss"] = out["loss"] * ops.where(bad, float("nan"), 1.0)
+        return out
+
+    monkeypatch.setattr(ConMIM, "pretext_loss", poisoned)
+    monkeypatch.window = window
+    return monkeypatch
+
+
+def _in_process(out, *args):
+    from recipes import pretrain
+
+    return pretrain.main(["--backend", BACKEND, "--output", str(out), *TINY, "--epochs", "4",
+                          "--checkpoint-every", "1", "--seed", "0", *args])
+
+
+def _finite(model):
+    return all(np.isfinite(to_numpy(v)).all() for v in model.weights
+               if "float" in str(v.dtype))
+
+
+def test_a_nan_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(tmp_path, nan_at_step,
+                                                                         capsys):
+    out = tmp_path / "run"
+    with pytest.raises(cb.NonFiniteLossError) as error:
+        _in_process(out, "--lr", "1e-3")
+    message = str(error.value)
+    assert f"at step {NAN_STEP}" in message and "ckpt-00000005.keras" in message
+    assert "--lr 0.0001" in message and "--on-nan rollback" in message  # the exact command
+    nan_at_step.undo()  # the bad batch is behind us
+    model = _in_process(out, "--lr", "1e-4")
+    assert _finite(model) and int(to_numpy(model.step_counter)) == 8
+    assert "lr: 0.001 -> 0.0001 from step 5" in capsys.readouterr().out
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert config["lr"] == 1e-4
+    assert config["history"][-1]["event"] == "resume" and config["history"][-1]["step"] == 5
+    assert config["history"][-1]["changed"] == {"lr": [1e-3, 1e-4]}
+    # everything else stays refused, as before
+    with pytest.raises(kc.errors.ResumeError, match="mask_unit: the run has 2, this command 1"):
+        _in_process(out, "--lr", "1e-4", "--mask-unit", "1")
+
+
+def test_on_nan_rollback_finishes_a_run_with_an_injected_nan_batch(tmp_path, nan_at_step):
+    out = tmp_path / "run"
+    model = _in_process(out, "--on-nan", "rollback", "--lr", "1e-3")
+    assert _finite(model) and int(to_numpy(model.step_counter)) == 8
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    (event,) = results["nan_rollbacks"]
+    assert event["nan_step"] == NAN_STEP and event["checkpoint"] == "ckpt-00000005.keras"
+    assert event["skipped_steps"] == [5, 6] and event["lr"] == pytest.approx(5e-4)
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert [h["event"] for h in config["history"]] == ["start", "rollback"]
+    import csv
+
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["nan_rollbacks"] for r in rows][-1] == "1"
+    for path in cb.list_checkpoints(str(out / "checkpoints")):
+        assert cb.nonfinite_variables(keras.saving.load_model(path)) == [], path
+    # at most --max-rollbacks times: a run whose every later batch is bad stops
+    nan_at_step.window["until"] = 100
+    with pytest.raises(cb.NonFiniteLossError, match="(?s)rolled back 1 time.*--max-rollbacks"):
+        _in_process(tmp_path / "other", "--on-nan", "rollback", "--max-rollbacks", "1")

@@ -1,0 +1,213 @@
+"""The result tables of docs/, printed from committed result files.
+
+    python bench/doc_tables.py                  # every table, as markdown
+    python bench/doc_tables.py release_gap      # one of them
+    python bench/doc_tables.py --check          # docs/ hold exactly these (the tests run it)
+
+In a doc, such a table follows a line `<!-- table: NAME -->`; nothing in it is
+typed in. Each NAME reads the files named in TABLES (under bench/results/);
+the scripts that write them are named beside each table in the docs.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+
+from headline import table as headline_rows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+DOCS = ("docs/benchmarks.md", "docs/downstream.md", "docs/finetuning.md", "README.md")
+MARK = re.compile(r"^<!-- table: (\w+) -->\n((?:\|.*\n)+)", re.M)
+
+
+def _load(name):
+    with open(os.path.join(RESULTS, name)) as f:
+        return json.load(f)
+
+
+def _markdown(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+BACKEND_NAMES = {"jax": "jax (XLA)", "tensorflow": "tensorflow (XLA)", "torch": "torch (eager; SDPA)"}
+
+
+def attention():
+    """bench/step_speed.py --attention both: images/s per backend and path."""
+    rows = _load("step_speed_cpu.json")
+    speed = {(r["backend"], r["attention"]): r["images_per_s"] for r in rows}
+    out = []
+    for backend in ("jax", "tensorflow", "torch"):
+        fused, manual = speed[(backend, "fused")], speed[(backend, "manual")]
+        out.append([BACKEND_NAMES[backend], f"{fused:.1f}", f"{manual:.1f}",
+                    f"{fused / manual:.2f}"])
+    return _markdown(["backend", "fused (`dot_product_attention`)", "manual", "fused / manual"],
+                     out)
+
+
+def release_gap():
+    """bench/step_speed.py --release --repeats 3: median images/s, the median of
+    the rounds' ratios to the release and their range."""
+    out = []
+    for name, label in (("release_gap_mini.json", "`vit_mini_p4_28`, batch 128"),
+                        ("release_gap_tiny.json", "`vit_tiny_p4_32`, batch 64")):
+        rows = {r["backend"]: r for r in _load(name)}
+        cells = [f"{rows['release (plain torch)']['images_per_s']:.1f}"]
+        for backend in ("torch", "jax", "tensorflow"):
+            r = rows[backend]
+            runs = r["vs_release_runs"]
+            cells.append(f"{r['images_per_s']:.1f} ({r['vs_release']:.2f}×; "
+                         f"{min(runs):.2f}–{max(runs):.2f})")
+        out.append([f"{label} (`{name}`)", *cells])
+    return _markdown(["config", "release (plain torch)", "torch (eager)", "JAX (XLA)",
+                      "TensorFlow (XLA)"], out)
+
+
+PROFILE_PARTS = (
+    ("student encoder, forward", {("student encoder", "forward")}),
+    ("student encoder, backward", {("student encoder", "backward")}),
+    ("teacher encoder (forward only)", {("teacher encoder", "forward")}),
+    ("student head, forward + backward", {("student head", "forward"), ("student head", "backward")}),
+    ("teacher head", {("teacher head", "forward")}),
+    ("views, masks, loss, optimizer, EMA", {(p, d) for p in ("views", "masking", "loss", "optimizer",
+                                                             "EMA update", "other")
+                                            for d in ("forward", "backward")}),
+)
+
+
+def profile():
+    """bench/profile_step.py --backend jax torch: kernel milliseconds per step and part."""
+    by_backend = {r["backend"]: r["rows"] for r in _load("profile_mini.json")}
+
+    def ms(rows, parts, kind):
+        return 1000 * sum(r["seconds_per_step"] for r in rows
+                          if (r["part"], r["direction"]) in parts and r["kind"] == kind)
+
+    out, total = [], {}
+    for label, parts in PROFILE_PARTS:
+        row = [label]
+        for backend in ("jax", "torch"):
+            for kind in ("matmul", "other"):
+                value = ms(by_backend[backend], parts, kind)
+                total[(backend, kind)] = total.get((backend, kind), 0) + value
+                row.append(f"{value:.0f}")
+        out.append(row)
+    out.append(["**all**"] + [f"**{total[(b, k)]:.0f}**" for b in ("jax", "torch")
+                              for k in ("matmul", "other")])
+    return _markdown(["part", "JAX matmul", "JAX other", "torch matmul", "torch other"], out)
+
+
+def precision():
+    """bench/step_speed.py --precision float32 / mixed_bfloat16: images/s."""
+    rows = _load("precision_cpu_float32.json") + _load("precision_cpu_mixed_bfloat16.json")
+    speed = {(r["backend"], r["precision"]): r["images_per_s"] for r in rows}
+    out = [[b, f"{speed[(b, 'float32')]:.1f}", f"{speed[(b, 'mixed_bfloat16')]:.1f}",
+            f"{speed[(b, 'mixed_bfloat16')] / speed[(b, 'float32')]:.2f}"]
+           for b in ("jax", "tensorflow", "torch")]
+    return _markdown(["backend", "float32", "mixed_bfloat16", "bf16 / fp32"], out)
+
+
+def release_setting():
+    """bench/release_setting.py: frozen probes of the calibration run."""
+    report = _load(os.path.join("release_setting", "results.json"))
+    probes = report["probes"]
+    out = [[name.replace("_encoder", "").replace("_", " "),
+            f"{probes[name]['knn']:.1f} / {probes[name]['linear']:.1f}"]
+           for name in ("teacher_encoder", "student_encoder", "random_init")]
+    lookups = " / ".join(f"{v:.2f}" for v in report["lookup_by_epoch"])
+    out.append([f"lookup accuracy by epoch (chance {100 / 64:.2f}%)", f"{lookups}%"])
+    return _markdown(["(kNN / linear, frozen)", f"this package, {report['epochs']} epochs"], out)
+
+
+def short_run():
+    """bench/short_run.py: masked-patch lookup accuracy of short runs."""
+    report = _load(os.path.join("short_run", "short_run.json"))
+    out = [[f"`{r['variant']}`", " / ".join(f"{a:.2f}" for a in r["lookup_by_epoch"]),
+            f"{r['times_chance']:.2f}×", r["batch_size"]] for r in report["rows"]]
+    return _markdown(["variant", "lookup accuracy % by epoch", "last / chance", "batch"], out)
+
+
+def targets():
+    """The classification headline's targets, from bench/headline.py's rows."""
+    rows = headline_rows(RESULTS)
+
+    def means(name):
+        return [None if c in ("-", "") else float(c.split()[0]) for c in rows[name]]
+
+    conmim = means("ConMIM (shipped backbone), fine-tuned")
+    scratch = means("from scratch (own recipe)")
+    pixel = means("pixel regression (SimMIM), fine-tuned")
+    raw = [c for c in rows["raw pixels, linear / kNN (frozen)"]]
+
+    def diff(a, b):
+        return "-" if a is None or b is None else f"{a - b:+.2f}"
+
+    raw_cells = []
+    for c, value in zip(conmim, raw):
+        if not value:
+            raw_cells.append("-")
+            continue
+        linear, knn = (float(v) for v in value.split(" / "))
+        raw_cells.append(f"{c - linear:+.2f} / {c - knn:+.2f}")
+    out = [["ConMIM − scratch (targets: +5 at 100/class, +1 with all labels)",
+            *[diff(a, b) for a, b in zip(conmim, scratch)]],
+           ["ConMIM − pixel regression (target: above)", *[diff(a, b) for a, b in zip(conmim, pixel)]],
+           ["ConMIM − raw pixels, linear / kNN (target: above)", *raw_cells]]
+    return _markdown(["top-1 points", "10/class", "100/class", "all, F=1", "all, F=5", "all, F=15"],
+                     out)
+
+
+TABLES = {"targets": targets, "release_setting": release_setting, "short_run": short_run, "attention": attention,
+          "release_gap": release_gap, "profile": profile, "precision": precision}
+
+
+def marked_tables(root=ROOT):
+    """[(doc, name, table text)] for every `<!-- table: NAME -->` in the docs."""
+    found = []
+    for doc in DOCS:
+        with open(os.path.join(root, doc)) as f:
+            text = f.read()
+        found += [(doc, m.group(1), m.group(2).rstrip("\n")) for m in MARK.finditer(text)]
+    return found
+
+
+def check(root=ROOT):
+    """The problems: a marked table that differs from what its results print,
+    an unknown name, a table printed here that no doc shows."""
+    problems, shown = [], set()
+    for doc, name, text in marked_tables(root):
+        shown.add(name)
+        if name not in TABLES:
+            problems.append(f"{doc}: unknown table {name!r}; known: {', '.join(TABLES)}")
+        elif TABLES[name]() != text:
+            problems.append(f"{doc}: table {name!r} differs from its results; it prints:\n"
+                            + TABLES[name]())
+    problems += [f"table {name!r} is shown by no doc" for name in TABLES if name not in shown]
+    return problems
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"tables to print (default all): {', '.join(TABLES)}")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 naming every doc table that differs from its results")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check()
+        print("\n".join(problems) or "every doc table matches its results")
+        return 1 if problems else 0
+    for name in args.names or TABLES:
+        if name not in TABLES:
+            parser.error(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+        print(f"<!-- table: {name} -->\n{TABLES[name]()}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

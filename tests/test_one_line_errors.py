@@ -1,0 +1,191 @@
+"""Every failure a user can cause is one line naming the problem and the fix,
+with no traceback, and loses nothing (docs/pretraining.md, "What a run
+promises"). The recipes run as commands, as a user runs them; the backend
+does not change what they check, so the command-line cases run on JAX only.
+`ConMIM.fit`'s input contract is the model's and runs on every backend."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_conmim as kc
+from conftest import ROOT, tiny_vit, uint8_images
+
+BACKEND = keras.backend.backend()
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="recipe checks: the backend does not "
+                              "matter, run on JAX")
+TINY = ["--image-size", "16", "--patch-size", "4", "--batch-size", "4", "--steps-per-epoch", "2",
+        "--view-grid-every", "100", "--epochs", "1"]
+
+
+def recipe(name, *args, code=None):
+    """Run recipes/<name>.py as a command; `code` runs first in the same
+    interpreter (to take a module away)."""
+    script = os.path.join(ROOT, "recipes", f"{name}.py")
+    command = [sys.executable, script, "--backend", "jax", *args]
+    if code:
+        # as `python script.py` does: the script's folder first on the path
+        command = [sys.executable, "-c", code + "; import os, runpy; sys.argv = sys.argv[1:]; "
+                   "sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+                   "runpy.run_path(sys.argv[0], run_name='__main__')", script, "--backend", "jax",
+                   *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env=dict(os.environ, KERAS_BACKEND="jax"))
+
+
+def one_line(done, *fragments):
+    """The run failed with one `error:` line (continuations aside) holding
+    every fragment, and no traceback."""
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    text = done.stderr[done.stderr.index("error:"):]
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+
+
+@jax_only
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    one_line(recipe("pretrain", *TINY, "--output", str(a_file / "run")),
+             f"{a_file / 'run'}: cannot make this folder", "Pass a folder you can write")
+    one_line(recipe("pretrain", *TINY, "--output", "/proc/conmim_run"),
+             "/proc/conmim_run: cannot make this folder")
+    assert a_file.read_text() == "x"
+
+
+@jax_only
+def test_a_full_disk_mid_run_stops_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from keras_conmim import atomic, callbacks
+    from keras_conmim.errors import StorageError
+    from recipes import pretrain
+
+    real = atomic.save_atomic
+    calls = []
+
+    def full_after_two(model, path):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(model, path)
+
+    monkeypatch.setattr(callbacks, "save_atomic", full_after_two)
+    monkeypatch.setattr(pretrain, "save_atomic", full_after_two)
+    out = tmp_path / "run"
+    with pytest.raises(StorageError, match=r"(?s)No space left on device.*Last good checkpoint: "
+                       r".*ckpt-00000002\.keras.*run the same command"):
+        pretrain.main(["--backend", "jax", "--output", str(out), *TINY, "--epochs", "3",
+                       "--steps-per-epoch", "1", "--view-grid-every", "100"])
+    rows = (out / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch")  # header + 2 epochs: never truncated
+    assert sorted(os.listdir(out / "checkpoints")) == ["ckpt-00000001.keras",
+                                                       "ckpt-00000002.keras"]
+
+
+@jax_only
+def test_export_output_and_onnx_converter_are_checked_before_the_model_loads(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad = recipe("export", "--format", "keras", "--output", str(a_file / "enc.keras"))
+    assert bad.returncode == 2 and "is a file, not a folder" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = recipe("export", "--format", "onnx", "--output", str(tmp_path / "e.onnx"),
+                     code="import sys; sys.modules['jax2onnx'] = None")
+    assert missing.returncode == 2 and "needs jax2onnx" in missing.stderr, missing.stderr[-2000:]
+    assert "Traceback" not in missing.stderr
+
+
+@jax_only
+def test_finetune_encoder_that_is_no_vit_or_unsafe_is_one_line(tmp_path):
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    dense.save(tmp_path / "dense.keras")
+    one_line(recipe("finetune", "--encoder", str(tmp_path / "dense.keras"), "--output",
+                    str(tmp_path / "c.keras")),
+             f"--encoder {tmp_path / 'dense.keras'}", "has no ViT encoder")
+    lam = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
+    lam.save(tmp_path / "lambda.keras")
+    done = recipe("finetune", "--encoder", str(tmp_path / "lambda.keras"), "--output",
+                  str(tmp_path / "c.keras"))
+    one_line(done, f"--encoder {tmp_path / 'lambda.keras'}")
+    assert not os.path.exists(tmp_path / "c.keras")
+
+
+@jax_only
+@pytest.mark.parametrize("name,text,where", [
+    ("bad.json", '{"lr": 0.001,\n "epochs": }\n', "not valid JSON at line 2, column 12"),
+    ("bad.yaml", "lr: 0.001\nepochs: [1, 2\n", "not valid YAML at line 3, column 1"),
+])
+def test_a_malformed_config_file_names_file_line_and_column(tmp_path, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    one_line(recipe("pretrain", "--config", str(path), "--output", str(tmp_path / "run")),
+             f"--config {path}: {where}")
+    assert not (tmp_path / "run").exists()
+
+
+@jax_only
+def test_skipped_files_are_counted_and_named_at_the_end(tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        Image.fromarray(uint8_images(1, 16, 3, seed=i)[0]).save(photos / f"ok_{i}.png")
+    (photos / "notes.jpg").write_text("not an image")
+    (photos / "empty.png").write_bytes(b"")
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", "pretrain.py"), "--backend", "jax",
+         "--data", f"dir:{photos}", "--preset", "vit_tiny_p4_32", "--output", str(out), *TINY],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = [line for line in done.stdout.splitlines() if line.startswith("skipped 2 image")]
+    assert summary and "notes.jpg" in summary[0] and "empty.png" in summary[0], done.stdout[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["skipped_files"] == 2
+    assert sorted(os.path.basename(p) for p in results["skipped"]) == ["empty.png", "notes.jpg"]
+
+
+# ---- ConMIM.fit's input contract (every backend) ------------------------------------
+
+def _model():
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(16, 8), seed=0)
+    model.compile(optimizer="adamw")
+    return model
+
+
+def test_fit_names_empty_data_and_the_arrays_own_dtype():
+    model = _model()
+    with pytest.raises(ValueError, match="the data is empty"):
+        model.fit(np.zeros((0, 16, 16, 1), "uint8"), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="received dtype int64"):  # not JAX's int32
+        model.fit(np.zeros((4, 16, 16, 1), "int64"), epochs=1, verbose=0)
+
+
+def test_fit_says_how_to_convert_channels():
+    model = _model()
+    with pytest.raises(ValueError, match=r"RGB images for a grayscale encoder.*x\.mean\(-1"):
+        model.fit(uint8_images(4, 16, 3), epochs=1, verbose=0)
+    rgb = kc.ConMIM(tiny_vit(image_shape=(16, 16, 3)), projector=kc.ProjectionHead(16, 8))
+    rgb.compile(optimizer="adamw")
+    with pytest.raises(ValueError, match=r"grayscale images for an RGB encoder.*np\.repeat"):
+        rgb.fit(uint8_images(4, 16, 1), epochs=1, verbose=0)
+
+
+def test_fit_resizes_another_image_size_on_purpose_and_says_so_once():
+    model = _model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(uint8_images(4, 20, 1), batch_size=4, epochs=2, verbose=0)
+    said = [w for w in caught if "crop and resize each image" in str(w.message)]
+    assert len(said) == 1 and "20x20" in str(said[0].message) and "16x16" in str(said[0].message)
