@@ -113,18 +113,6 @@ def precision():
     return _markdown(["backend", "float32", "mixed_bfloat16", "bf16 / fp32"], out)
 
 
-def release_setting():
-    """bench/release_setting.py: frozen probes of the calibration run."""
-    report = _load(os.path.join("release_setting", "results.json"))
-    probes = report["probes"]
-    out = [[name.replace("_encoder", "").replace("_", " "),
-            f"{probes[name]['knn']:.1f} / {probes[name]['linear']:.1f}"]
-           for name in ("teacher_encoder", "student_encoder", "random_init")]
-    lookups = " / ".join(f"{v:.2f}" for v in report["lookup_by_epoch"])
-    out.append([f"lookup accuracy by epoch (chance {100 / 64:.2f}%)", f"{lookups}%"])
-    return _markdown(["(kNN / linear, frozen)", f"this package, {report['epochs']} epochs"], out)
-
-
 def short_run():
     """bench/short_run.py: masked-patch lookup accuracy of short runs."""
     report = _load(os.path.join("short_run", "short_run.json"))
@@ -163,7 +151,7 @@ def targets():
                      out)
 
 
-TABLES = {"targets": targets, "release_setting": release_setting, "short_run": short_run, "attention": attention,
+TABLES = {"targets": targets, "short_run": short_run, "attention": attention,
           "release_gap": release_gap, "profile": profile, "precision": precision}
 
 

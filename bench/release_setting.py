@@ -56,6 +56,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     out_json = os.path.join(args.out, "results.json")
     if args.report:
+        if not os.path.isfile(out_json):
+            p.error(f"--report: no {out_json} yet; run python bench/release_setting.py --backend "
+                    "torch first (about 40 minutes on 2 cores) and commit its results.json")
         with open(out_json) as f:
             print_table(json.load(f))
         return

@@ -365,7 +365,8 @@ class ConMIM(keras.Model):
     def fit(self, *args, **kwargs):
         x = args[0] if args else kwargs.get("x")
         dtype = check_fit_data(x)
-        if dtype is not None:
+        if dtype is not None and dtype.startswith(("int", "uint")) and dtype != "uint8":
+            # named by the array's own dtype: JAX would turn int64 into int32 first
             check_images(x, self.encoder.image_shape, dtype=dtype)
         callbacks = list(kwargs.get("callbacks") or [])
         if float(ops.convert_to_numpy(self.total_steps)) == 0:

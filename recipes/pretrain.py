@@ -326,9 +326,9 @@ def nan_error(error, config, argv, output, rolled_back, last):
     """The one-line-per-fact NaN error: what happened and the exact command
     that goes on from the last good checkpoint with a lower lr."""
     text = str(error)
-    if rolled_back:
-        text += f"\n--on-nan rollback rolled back {rolled_back} time(s), the most allowed " \
-                "(--max-rollbacks)."
+    if config["on_nan"] == "rollback" and last:
+        text += (f"\n--on-nan rollback: rolled back {rolled_back} time(s), the most "
+                 f"--max-rollbacks {config['max_rollbacks']} allows.")
     if last:
         text += ("\nGo on from that checkpoint with a lower learning rate (the schedule keeps "
                  f"its shape; --clip-norm 1.0 may be added the same way):\n  "

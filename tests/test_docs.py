@@ -13,6 +13,7 @@
 - Every relative link (a file, a folder, a `#heading`) resolves.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -99,23 +100,47 @@ def commands():
     return found
 
 
-def parser_flags(script):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
+HELP_RUNNER = r"""
+import contextlib, io, json, os, runpy, sys
+out = {}
+for script in json.loads(sys.argv[1]):
+    path = os.path.join(os.getcwd(), script)
+    sys.argv = [path, "--help"]
+    sys.path.insert(0, os.path.dirname(path))  # as `python script.py` does
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            runpy.run_path(path, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    sys.path.pop(0)
+    out[script] = [code, text.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def parser_flags(scripts):
+    """{script: its --help's flags}: each script's `--help`, all in one
+    interpreter (one Keras import for all of them)."""
+    done = subprocess.run([sys.executable, "-c", HELP_RUNNER, json.dumps(sorted(scripts))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, COLUMNS="200"))
-    assert done.returncode == 0, f"{script} --help failed: {done.stderr[-2000:]}"
-    return set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", done.stdout))
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    bad = {s: code for s, (code, _) in found.items() if code != 0}
+    assert not bad, f"--help failed: {bad}"
+    return {s: set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text))
+            for s, (_, text) in found.items()}
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="backend-independent: checked once")
 def test_every_flag_shown_exists():
     found = commands()
     assert len(found) > 20
-    known = {}
+    known = parser_flags({script for _, script, _ in found})
     missing = []
     for path, script, flags in found:
-        if script not in known:
-            known[script] = parser_flags(script)
         missing += [f"{path}: {script} {flag}" for flag in flags if flag not in known[script]]
     assert not missing, "flags the docs show but the scripts do not have:\n" + "\n".join(missing)
 

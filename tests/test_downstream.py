@@ -90,6 +90,8 @@ def test_downstream_recipes_run(tmp_path, recipe, extra, inits):
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("done: ") and all(init in last for init in inits)
+    if BACKEND_ENV != "torch":
+        return  # a flag check: the backend does not matter (each command imports Keras)
     bad = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", recipe), "--encoder", encoder,
          "--init", "imagenet"], capture_output=True, text=True)

@@ -99,6 +99,8 @@ def test_finetune_recipe_runs(tmp_path):
     assert "weight decay 0.0001 <- flag" in result.stdout
     assert re.search(r"randaugment_ops +2\n", result.stdout), result.stdout  # on: not scaled off
     assert os.path.isfile(out)
+    if keras.backend.backend() != "torch":
+        return  # flag checks: the backend does not matter (each command imports Keras)
     missing = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder", "nope.keras"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -85,7 +85,9 @@ print(len(done))
 
 def test_each_class_from_preset_first(tmp_path):
     code = f"""
-import keras_conmim as kc
+import keras, keras_conmim as kc
+# `import keras_conmim` registers every class: keras.saving opens the package's files
+assert type(keras.saving.load_model(kc.presets.weights_path({SHIPPED!r}))).__name__ == "ViT"
 vit = kc.ViT.from_preset("vit_mini_p4_28")
 shipped = kc.ViT.from_preset({SHIPPED!r})
 model = kc.ConMIM.from_preset({SHIPPED!r})
