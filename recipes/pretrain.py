@@ -35,7 +35,7 @@ import keras  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 from keras_conmim import callbacks as cb  # noqa: E402
-from keras_conmim import distribute, run_folder as run  # noqa: E402
+from keras_conmim import cli, distribute, run_folder as run  # noqa: E402
 from keras_conmim.atomic import save_atomic, write_text_atomic  # noqa: E402
 from keras_conmim.data import parse_data_spec  # noqa: E402
 from keras_conmim.errors import ConfigError, DataError, ResumeError, StorageError  # noqa: E402
@@ -70,12 +70,7 @@ def load_source(config, size, channels):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     config, resume, sources = resolve_config(argv)
-    if config["backend"] != keras.backend.backend():
-        raise ConfigError(
-            f"backend={config['backend']}: Keras is already running on "
-            f"{keras.backend.backend()} in this process (the backend is fixed at the first "
-            "`import keras`). Run the recipe as a command (it sets KERAS_BACKEND from --backend "
-            "first), or set KERAS_BACKEND before importing keras_conmim.")
+    cli.use_backend(config["backend"])
     batch = config["batch_size"]
     try:  # device count and batch split: checked before anything compiles
         plan = distribute.data_parallel(config["distribute"])
@@ -104,13 +99,15 @@ def go_on_command(argv, lr):
     return " ".join(["python recipes/pretrain.py", *map(shlex.quote, kept), "--lr", f"{lr:g}"])
 
 
-def restore(config, steps, checkpoint):
-    """A fresh model and optimizer from `config` (its lr, clipping, precision),
-    with the weights, optimizer state, step and RNG state of `checkpoint`."""
+def restore(config, steps, folder):
+    """`(model, checkpoint)`: a fresh model and optimizer from `config` (its lr,
+    clipping, precision) holding the weights, optimizer state, step and RNG
+    state of the newest checkpoint in `folder` that loads with finite values
+    (`callbacks.restore_latest_checkpoint`); `(None, None)` when none does."""
     model = build_model(config, steps)
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(checkpoint)
-    return model
+    path = cb.restore_latest_checkpoint(model, folder)
+    return (model, path) if path else (None, None)
 
 
 def train(config, resume, sources, plan, argv=()):
@@ -141,13 +138,7 @@ def train(config, resume, sources, plan, argv=()):
         if resuming and changes:
             # Climbing out of a NaN: the checkpoint goes on with the new values
             # (scaled as the run's earlier rollbacks scaled them).
-            for candidate in reversed(cb.list_checkpoints(ckpt_dir)):
-                try:
-                    model = restore(rolled_back(config, len(events)), steps, candidate)
-                    path = candidate
-                    break
-                except Exception as e:  # noqa: BLE001  (an unreadable one: try an older one)
-                    print(f"warning: could not load {candidate} ({e}); trying an older one")
+            model, path = restore(rolled_back(config, len(events)), steps, ckpt_dir)
         elif resuming:
             model, path = cb.load_latest_checkpoint(ckpt_dir)
         if resuming and model is None:
@@ -271,7 +262,7 @@ def train_loop(model, source, config, sources, plan, steps, done, callbacks, his
             factor = config["rollback_lr_factor"]
             scaled = rolled_back(config, len(events) + 1)
             with plan.scope():
-                model = restore(scaled, steps, last)
+                model, last = restore(scaled, steps, ckpt_dir)
                 model.jit_compile = jit_compile_for(config["jit_compile"])
             restored = int(keras.ops.convert_to_numpy(model.step_counter))
             model.step_counter.assign(e.step)
