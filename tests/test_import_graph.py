@@ -190,3 +190,13 @@ def test_design_doc_draws_the_map_from_the_code():
 
 if __name__ == "__main__":
     print(module_map())
+
+
+def test_the_backend_lists_agree():
+    # recipes/recipe_main.py stays standard-library only (it runs before Keras
+    # loads), so it keeps its own copy of the backend names: they must agree.
+    import recipe_main
+
+    from keras_conmim import cli, pretrain_config
+
+    assert recipe_main.BACKENDS == cli.BACKENDS == pretrain_config.BACKENDS
