@@ -135,3 +135,51 @@ def _name_onnx_io(model):
                 node.output[:] = [new if name == output.name else name for name in node.output]
                 node.input[:] = [new if name == output.name else name for name in node.input]
             output.name = new
+
+
+def export_task_model(model, task, path):
+    """Write a trained segmenter or detector (`recipes/segment.py`,
+    `recipes/detect.py`: KerasHub / Keras-CV task models on the pyramid
+    backbones) as a SavedModel whose `serve` takes uint8 images
+    `[B, H, W, C]` and returns, for `task="segment"`, `masks` (int32
+    `[B, H, W]`, 0 = background, k + 1 = class k); for `task="detect"`,
+    `boxes` (`[B, K, 4]` yxyx pixels), `classes` (int32, -1 past the
+    detections), `scores` and `num_detections`, after the model's own
+    non-maximum suppression. JAX or TensorFlow backend; written to a
+    temporary folder renamed into place. Returns `path`."""
+    from keras import ops
+
+    if task not in ("segment", "detect"):
+        raise ValueError(f"task must be 'segment' or 'detect', received {task!r}.")
+    backend = keras.backend.backend()
+    if backend not in ("jax", "tensorflow"):
+        raise ValueError(f"SavedModel export runs on the jax or tensorflow backend, not {backend}: "
+                         "save a .keras file and export it from one of those.")
+    if os.path.exists(path):
+        raise ValueError(f"{path} exists; pass a new directory.")
+    shape = tuple(model.inputs[0].shape[1:])
+
+    if task == "segment":
+        def serve(images):
+            logits = model(ops.cast(images, "float32"), training=False)
+            return {"masks": ops.cast(ops.argmax(logits, axis=-1), "int32")}
+    else:
+        def serve(images):
+            x = ops.cast(images, "float32")
+            out = model.decode_predictions(model(x, training=False), x)
+            classes = out["labels"] if "labels" in out else out["classes"]
+            count = ops.cast(out["num_detections"], "int32")
+            valid = ops.arange(ops.shape(classes)[1])[None, :] < count[:, None]
+            return {"boxes": out["boxes"],
+                    "classes": ops.where(valid, ops.cast(classes, "int32"), -1),
+                    "scores": ops.where(valid, out["confidence"], -1.0),
+                    "num_detections": count}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve,
+                         input_signature=[keras.InputSpec(shape=(None, *shape), dtype="uint8")])
+    tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"
+    archive.write_out(tmp, verbose=False)
+    os.replace(tmp, path)
+    return path

@@ -109,6 +109,24 @@ SMALL_IMAGE_SCRATCH = dict(SMALL_IMAGE_FINETUNE)
 FASHION_MNIST_FINETUNE = dict(SMALL_IMAGE_FINETUNE, pooling="flatten")
 FASHION_MNIST_SCRATCH = dict(SMALL_IMAGE_SCRATCH, pooling="flatten")
 
+# Downstream recipes (recipes/segment.py, recipes/detect.py; read by
+# keras_conmim.downstream_run) on the package's canvases of Fashion-MNIST items:
+# ViTDet's practice at a CPU budget. The budget is a number of optimizer steps,
+# the same at every labelled-set size (equal compute per row); AdamW with warmup
+# + cosine; the heads, fresh, learn at `lr`, the pre-trained encoder at
+# `backbone_lr_scale` of it with layer-wise decay (the top block x1, each block
+# below x `layer_decay`), drop path on the encoder, gradients clipped. A start
+# without pre-training (random init, the ResNet baseline) gets the "scratch"
+# changes: every weight at the full rate, no decay by depth, no drop path.
+# Canvases: 48 px (12 x 12 tokens at patch 4; 64 px costs 2.3x per image on the
+# CPU), 1-2 items.
+DOWNSTREAM_RECIPE = dict(steps=1000, batch_size=32, lr=1e-3, backbone_lr_scale=0.2,
+                         layer_decay=0.75, min_lr=1e-6, warmup_fraction=0.1,
+                         weight_decay=0.05, clip_norm=1.0, drop_path=0.1, flip=0.5,
+                         canvas_size=48, max_items=2)
+DOWNSTREAM = {"segment": DOWNSTREAM_RECIPE, "detect": DOWNSTREAM_RECIPE,
+              "scratch": dict(backbone_lr_scale=1.0, layer_decay=1.0, drop_path=0.0)}
+
 # The calibration setting (docs/benchmarks.md) (the release's model and loss on
 # Fashion-MNIST padded to 32 px): the reference the package is measured against.
 RELEASE_CALIBRATION_RECIPE = dict(
@@ -144,6 +162,7 @@ PRESETS = {
         "pretrain": SMALL_IMAGE_RECIPE,
         "finetune": FASHION_MNIST_FINETUNE,
         "scratch": FASHION_MNIST_SCRATCH,
+        "downstream": DOWNSTREAM,
     },
     "vit_mini_p4_32": {
         "description": "The calibration setting: the release's architecture on 32 px "
@@ -155,6 +174,7 @@ PRESETS = {
         "pretrain": RELEASE_CALIBRATION_RECIPE,
         "finetune": FASHION_MNIST_FINETUNE,
         "scratch": FASHION_MNIST_SCRATCH,
+        "downstream": DOWNSTREAM,
     },
     "vit_tiny_p4_32": {
         "description": "32 px RGB (CIFAR-size), patch 4, ViT-Tiny width 192, "

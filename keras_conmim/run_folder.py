@@ -24,7 +24,9 @@ PREVIOUS = "previous_runs"
 # (the default output is saved_models/, which holds other files too).
 RESULTS = "results.json"  # the finished run's result, for scripts
 RUN_FILES = (CONFIG, RESULTS, "log.csv", CHECKPOINTS, "tensorboard", "views", "conmim.keras",
-             "teacher_encoder.keras", "student_encoder.keras")
+             "teacher_encoder.keras", "student_encoder.keras",
+             # the downstream recipes' (recipes/segment.py, recipes/detect.py)
+             "model.keras", "predictions.png", "serving")
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
 
 

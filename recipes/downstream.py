@@ -1,107 +1,235 @@
-"""What recipes/segment.py and recipes/detect.py share: flags, the canvas
-data built from Fashion-MNIST items, and the two starting points
-(pre-trained encoder, or the same architecture with random weights)."""
+"""The run engine of recipes/segment.py and recipes/detect.py: flags, the
+resolved recipe printed with each value's source, one run per --output
+folder (config.json, checkpoints, exact resume, log.csv, results.json,
+predictions.png, model.keras), validation and test scores, and the
+SavedModel export. The task modules bring their heads (`build`) and their
+scoring (`predict`, `score`)."""
 
 import argparse
+import json
+import os
+import platform
+import sys
+import time
 
-from keras_conmim import cli
-from keras_conmim.errors import ConfigError
+from keras_conmim import cli, run_folder
+from keras_conmim.downstream_run import INITS, RECIPE_KEYS
+from keras_conmim.errors import ConfigError, DataError, ResumeError
+
+# Flags that may change when a run resumes: where files go, how it runs.
+MUTABLE = ("backend", "output", "checkpoint_every", "export", "grid")
+CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
 
 
-INITS = ("pretrained", "random")
-
-
-def parser(description):
+def parser(task, description, heads):
     p = argparse.ArgumentParser(description=description)
     cli.add_encoder(p, scratch=False)
-    p.add_argument("--init", default="pretrained,random",
-                   help="comma list of pretrained, random (same architecture, random weights)")
+    p.add_argument("--init", choices=INITS, default="pretrained",
+                   help="pretrained: --encoder's weights; random: the same ViT at random init; "
+                   "resnet18: a KerasHub ResNet-18 from scratch (the convolutional baseline)")
+    p.add_argument("--head", choices=heads, default=heads[0])
     cli.add_backend(p)
     cli.add_data(p)
-    p.add_argument("--canvas-size", type=int, default=64,
-                   help="side of the canvases; a multiple of 32 (the coarsest pyramid stride)")
-    p.add_argument("--max-items", type=int, default=3)
-    p.add_argument("--train-canvases", type=int, default=2000)
-    p.add_argument("--test-canvases", type=int, default=500)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--config", default=None,
+                   help="a JSON or YAML file of recipe values (between the preset's and the flags')")
+    p.add_argument("--output", default=os.path.join("runs", task),
+                   help="the run's folder (one run per folder; a finished or other run there is "
+                   "moved into previous_runs/, a stopped one with the same settings resumes)")
+    p.add_argument("--train-canvases", type=int, default=2000,
+                   help="labelled training canvases (the budget)")
+    p.add_argument("--val-canvases", type=int, default=300,
+                   help="validation canvases, from training items the training canvases never use")
+    p.add_argument("--test-canvases", type=int, default=500,
+                   help="test canvases, from the test items")
+    recipe = p.add_argument_group("recipe (default: the preset's; see keras_conmim.presets)")
+    types = {"steps": int, "batch_size": int, "canvas_size": int, "max_items": int}
+    for key in RECIPE_KEYS:
+        recipe.add_argument(f"--{key.replace('_', '-')}", type=types.get(key, float), default=None)
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="optimizer steps between checkpoints (and log.csv rows)")
+    p.add_argument("--grid", type=int, default=8,
+                   help="test canvases in predictions.png (0: none)")
+    p.add_argument("--export", choices=("none", "saved_model"), default="none",
+                   help="saved_model: also write <output>/serving, a SavedModel that takes uint8 "
+                   "images (TensorFlow or JAX backend)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if --output holds a stopped run of these settings")
     p.add_argument("--seed", type=int, default=0)
     return p
 
 
-def check(p, args):
-    inits = args.init.split(",")
-    bad = [i for i in inits if i not in INITS]
-    if bad or not inits:
-        p.error(f"--init {args.init!r}: use a comma list of {', '.join(INITS)}")
-    try:
+def check(args):
+    """ConfigError for flags that cannot work together, before anything loads."""
+    if args.init != "resnet18":
         cli.check_encoder(args)
-        cli.check_at_least_one(args, ("canvas_size", "max_items", "train_canvases",
-                                      "test_canvases", "epochs", "batch_size"))
-    except ConfigError as e:
-        p.error(str(e))
-    if args.canvas_size % 32:
-        p.error(f"--canvas-size {args.canvas_size}: use a multiple of 32, the coarsest pyramid "
-                "stride (P5), so every level has an exact size")
-    args.inits = inits
+    cli.check_at_least_one(args, (*CANVAS_FLAGS, "checkpoint_every"))
+    if args.grid < 0:
+        raise ConfigError("--grid must be >= 0")
+    if args.export == "saved_model" and args.backend == "torch":
+        raise ConfigError("--export saved_model needs the TensorFlow or JAX backend (Keras "
+                          "exports SavedModels from those); train with --backend jax, or export "
+                          "model.keras later with one of them")
     return args
 
 
-def setup(args):
+def round_steps(steps, every):
+    """The largest divisor of `steps` <= `every`: fit's epoch length, so
+    checkpoints fall on a grid that ends exactly at the last step."""
+    return max(d for d in range(1, min(steps, every) + 1) if steps % d == 0)
+
+
+def main(task, module, argv=None):
+    """Run one downstream training: `module` is recipes/segment.py or
+    recipes/detect.py. Returns the results dict."""
+    p = parser(task, module.__doc__.splitlines()[0], module.HEADS)
+    args = check(p.parse_args(argv))
     cli.use_backend(args.backend)
+    import keras
+    import numpy as np
 
-
-def canvases(args, image_shape):
-    """(train, test) canvas dicts (see keras_conmim.data.canvas) and the
-    number of item classes."""
     from keras_conmim import data
-    from keras_conmim.data.canvas import make_canvases
+    from keras_conmim.atomic import save_atomic, write_text_atomic
+    from keras_conmim.callbacks import Checkpointer, list_checkpoints, restore_latest_checkpoint
+    from keras_conmim.classifier import finetune_encoder
+    from keras_conmim.downstream_run import (
+        canvas_batches, make_splits, optimizer_for, picture_grid, resolve_recipe,
+    )
+    from keras_conmim.finetune_run import preset_for
+    from keras_conmim.run_config import read_config_file
 
-    h, w, c = image_shape
-    kwargs = dict(image_size=(h, w), channels="rgb" if c == 3 else "gray")
+    # --- everything that can be wrong is checked before a file is written
+    args.from_scratch = args.init == "random"
+    args.preset = None
+    encoder = cli.load_start(args)  # random / resnet18: the architecture, shape and channels
+    preset = preset_for(encoder.get_config())
+    from_file = read_config_file(args.config, RECIPE_KEYS) if args.config else {}
+    recipe, sources, text = resolve_recipe(
+        task, args.init, preset, {k: getattr(args, k) for k in RECIPE_KEYS}, from_file)
+    module.check_head(args.head, args.init, recipe)
+    h, w, c = encoder.image_shape
     try:
-        items = data.load_splits(args.data, **kwargs)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        items = data.load_splits(args.data, image_size=(h, w),
+                                 channels="rgb" if c == 3 else "gray")
+    except (ValueError, OSError) as e:
+        raise DataError(f"--data {args.data}: {e}") from None
+    print(text, flush=True)
+    train, val, test = make_splits(items, recipe, args.train_canvases, args.val_canvases,
+                                   args.test_canvases, seed=args.seed)
     num_classes = int(max(s.labels.max() for s in items)) + 1
-    train = make_canvases(items[0].images, items[0].labels, args.train_canvases,
-                          args.canvas_size, args.max_items, seed=args.seed)
-    test = make_canvases(items[1].images, items[1].labels, args.test_canvases,
-                         args.canvas_size, args.max_items, seed=args.seed + 1)
-    return train, test, num_classes
+    image_shape = (recipe.canvas_size, recipe.canvas_size, c)
+    settings = dict(task=task, head=args.head, init=args.init,
+                    encoder=None if args.init == "resnet18" else cli.encoder_path(args.encoder),
+                    data=args.data, seed=args.seed, num_classes=num_classes,
+                    **{k: getattr(args, k) for k in CANVAS_FLAGS}, **recipe.as_dict())
+    output = args.output
+    ckpt_dir = os.path.join(output, run_folder.CHECKPOINTS)
 
+    with run_folder.hold(output):
+        saved = None
+        if run_folder.has_checkpoints(output) and not args.no_resume:
+            saved = run_folder.read_config(output) or {}
+            problems = run_folder.resume_problems(saved, settings, MUTABLE)
+            if problems:
+                raise ResumeError(f"{output} holds a stopped run with other settings:\n  "
+                                  + "\n  ".join(problems) + "\nPass --no-resume to move it "
+                                  "aside and start over, or another --output.")
+        else:
+            moved = run_folder.move_aside(output)
+            if moved:
+                print(f"{output} held an earlier run: moved to {moved}", flush=True)
 
-def encoder_for(init, args):
-    """The pre-trained encoder, or a fresh one of the same architecture."""
-    import keras
-
-    from keras_conmim.loading import load_encoder
-    from keras_conmim.vit import ViT
-
-    if init == "random":
         keras.utils.set_random_seed(args.seed)
-        return ViT.from_preset(args.encoder, load_weights=False)
-    return load_encoder(args.encoder)
+        if args.init == "resnet18":
+            start = None
+        else:
+            start = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
+        model, tuned_encoder = module.build(args.head, start, image_shape, num_classes, recipe)
+        model.compile(optimizer=optimizer_for(recipe, model, tuned_encoder),
+                      **module.compile_args(keras))
+        every = round_steps(recipe.steps, args.checkpoint_every)
+        first_step = 0
+        if saved is not None:
+            model(np.zeros((1, *image_shape), "uint8"))
+            model.optimizer.build(model.trainable_variables)
+            path = restore_latest_checkpoint(model, ckpt_dir)
+            if path is None:
+                raise ResumeError(f"no checkpoint in {ckpt_dir} loads; pass --no-resume to "
+                                  "start over.")
+            first_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            print(f"resumed from {path}: {first_step} of {recipe.steps} steps done", flush=True)
+        write_text_atomic(os.path.join(output, run_folder.CONFIG), run_folder.record(
+            settings, sources, saved, "resume" if saved else "start", first_step,
+            extra={"command": command_of(task, argv)}))
+        print(f"{task} with {args.head} from {args.init}: backend={args.backend} "
+              f"canvases train={args.train_canvases} val={args.val_canvases} "
+              f"test={args.test_canvases} ({recipe.canvas_size} px, {num_classes} classes) "
+              f"steps={recipe.steps} batch={recipe.batch_size}", flush=True)
+        t0 = time.perf_counter()
+        if first_step < recipe.steps:
+            # keras.Model.fit itself: KerasHub's PipelineModel.fit turns any x that is
+            # not a tf.data / grain dataset into one (a PyDataset included) to run its
+            # preprocessor, which these models do not have.
+            keras.Model.fit(model, canvas_batches(train, task, recipe, seed=args.seed,
+                                                  first_step=first_step, steps_per_epoch=every,
+                                                  label_key=getattr(module, "LABEL_KEYS", {})
+                                                  .get(args.head, "labels")),
+                            steps_per_epoch=every, epochs=recipe.steps // every,
+                            initial_epoch=first_step // every, verbose=2,
+                            callbacks=[Checkpointer(ckpt_dir, keep=2),
+                                       keras.callbacks.CSVLogger(
+                                           os.path.join(output, "log.csv"), append=True)])
+        seconds = time.perf_counter() - t0
+        trained = recipe.steps - first_step
+
+        val_pred = module.predict(model, val["images"])
+        test_pred = module.predict(model, test["images"])
+        result = dict(task=task, head=args.head, init=args.init, backend=args.backend,
+                      val=module.score(val_pred, val, num_classes),
+                      test=module.score(test_pred, test, num_classes),
+                      train_canvases=args.train_canvases, val_canvases=args.val_canvases,
+                      test_canvases=args.test_canvases, steps=recipe.steps,
+                      resumed_at_step=first_step,
+                      train_images_per_second=(round(trained * recipe.batch_size / seconds, 2)
+                                               if trained else None),
+                      machine=f"{platform.machine()}, {os.cpu_count()} cores")
+        if args.grid:
+            n = min(args.grid, len(test["images"]))
+            truth = (test["masks"][:n] if task == "segment" else
+                     {"boxes": test["boxes"][:n], "classes": test["classes"][:n]})
+            shown = (test_pred[:n] if task == "segment" else
+                     {k: v[:n] for k, v in test_pred.items()})
+            grid = picture_grid(test["images"][:n], truth, shown, task, num_classes)
+            write_picture(output, grid, f"{task} {args.init}: canvas | truth | prediction")
+        save_atomic(model, os.path.join(output, "model.keras"))
+        for path in list_checkpoints(ckpt_dir):  # the run is whole in model.keras
+            os.remove(path)
+        if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+            os.rmdir(ckpt_dir)
+        if args.export == "saved_model":
+            from keras_conmim.export import export_task_model
+
+            export_task_model(model, task, os.path.join(output, "serving"))
+            result["serving"] = os.path.join(output, "serving")
+        result.update(recipe=recipe.as_dict(), recipe_sources=sources,
+                      command=command_of(task, argv))
+        write_text_atomic(os.path.join(output, run_folder.RESULTS), json.dumps(result, indent=2))
+    print(f"done: {module.result_line(result)}; run folder {output}", flush=True)
+    return result
 
 
-def optimizer(args, steps):
+def command_of(task, argv):
+    return [f"recipes/{task}.py", *(sys.argv[1:] if argv is None else argv)]
+
+
+def write_picture(output, grid, title):
+    """predictions.png in the run folder, and the same image in its
+    TensorBoard log when TensorFlow is installed."""
     import keras
 
-    from keras_conmim.optimizers import warmup_cosine
-
-    schedule = warmup_cosine(args.lr, steps, max(steps // 10, 1), 0.01 * args.lr)
-    return keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay)
-
-
-def prepare(args):
-    """Backend set up, then (canvas image shape, train canvases, test
-    canvases, number of item classes, steps per epoch)."""
-    setup(args)
-    probe = encoder_for("pretrained", args)
-    image_shape = (args.canvas_size, args.canvas_size, probe.image_shape[2])
-    train, test, num_classes = canvases(args, probe.image_shape)
-    steps = args.steps_per_epoch or -(-len(train["images"]) // args.batch_size)
-    return image_shape, train, test, num_classes, steps
+    keras.utils.save_img(os.path.join(output, "predictions.png"), grid, scale=False)
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    with tf.summary.create_file_writer(os.path.join(output, "tensorboard")).as_default():
+        tf.summary.image(title, grid[None], step=0)

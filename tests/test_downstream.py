@@ -72,27 +72,167 @@ def test_coco_map_perfect_partial_and_empty():
     assert coco_map(fp, fp_scores, fp_classes, boxes, classes)["map"] < 1.0
 
 
-# Both inits share one code path: the detection run checks only the pretrained
-# one (CI time); the segmentation run checks both.
-@pytest.mark.parametrize("recipe,extra,inits", [
-    ("segment.py", ["--head", "segformer"], ("pretrained", "random")),
-    ("detect.py", ["--init", "pretrained"], ("pretrained",))])
-def test_downstream_recipes_run(tmp_path, recipe, extra, inits):
+def run_recipe(recipe, encoder, output, *extra, check=True):
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", recipe), "--encoder", encoder,
+         "--backend", BACKEND_ENV, "--train-canvases", "8", "--val-canvases", "4",
+         "--test-canvases", "4", "--steps", "2", "--batch-size", "4", "--canvas-size", "32",
+         "--grid", "2", "--output", str(output), *extra],
+        capture_output=True, text=True)
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("recipe,extra", [
+    ("segment.py", []), ("detect.py", []),
+    ("segment.py", ["--head", "segformer", "--init", "random"]),
+    ("detect.py", ["--head", "yolov8"]), ("detect.py", ["--init", "resnet18"])])
+def test_downstream_recipes_run(tmp_path, recipe, extra):
+    """A run folder holds the run: config.json (values and sources),
+    results.json (validation and test scores), predictions.png, model.keras,
+    no checkpoints left; a SavedModel that takes uint8 images and equals the
+    Keras model (JAX / TensorFlow). A second run in the folder moves the
+    first aside."""
     pytest.importorskip("keras_hub")
+    if extra and BACKEND_ENV != "jax":
+        pytest.skip("other heads and starts: one backend is enough (the model code is KerasHub's)")
+    import json
+
     from keras_conmim.atomic import save_atomic
 
     encoder = save_atomic(tiny_vit(), os.path.join(tmp_path, "vit.keras"))
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", recipe), "--encoder", encoder,
-         "--backend", BACKEND_ENV, "--train-canvases", "8", "--test-canvases", "4",
-         "--epochs", "1", "--batch-size", "4", "--canvas-size", "32", *extra],
-        capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "run"
+    export = ["--export", "saved_model"] if BACKEND_ENV != "torch" and not extra else []
+    done = run_recipe(recipe, encoder, out, *extra, *export)
     last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("done: ") and all(init in last for init in inits)
+    assert last.startswith("done: ") and "test" in last, last
+    names = set(os.listdir(out))
+    assert {"config.json", "results.json", "predictions.png", "model.keras",
+            "log.csv"} <= names and "checkpoints" not in names, names
+    result = json.loads((out / "results.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["steps"] == 2 and config["recipe_sources"]["steps"] == "flag"
+    assert result["steps"] == 2 and set(result["test"]) == (
+        {"miou", "pixel_accuracy"} if recipe == "segment.py" else {"map", "ap50"})
+    if export:
+        check_serving(recipe, out)
+    if extra:
+        return
+    again = run_recipe(recipe, encoder, out)
+    assert "moved to" in again.stdout and os.listdir(out / "previous_runs")
+
+
+def check_serving(recipe, out):
+    """The SavedModel's serve(uint8) equals the Keras model on the same images."""
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    import keras_conmim  # noqa: F401  (registers the classes model.keras holds)
+
+    model = keras.saving.load_model(str(out / "model.keras"))
+    served = tf.saved_model.load(str(out / "serving"))
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1)).astype("uint8")
+    got = {k: v.numpy() for k, v in served.serve(tf.constant(images)).items()}
+    if recipe == "segment.py":
+        logits = keras.ops.convert_to_numpy(model(images.astype("float32")))
+        np.testing.assert_array_equal(got["masks"], np.argmax(logits, -1))
+        return
+    want = model.predict(images.astype("float32"), verbose=0)
+    want = {k: keras.ops.convert_to_numpy(v) for k, v in want.items()}
+    n = want["num_detections"]
+    np.testing.assert_array_equal(got["num_detections"], n)
+    for i in range(len(images)):
+        np.testing.assert_allclose(got["boxes"][i, :n[i]], want["boxes"][i, :n[i]], atol=1e-4)
+        np.testing.assert_allclose(got["scores"][i, :n[i]], want["confidence"][i, :n[i]],
+                                   atol=1e-5)
+        np.testing.assert_array_equal(got["classes"][i, :n[i]], want["labels"][i, :n[i]])
+        assert (got["classes"][i, n[i]:] == -1).all()
+
+
+def test_downstream_run_resumes_after_a_kill(tmp_path):
+    """Killed after a checkpoint, the same command resumes at that step and
+    ends with the steps it was sized for; other settings are refused."""
+    pytest.importorskip("keras_hub")
     if BACKEND_ENV != "torch":
-        return  # a flag check: the backend does not matter (each command imports Keras)
-    bad = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", recipe), "--encoder", encoder,
-         "--init", "imagenet"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--init" in bad.stderr
+        pytest.skip("the run engine is backend-independent; torch starts fastest")
+    import json
+    import time
+
+    from keras_conmim.atomic import save_atomic
+
+    encoder = save_atomic(tiny_vit(), os.path.join(tmp_path, "vit.keras"))
+    out = tmp_path / "run"
+    args = [sys.executable, os.path.join(ROOT, "recipes", "segment.py"), "--encoder", encoder,
+            "--backend", BACKEND_ENV, "--train-canvases", "8", "--val-canvases", "4",
+            "--test-canvases", "4", "--steps", "400", "--batch-size", "4", "--canvas-size", "32",
+            "--checkpoint-every", "2", "--grid", "0", "--output", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "checkpoints").is_dir() and any(
+                n.endswith(".keras") and "partial" not in n for n in os.listdir(out / "checkpoints")):
+            proc.kill()
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode != 0, "the run ended before it could be killed"
+    refused = subprocess.run([*args[:-2], "--output", str(out), "--lr", "0.5"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "lr" in refused.stderr and "--no-resume" in refused.stderr
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    result = json.loads((out / "results.json").read_text())
+    assert result["resumed_at_step"] > 0 and result["steps"] == 400
+    history = json.loads((out / "config.json").read_text())["history"]
+    assert [h["event"] for h in history] == ["start", "resume"]
+
+
+def test_batches_resume_exactly_and_flip_boxes_with_masks():
+    """Step k's batch is the same whatever step a run started at; a flipped
+    canvas's boxes are the tight boxes of its flipped masks."""
+    from keras_conmim.downstream_run import DownstreamRecipe, batch_at, canvas_batches
+
+    items = uint8_images(40, size=16, seed=1)
+    canvases = make_canvases(items, np.arange(40) % 10, 12, canvas_size=32, max_items=2)
+    recipe = DownstreamRecipe(batch_size=5, flip=0.5, canvas_size=32)
+    whole = canvas_batches(canvases, "detect", recipe, seed=3, first_step=0, steps_per_epoch=4)
+    later = canvas_batches(canvases, "detect", recipe, seed=3, first_step=4, steps_per_epoch=4)
+    whole.on_epoch_end()
+    for i in range(4):
+        a, b = whole[i], later[i]
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1]["boxes"], b[1]["boxes"])
+    for step in range(8):
+        images, target = batch_at(canvases, "detect", recipe, 3, step)
+        _, masks = batch_at(canvases, "segment", recipe, 3, step)
+        for img, mask, boxes, labels in zip(images, masks[..., 0], target["boxes"],
+                                            target["labels"]):
+            for box, label in zip(boxes, labels):
+                if label < 0:
+                    continue
+                y0, x0, y1, x1 = box.astype(int)
+                ys, xs = np.nonzero(mask[y0:y1, x0:x1] == label + 1)
+                assert ys.min() == 0 and xs.min() == 0
+                assert ys.max() == y1 - y0 - 1 and xs.max() == x1 - x0 - 1
+    plain = DownstreamRecipe(batch_size=5, flip=0.0, canvas_size=32)
+    assert any(not np.array_equal(batch_at(canvases, "detect", recipe, 3, step)[0],
+                                  batch_at(canvases, "detect", plain, 3, step)[0])
+               for step in range(8))
+
+
+def test_downstream_recipe_sources_and_bad_values():
+    from keras_conmim.downstream_run import resolve_recipe
+    from keras_conmim.errors import ConfigError
+
+    recipe, sources, text = resolve_recipe("segment", "pretrained", "vit_mini_p4_28",
+                                           {"lr": 2e-3, "steps": None}, {"batch_size": 16})
+    assert (recipe.lr, recipe.batch_size) == (2e-3, 16)
+    assert sources["lr"] == "flag" and sources["batch_size"] == "file"
+    assert sources["steps"] == "preset" and "<- flag" in text
+    scratch, sources, _ = resolve_recipe("detect", "random", "vit_mini_p4_28")
+    assert scratch.layer_decay == 1.0 and sources["layer_decay"].startswith("scratch recipe")
+    for bad in ({"canvas_size": 40}, {"layer_decay": 0.0}, {"steps": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            resolve_recipe("segment", "pretrained", None, bad)

@@ -1,0 +1,136 @@
+"""Does pre-training pay downstream? Segmentation (mIoU) and box detection
+(COCO mAP@[.5:.95], AP50) on Fashion-MNIST canvases, each row one run of
+recipes/segment.py or recipes/detect.py at the same labelled budget and the
+same number of optimizer steps: the shipped ConMIM backbone, the same ViT at
+random init, the SimMIM-style pixel-regression backbone (when its file is
+there), and a KerasHub ResNet-18 from scratch.
+
+    python bench/downstream.py --backend torch                  # every row not yet run, in order
+    python bench/downstream.py --rows segment_deeplabv3_pretrained_500,segment_deeplabv3_random_500
+    python bench/downstream.py --report                         # the table from the committed files
+
+Each row runs in bench/results/downstream/<row>/ (the recipe's run folder:
+a stopped row resumes; results.json, config.json, log.csv and
+predictions.png are committed, model.keras is not). Test canvases come from
+the Fashion-MNIST test items; validation canvases from training items the
+training canvases never use (the recipe was chosen on validation only).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "results", "downstream")
+DATA = "idx:/usr/share/datasets/fashion-mnist"
+PIXEL = os.path.join(ROOT, "bench", "results", "pixel_e6", "pretrain", "student_encoder.keras")
+STARTS = {  # name: recipe flags
+    "pretrained": ["--init", "pretrained"],
+    "random": ["--init", "random"],
+    "pixel": ["--init", "pretrained", "--encoder", PIXEL],
+    "resnet18": ["--init", "resnet18"],
+}
+# (task, head, start, training canvases, extra flags), in the order they run.
+ROWS = [
+    ("segment", "deeplabv3", "pretrained", 500, []),
+    ("segment", "deeplabv3", "random", 500, []),
+    ("detect", "retinanet", "pretrained", 500, []),
+    ("detect", "retinanet", "random", 500, []),
+    ("segment", "deeplabv3", "resnet18", 500, []),
+    ("detect", "retinanet", "resnet18", 500, []),
+    ("segment", "deeplabv3", "pretrained", 5000, []),
+    ("detect", "retinanet", "pretrained", 5000, []),
+    ("segment", "deeplabv3", "random", 5000, []),
+    ("detect", "retinanet", "random", 5000, []),
+    ("detect", "yolov8", "pretrained", 500, ["--canvas-size", "64"]),
+    ("segment", "segformer", "pretrained", 500, []),
+    ("segment", "deeplabv3", "pixel", 500, []),
+    ("detect", "retinanet", "pixel", 500, []),
+    ("segment", "deeplabv3", "resnet18", 5000, []),
+    ("detect", "retinanet", "resnet18", 5000, []),
+]
+COMMON = ["--data", DATA, "--val-canvases", "300", "--test-canvases", "1000", "--seed", "0"]
+
+
+def row_name(task, head, start, canvases, extra):
+    return f"{task}_{head}_{start}_{canvases}"
+
+
+def command(row, backend):
+    task, head, start, canvases, extra = row
+    return [f"recipes/{task}.py", "--backend", backend, "--head", head, *STARTS[start],
+            "--train-canvases", str(canvases), *COMMON, *extra,
+            "--output", os.path.relpath(os.path.join(OUT, row_name(*row)), ROOT)]
+
+
+def read(row):
+    path = os.path.join(OUT, row_name(*row), "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def report():
+    """The table of every row with a result, and the rows still owed."""
+    lines = ["task     head       start       canvases  steps  val      test     test AP50  "
+             "img/s  backend"]
+    owed = []
+    for row in ROWS:
+        r = read(row)
+        task, head, start, canvases, _ = row
+        if r is None:
+            owed.append(row_name(*row))
+            continue
+        key = "miou" if task == "segment" else "map"
+        ap50 = f"{r['test']['ap50']:9.2f}" if task == "detect" else f"{'-':>9}"
+        speed = r.get("train_images_per_second")
+        lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {r['steps']:>5}  "
+                     f"{r['val'][key]:6.2f}   {r['test'][key]:6.2f}   {ap50}  "
+                     f"{speed if speed is not None else '-':>5}  {r['backend']}")
+    lines.append("segment: mIoU % (10 classes + background); detect: box mAP@[.5:.95] % and AP50 "
+                 f"%; test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
+                 "items, val = 300 of held-out training items")
+    if owed:
+        lines.append("not run yet: " + ", ".join(owed))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", default="torch", choices=("jax", "tensorflow", "torch"))
+    p.add_argument("--rows", default=None, help="comma list of row names (default: all, in order)")
+    p.add_argument("--report", action="store_true", help="print the table and exit")
+    args = p.parse_args(argv)
+    if args.report:
+        print(report())
+        return
+    names = {row_name(*r): r for r in ROWS}
+    wanted = args.rows.split(",") if args.rows else list(names)
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        p.error(f"unknown rows {unknown}; rows: {', '.join(names)}")
+    for name in wanted:
+        row = names[name]
+        if read(row) is not None:
+            continue
+        if row[2] == "pixel" and not os.path.isfile(PIXEL):
+            print(f"{name}: skipped, {os.path.relpath(PIXEL, ROOT)} is not here (pre-train it "
+                  "with the command in bench/results/pixel_e6/pretrain/config.json)", flush=True)
+            continue
+        cmd = command(row, args.backend)
+        print(f"{name}: python {' '.join(cmd)}", flush=True)
+        os.makedirs(os.path.join(OUT, name), exist_ok=True)
+        with open(os.path.join(OUT, f"{name}.log"), "a") as log:
+            done = subprocess.run([sys.executable, *cmd], cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        if done.returncode:
+            print(f"{name}: failed (exit {done.returncode}); see {OUT}/{name}.log", flush=True)
+            continue
+        print(report(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

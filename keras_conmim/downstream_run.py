@@ -1,0 +1,265 @@
+"""A downstream run's parts, under `recipes/segment.py` and `recipes/detect.py`:
+the recipe (a preset's `"downstream"` data < a `--config` file < flags, through
+`run_config`, typed as `DownstreamRecipe`), the optimizer (AdamW, warmup +
+cosine, the heads at `lr`, the encoder at `backbone_lr_scale` of it with
+layer-wise decay), the canvases with a validation split carved from the
+training items, endless uint8 batches with exact resume (`canvas_batches`),
+and the picture grid a run leaves in its folder (`picture_grid`). keras and
+numpy only; the heads themselves come from KerasHub / Keras-CV in the recipes.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from keras_conmim.errors import ConfigError
+from keras_conmim.presets import DOWNSTREAM, PRESETS
+from keras_conmim.run_config import describe, resolve
+
+TASKS = ("segment", "detect")
+# Pre-trained encoders start from their weights; the others start from random ones.
+INITS = ("pretrained", "random", "resnet18")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamRecipe:
+    """The values a segmentation or detection run trains with (see
+    `keras_conmim.presets.DOWNSTREAM_RECIPE` for the reasons)."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.2
+    layer_decay: float = 0.75
+    min_lr: float = 1e-6
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.05
+    clip_norm: float = 1.0
+    drop_path: float = 0.1
+    flip: float = 0.5
+    canvas_size: int = 48
+    max_items: int = 2
+
+    def __post_init__(self):
+        errors = [f"{k}={getattr(self, k)!r}: must be an integer >= 1"
+                  for k in ("steps", "batch_size", "max_items")
+                  if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1)]
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            errors.append(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
+        for k in ("backbone_lr_scale", "layer_decay"):
+            if not 0 < getattr(self, k) <= 1:
+                errors.append(f"{k}={getattr(self, k)}: must be in (0, 1]")
+        for k in ("warmup_fraction", "drop_path", "flip"):
+            if not 0 <= getattr(self, k) < 1 + (k == "flip"):
+                errors.append(f"{k}={getattr(self, k)}: must be in [0, 1{']' if k == 'flip' else ')'}")
+        for k in ("weight_decay", "clip_norm"):
+            if getattr(self, k) < 0:
+                errors.append(f"{k}={getattr(self, k)}: must be >= 0 (0: off)")
+        if not isinstance(self.canvas_size, int) or self.canvas_size < 32 or self.canvas_size % 16:
+            errors.append(f"canvas_size={self.canvas_size!r}: must be a multiple of 16 (the "
+                          "coarsest level the heads read, P4), at least 32")
+        if errors:
+            raise ConfigError("downstream recipe: " + "; ".join(errors))
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(DownstreamRecipe))
+
+
+def resolve_recipe(task, init, preset=None, flags=None, from_file=None):
+    """`(DownstreamRecipe, sources, text)` for `task` from `init`: the
+    preset's `"downstream"` recipe (the small-image one when the preset has
+    none), with its `"scratch"` changes for a start without pre-training,
+    < `from_file` < `flags` (None values ignored)."""
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+    if init not in INITS:
+        raise ConfigError(f"--init {init!r}: choose one of {', '.join(INITS)}")
+    table = PRESETS.get(preset, {}).get("downstream", DOWNSTREAM)
+    recipe = dict(table[task])
+    if init != "pretrained":
+        recipe.update(table["scratch"])
+    flags = {k: v for k, v in (flags or {}).items() if k in RECIPE_KEYS and v is not None}
+    from_file = {k: v for k, v in (from_file or {}).items() if k in RECIPE_KEYS}
+    values, sources = resolve(RECIPE_KEYS, recipe, from_file, flags)
+    if init != "pretrained":
+        for key in table["scratch"]:
+            if sources[key] == "preset":
+                sources[key] = f"scratch recipe (no pre-training; pre-trained: {table[task][key]})"
+    title = (f"{task} recipe ({preset or 'no preset matches the encoder: small-image values'}, "
+             f"{init} start):")
+    return DownstreamRecipe(**values), sources, describe(title, values, sources, RECIPE_KEYS)
+
+
+def optimizer_for(recipe, model, encoder=None):
+    """AdamW on `model`: warmup over `warmup_fraction` of the steps, cosine to
+    `min_lr`; `encoder`'s variables (a `ViT` inside `model`) at
+    `backbone_lr_scale` x the layer-wise decay scales, the rest (heads,
+    pyramid, a scratch backbone) at `lr`. Biases, norms, tokens and position
+    tables get no weight decay."""
+    from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales, warmup_cosine
+
+    schedule = warmup_cosine(recipe.lr, recipe.steps, recipe.warmup_fraction * recipe.steps,
+                             recipe.min_lr)
+    scales = {}
+    if encoder is not None:
+        scales = {path: s * recipe.backbone_lr_scale
+                  for path, s in layer_decay_scales(encoder, recipe.layer_decay).items()}
+    optimizer = LayerDecayAdamW(lr_scales=scales, learning_rate=schedule,
+                                weight_decay=recipe.weight_decay or None,
+                                global_clipnorm=recipe.clip_norm or None)
+    no_decay = [v for v in model.trainable_variables if len(v.shape) <= 1]
+    if encoder is not None:
+        no_decay += encoder.no_weight_decay_variables()
+    optimizer.exclude_from_weight_decay(var_list=no_decay)
+    return optimizer
+
+
+VALIDATION_ITEMS = 0.1  # share of the training items kept for validation canvases
+
+
+def make_splits(items, recipe, train_canvases, val_canvases, test_canvases, seed=0):
+    """`(train, val, test)` canvas dicts (`keras_conmim.data.canvas`): train and
+    validation canvases from disjoint parts of the training items (the last
+    10% of a seeded permutation go to validation, for choosing recipes), test
+    canvases from the test items alone. `items`: (train, test) sources."""
+    from keras_conmim.data.canvas import make_canvases
+
+    train_items, test_items = items
+    order = np.random.default_rng((seed, 7)).permutation(len(train_items.images))
+    cut = len(order) - max(1, int(VALIDATION_ITEMS * len(order)))
+    fit, held = np.sort(order[:cut]), np.sort(order[cut:])
+
+    def canvases(images, labels, count, stream):
+        return make_canvases(images, labels, count, recipe.canvas_size, recipe.max_items,
+                             seed=seed * 10 + stream)
+
+    return (canvases(train_items.images[fit], train_items.labels[fit], train_canvases, 0),
+            canvases(train_items.images[held], train_items.labels[held], val_canvases, 1),
+            canvases(test_items.images, test_items.labels, test_canvases, 2))
+
+
+def targets_of(canvases, task, index=None, label_key="labels"):
+    """What the task's model trains on: masks `[n, S, S, 1]` (segment) or
+    `{"boxes", label_key}` (detect, yxyx pixels, padding -1; KerasHub's
+    detectors read "labels", Keras-CV's "classes")."""
+    index = slice(None) if index is None else index
+    if task == "segment":
+        return canvases["masks"][index][..., None]
+    return {"boxes": canvases["boxes"][index], label_key: canvases["classes"][index]}
+
+
+def flip_batch(images, target, task, flip_rows):
+    """Mirror the canvases where `flip_rows` (bool `[n]`) is set, with their
+    masks or boxes."""
+    if not flip_rows.any():
+        return images, target
+    images = images.copy()
+    images[flip_rows] = images[flip_rows, :, ::-1]
+    if task == "segment":
+        target = target.copy()
+        target[flip_rows] = target[flip_rows, :, ::-1]
+        return images, target
+    width = images.shape[2]
+    boxes = target["boxes"].copy()
+    label_key = next(k for k in target if k != "boxes")
+    valid = target[label_key] >= 0
+    rows = flip_rows[:, None] & valid
+    x0 = boxes[..., 1].copy()
+    boxes[..., 1] = np.where(rows, width - boxes[..., 3], boxes[..., 1])
+    boxes[..., 3] = np.where(rows, width - x0, boxes[..., 3])
+    return images, {"boxes": boxes, label_key: target[label_key]}
+
+
+def batch_at(canvases, task, recipe, seed, step, label_key="labels"):
+    """`(uint8 images, targets)` of global step `step`: the slice of epoch
+    `step // batches_per_epoch`'s seeded permutation, flipped by a draw of
+    (seed, step) alone, so a resumed run reads what the stopped one would have."""
+    n = len(canvases["images"])
+    bs = min(recipe.batch_size, n)
+    epoch, i = divmod(int(step), n // bs)
+    index = np.sort(np.random.default_rng((seed, epoch)).permutation(n)[i * bs:(i + 1) * bs])
+    rng = np.random.default_rng((seed, 1, int(step)))
+    return flip_batch(canvases["images"][index], targets_of(canvases, task, index, label_key),
+                      task, rng.random(bs) < recipe.flip)
+
+
+def canvas_batches(canvases, task, recipe, seed=0, first_step=0, steps_per_epoch=100,
+                   label_key="labels"):
+    """A `keras.utils.PyDataset` for `fit(..., steps_per_epoch=steps_per_epoch)`:
+    fit's epoch e, batch i is global step `first_step + e * steps_per_epoch + i`
+    (`batch_at`)."""
+    import keras
+
+    class CanvasBatches(keras.utils.PyDataset):
+        epoch = 0
+
+        def __len__(self):
+            return steps_per_epoch
+
+        def on_epoch_end(self):
+            self.epoch += 1
+
+        def __getitem__(self, i):
+            return batch_at(canvases, task, recipe, seed,
+                            first_step + self.epoch * steps_per_epoch + i, label_key)
+
+    return CanvasBatches()
+
+
+# ---- what users look at ----------------------------------------------------
+
+def _palette(num_classes):
+    """Colour per class id (0 = background black), fixed."""
+    rng = np.random.default_rng(3)
+    colours = rng.integers(60, 256, (max(num_classes, 1) + 1, 3)).astype(np.uint8)
+    colours[0] = 0
+    return colours
+
+
+def _rgb(images):
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images[..., :3]
+
+
+def _draw_boxes(canvas, boxes, classes, colours, scores=None, min_score=0.3):
+    out = canvas.copy()
+    h, w = out.shape[:2]
+    for k, (box, cls) in enumerate(zip(boxes, classes)):
+        if cls < 0 or (scores is not None and scores[k] < min_score):
+            continue
+        y0, x0, y1, x1 = (int(round(float(v))) for v in box)
+        y0, x0 = max(0, min(h - 1, y0)), max(0, min(w - 1, x0))
+        y1, x1 = max(0, min(h - 1, y1 - 1)), max(0, min(w - 1, x1 - 1))
+        colour = colours[int(cls) + 1]
+        out[y0, x0:x1 + 1] = colour
+        out[y1, x0:x1 + 1] = colour
+        out[y0:y1 + 1, x0] = colour
+        out[y0:y1 + 1, x1] = colour
+    return out
+
+
+def picture_grid(images, truth, prediction, task, num_classes, scale=3):
+    """A uint8 RGB picture: one row per canvas, `[image | truth | prediction]`.
+    segment: `truth` / `prediction` are class masks `[n, S, S]` (0 =
+    background) coloured per class; detect: dicts with `boxes` (yxyx
+    pixels), `classes` (-1 = none) and, for the prediction, `scores` (boxes
+    under 0.3 are not drawn), drawn on the canvas in the class colour."""
+    colours = _palette(num_classes)
+    rgb = _rgb(images)
+    rows = []
+    for i in range(len(rgb)):
+        if task == "segment":
+            cells = [rgb[i], colours[np.clip(truth[i], 0, num_classes)],
+                     colours[np.clip(prediction[i], 0, num_classes)]]
+        else:
+            cells = [rgb[i], _draw_boxes(rgb[i], truth["boxes"][i], truth["classes"][i], colours),
+                     _draw_boxes(rgb[i], prediction["boxes"][i], prediction["classes"][i],
+                                 colours, prediction["scores"][i])]
+        gap = np.full((rgb.shape[1], 2, 3), 128, np.uint8)
+        rows.append(np.concatenate([cells[0], gap, cells[1], gap, cells[2]], axis=1))
+        rows.append(np.full((2, rows[-1].shape[1], 3), 128, np.uint8))
+    grid = np.concatenate(rows[:-1], axis=0)
+    return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
