@@ -228,7 +228,7 @@ def _draw_boxes(canvas, boxes, classes, colours, scores=None, min_score=0.3):
     out = canvas.copy()
     h, w = out.shape[:2]
     for k, (box, cls) in enumerate(zip(boxes, classes)):
-        if cls < 0 or (scores is not None and scores[k] < min_score):
+        if cls < 0 or (scores is not None and scores[k] < min_score) or not np.isfinite(box).all():
             continue
         y0, x0, y1, x1 = (int(round(float(v))) for v in box)
         y0, x0 = max(0, min(h - 1, y0)), max(0, min(w - 1, x0))

@@ -145,8 +145,10 @@ def export_task_model(model, task, path):
     `[B, H, W]`, 0 = background, k + 1 = class k); for `task="detect"`,
     `boxes` (`[B, K, 4]` yxyx pixels), `classes` (int32, -1 past the
     detections), `scores` and `num_detections`, after the model's own
-    non-maximum suppression. JAX or TensorFlow backend; written to a
-    temporary folder renamed into place. Returns `path`."""
+    non-maximum suppression. JAX or TensorFlow backend for a segmenter; the
+    TensorFlow backend for a detector (jax2tf cannot trace KerasHub's anchor
+    generator with a free batch size: load the detector's `.keras` file
+    there). Written to a temporary folder renamed into place. Returns `path`."""
     from keras import ops
 
     if task not in ("segment", "detect"):
@@ -155,6 +157,10 @@ def export_task_model(model, task, path):
     if backend not in ("jax", "tensorflow"):
         raise ValueError(f"SavedModel export runs on the jax or tensorflow backend, not {backend}: "
                          "save a .keras file and export it from one of those.")
+    if task == "detect" and backend != "tensorflow":
+        raise ValueError("A detector's SavedModel export runs on the tensorflow backend (jax2tf "
+                         "cannot trace its anchor generator with a free batch size): load its "
+                         ".keras file with KERAS_BACKEND=tensorflow and export there.")
     if os.path.exists(path):
         raise ValueError(f"{path} exists; pass a new directory.")
     shape = tuple(model.inputs[0].shape[1:])

@@ -88,8 +88,12 @@ def build(head, encoder, image_shape, num_classes, recipe):
     return model, vit
 
 
-def compile_args(keras):
-    return {}  # each head's own losses (RetinaNet: focal + Huber; YOLOv8: BCE + CIoU)
+def compile_args(keras, head):
+    """Each head's own losses: RetinaNet's defaults (focal + Huber), YOLOv8's
+    binary cross-entropy + CIoU (Keras-CV names them; it has no default)."""
+    if head == "yolov8":
+        return dict(classification_loss="binary_crossentropy", box_loss="ciou")
+    return {}
 
 
 def predict(model, images):

@@ -19,6 +19,9 @@ from keras_conmim.errors import ConfigError, DataError, ResumeError
 # Flags that may change when a run resumes: where files go, how it runs.
 MUTABLE = ("backend", "output", "checkpoint_every", "export", "grid")
 CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
+# Where a task model's SavedModel export works: jax2tf cannot trace the
+# detectors' anchor generator with a free batch size (keras_conmim.export).
+EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",)}
 
 
 def parser(task, description, heads):
@@ -58,17 +61,18 @@ def parser(task, description, heads):
     return p
 
 
-def check(args):
+def check(task, args):
     """ConfigError for flags that cannot work together, before anything loads."""
     if args.init != "resnet18":
         cli.check_encoder(args)
     cli.check_at_least_one(args, (*CANVAS_FLAGS, "checkpoint_every"))
     if args.grid < 0:
         raise ConfigError("--grid must be >= 0")
-    if args.export == "saved_model" and args.backend == "torch":
-        raise ConfigError("--export saved_model needs the TensorFlow or JAX backend (Keras "
-                          "exports SavedModels from those); train with --backend jax, or export "
-                          "model.keras later with one of them")
+    if args.export == "saved_model" and args.backend not in EXPORT_BACKENDS[task]:
+        raise ConfigError(f"--export saved_model of a {task} model needs --backend "
+                          f"{' or '.join(EXPORT_BACKENDS[task])} (Keras exports SavedModels "
+                          "from those); or train here and export model.keras later with "
+                          "keras_conmim.export.export_task_model on one of them")
     return args
 
 
@@ -82,7 +86,7 @@ def main(task, module, argv=None):
     """Run one downstream training: `module` is recipes/segment.py or
     recipes/detect.py. Returns the results dict."""
     p = parser(task, module.__doc__.splitlines()[0], module.HEADS)
-    args = check(p.parse_args(argv))
+    args = check(task, p.parse_args(argv))
     cli.use_backend(args.backend)
     import keras
     import numpy as np
@@ -145,7 +149,7 @@ def main(task, module, argv=None):
             start = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
         model, tuned_encoder = module.build(args.head, start, image_shape, num_classes, recipe)
         model.compile(optimizer=optimizer_for(recipe, model, tuned_encoder),
-                      **module.compile_args(keras))
+                      **module.compile_args(keras, args.head))
         every = round_steps(recipe.steps, args.checkpoint_every)
         first_step = 0
         if saved is not None:

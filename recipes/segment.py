@@ -82,7 +82,7 @@ def build(head, encoder, image_shape, num_classes, recipe):
     return model, vit
 
 
-def compile_args(keras):
+def compile_args(keras, head):
     return dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 

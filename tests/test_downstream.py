@@ -103,7 +103,8 @@ def test_downstream_recipes_run(tmp_path, recipe, extra):
 
     encoder = save_atomic(tiny_vit(), os.path.join(tmp_path, "vit.keras"))
     out = tmp_path / "run"
-    export = ["--export", "saved_model"] if BACKEND_ENV != "torch" and not extra else []
+    can_export = BACKEND_ENV == "tensorflow" or (BACKEND_ENV == "jax" and recipe == "segment.py")
+    export = ["--export", "saved_model"] if can_export and not extra else []
     done = run_recipe(recipe, encoder, out, *extra, *export)
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("done: ") and "test" in last, last
@@ -128,15 +129,18 @@ def check_serving(recipe, out):
     tf = pytest.importorskip("tensorflow")
     import keras
 
-    import keras_conmim  # noqa: F401  (registers the classes model.keras holds)
+    import keras_conmim.kerashub  # noqa: F401  (registers the backbone model.keras holds)
 
     model = keras.saving.load_model(str(out / "model.keras"))
     served = tf.saved_model.load(str(out / "serving"))
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 1)).astype("uint8")
     got = {k: v.numpy() for k, v in served.serve(tf.constant(images)).items()}
     if recipe == "segment.py":
-        logits = keras.ops.convert_to_numpy(model(images.astype("float32")))
-        np.testing.assert_array_equal(got["masks"], np.argmax(logits, -1))
+        logits = model.predict(images.astype("float32"), verbose=0)
+        top2 = np.sort(logits, -1)[..., -2:]
+        clear = top2[..., 1] - top2[..., 0] > 1e-3  # argmax of a near-tie may differ in rounding
+        assert clear.mean() > 0.5
+        np.testing.assert_array_equal(got["masks"][clear], np.argmax(logits, -1)[clear])
         return
     want = model.predict(images.astype("float32"), verbose=0)
     want = {k: keras.ops.convert_to_numpy(v) for k, v in want.items()}
