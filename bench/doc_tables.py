@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 import sys
 
 from headline import table as headline_rows
@@ -151,8 +150,47 @@ def targets():
                      out)
 
 
+def downstream():
+    """bench/downstream_benchmark.py: every row with a result, in ROWS order."""
+    from downstream_benchmark import ROWS, read, row_name
+
+    out = []
+    for row in ROWS:
+        r = read(row)
+        if r is None:
+            continue
+        task, head, start, canvases, _ = row
+        key = "miou" if task == "segment" else "map"
+        out.append([task, head, start, canvases, r["steps"], f"{r['val'][key]:.2f}",
+                    f"{r['test'][key]:.2f}",
+                    f"{r['test']['ap50']:.2f}" if task == "detect" else "-",
+                    r.get("train_images_per_second") or "-", f"`{row_name(*row)}`"])
+    return _markdown(["task", "head", "start", "train canvases", "steps", "val", "test",
+                      "test AP50", "train img/s", "run folder"], out)
+
+
+def downstream_speed():
+    """bench/downstream_speed.py: images/s before / now and the share of the
+    float32 matmul peak."""
+    r = _load("downstream_speed.json")
+    peak = r["peak_tflops"]
+    out = []
+    for task in ("segment", "detect"):
+        for setting in ("before", "now"):
+            key = f"{task}/{setting}"
+            gflop = r["gflop_per_image_train"][key]
+            cells = []
+            for backend in r["backends"]:
+                ips = r["backends"][backend][key]["images_per_second"]
+                cells.append(f"{ips:.1f} ({100 * gflop * ips / 1e3 / peak:.0f}%)")
+            out.append([task, setting, f"{gflop:.2f}", *cells])
+    return _markdown(["task", "setting", "GFLOP / image (train)",
+                      *[f"{b}: img/s (% of fp32 peak)" for b in r["backends"]]], out)
+
+
 TABLES = {"targets": targets, "short_run": short_run, "attention": attention,
-          "release_gap": release_gap, "profile": profile, "precision": precision}
+          "release_gap": release_gap, "profile": profile, "precision": precision,
+          "downstream": downstream, "downstream_speed": downstream_speed}
 
 
 def marked_tables(root=ROOT):

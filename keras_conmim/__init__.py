@@ -17,7 +17,7 @@ Modules, from the bottom up (docs/design.md draws the graph):
 - the pre-training model: `conmim`;
 - loading any of them: `loading`;
 - runs (what the recipes stand on): `run_config`, `pretrain_config`,
-  `finetune_run`, `cli`;
+  `finetune_run`, `downstream_run`, `cli`;
 - adapters with optional dependencies, imported by name only:
   `keras_conmim.kerashub` (KerasHub), `keras_conmim.kerascv` (Keras-CV),
   `keras_conmim.pyramid`.

@@ -39,7 +39,7 @@ def test_recipes_start_from_it():
 
     # the default --encoder is the preset with weights, whose file is the shipped one
     assert encoder_path(finetune.parse_args([]).encoder) == PATH
-    assert encoder_path(downstream.parser("x").parse_args([]).encoder) == PATH
+    assert encoder_path(downstream.parser("segment", "x", ("deeplabv3",)).parse_args([]).encoder) == PATH
 
 
 def test_presets_with_weights_load_by_name(tmp_path):

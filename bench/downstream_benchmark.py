@@ -5,9 +5,9 @@ same number of optimizer steps: the shipped ConMIM backbone, the same ViT at
 random init, the SimMIM-style pixel-regression backbone (when its file is
 there), and a KerasHub ResNet-18 from scratch.
 
-    python bench/downstream.py --backend torch                  # every row not yet run, in order
-    python bench/downstream.py --rows segment_deeplabv3_pretrained_500,segment_deeplabv3_random_500
-    python bench/downstream.py --report                         # the table from the committed files
+    python bench/downstream_benchmark.py --backend torch                  # every row not yet run, in order
+    python bench/downstream_benchmark.py --rows segment_deeplabv3_pretrained_500,segment_deeplabv3_random_500
+    python bench/downstream_benchmark.py --report                         # the table from the committed files
 
 Each row runs in bench/results/downstream/<row>/ (the recipe's run folder:
 a stopped row resumes; results.json, config.json, log.csv and
