@@ -164,9 +164,11 @@ def downstream():
         out.append([task, head, start, canvases, r["steps"], f"{r['val'][key]:.2f}",
                     f"{r['test'][key]:.2f}",
                     f"{r['test']['ap50']:.2f}" if task == "detect" else "-",
-                    r.get("train_images_per_second") or "-", f"`{row_name(*row)}`"])
+                    f"`{row_name(*row)}`"])
+    # No speed column: rows may share the CPU with other work; speed is
+    # bench/downstream_speed.py's table, measured alone.
     return _markdown(["task", "head", "start", "train canvases", "steps", "val", "test",
-                      "test AP50", "train img/s", "run folder"], out)
+                      "test AP50", "run folder"], out)
 
 
 def downstream_speed():

@@ -137,7 +137,7 @@ def _name_onnx_io(model):
             output.name = new
 
 
-def export_task_model(model, task, path):
+def export_task_model(model, task, path, batch_size=None):
     """Write a trained segmenter or detector (`recipes/segment.py`,
     `recipes/detect.py`: KerasHub / Keras-CV task models on the pyramid
     backbones) as a SavedModel whose `serve` takes uint8 images
@@ -145,10 +145,13 @@ def export_task_model(model, task, path):
     `[B, H, W]`, 0 = background, k + 1 = class k); for `task="detect"`,
     `boxes` (`[B, K, 4]` yxyx pixels), `classes` (int32, -1 past the
     detections), `scores` and `num_detections`, after the model's own
-    non-maximum suppression. JAX or TensorFlow backend for a segmenter; the
-    TensorFlow backend for a detector (jax2tf cannot trace KerasHub's anchor
-    generator with a free batch size: load the detector's `.keras` file
-    there). Written to a temporary folder renamed into place. Returns `path`."""
+    non-maximum suppression. A segmenter exports on the JAX or TensorFlow
+    backend, any batch size (`batch_size` None). A detector exports on the
+    TensorFlow backend only (jax2tf cannot trace KerasHub's anchor generator:
+    load its `.keras` file there), and its serving function takes a fixed
+    batch (default 1), because KerasHub's non-maximum suppression sizes its
+    outputs by the static batch size. Written to a temporary folder renamed
+    into place. Returns `path`."""
     from keras import ops
 
     if task not in ("segment", "detect"):
@@ -157,10 +160,12 @@ def export_task_model(model, task, path):
     if backend not in ("jax", "tensorflow"):
         raise ValueError(f"SavedModel export runs on the jax or tensorflow backend, not {backend}: "
                          "save a .keras file and export it from one of those.")
-    if task == "detect" and backend != "tensorflow":
-        raise ValueError("A detector's SavedModel export runs on the tensorflow backend (jax2tf "
-                         "cannot trace its anchor generator with a free batch size): load its "
-                         ".keras file with KERAS_BACKEND=tensorflow and export there.")
+    if task == "detect":
+        if backend != "tensorflow":
+            raise ValueError("A detector's SavedModel export runs on the tensorflow backend "
+                             "(jax2tf cannot trace its anchor generator): load its .keras file "
+                             "with KERAS_BACKEND=tensorflow and export there.")
+        batch_size = batch_size or 1
     if os.path.exists(path):
         raise ValueError(f"{path} exists; pass a new directory.")
     shape = tuple(model.inputs[0].shape[1:])
@@ -184,7 +189,8 @@ def export_task_model(model, task, path):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve,
-                         input_signature=[keras.InputSpec(shape=(None, *shape), dtype="uint8")])
+                         input_signature=[keras.InputSpec(shape=(batch_size, *shape),
+                                                          dtype="uint8")])
     tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"
     archive.write_out(tmp, verbose=False)
     os.replace(tmp, path)

@@ -10,9 +10,9 @@ canvases.
     python recipes/detect.py --head yolov8 --canvas-size 64         # Keras-CV's YOLOv8 (P3-P5)
 
 One run per --output folder (default runs/detect), with the files of
-recipes/segment.py; --export saved_model writes a SavedModel that takes uint8
-images and returns boxes, classes, scores and their count after non-maximum
-suppression.
+recipes/segment.py; --export saved_model (TensorFlow backend) writes a SavedModel
+that takes uint8 images, one at a time, and returns boxes, classes, scores and
+their count after non-maximum suppression.
 
 Backbone: keras_conmim.kerashub.ViTPyramidBackbone (RetinaNet reads P3-P4:
 strides 8 and 16, the sizes of 10-28 px items) or KerasHub's ResNet-18;

@@ -19,8 +19,8 @@ from keras_conmim.errors import ConfigError, DataError, ResumeError
 # Flags that may change when a run resumes: where files go, how it runs.
 MUTABLE = ("backend", "output", "checkpoint_every", "export", "grid")
 CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
-# Where a task model's SavedModel export works: jax2tf cannot trace the
-# detectors' anchor generator with a free batch size (keras_conmim.export).
+# Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
+# jax2tf cannot trace KerasHub's anchor generator.
 EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",)}
 
 
@@ -54,7 +54,7 @@ def parser(task, description, heads):
                    help="test canvases in predictions.png (0: none)")
     p.add_argument("--export", choices=("none", "saved_model"), default="none",
                    help="saved_model: also write <output>/serving, a SavedModel that takes uint8 "
-                   "images (TensorFlow or JAX backend)")
+                   "images (segment: TensorFlow or JAX backend; detect: TensorFlow)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if --output holds a stopped run of these settings")
     p.add_argument("--seed", type=int, default=0)
@@ -104,9 +104,11 @@ def main(task, module, argv=None):
     # --- everything that can be wrong is checked before a file is written
     args.from_scratch = args.init == "random"
     args.preset = None
+    keras.utils.set_random_seed(args.seed)  # a random start's weights come from --seed
     encoder = cli.load_start(args)  # random / resnet18: the architecture, shape and channels
     preset = preset_for(encoder.get_config())
-    from_file = read_config_file(args.config, RECIPE_KEYS) if args.config else {}
+    # `backend` in the file is recipe_main's (it chose the backend before Keras loaded)
+    from_file = read_config_file(args.config, (*RECIPE_KEYS, "backend")) if args.config else {}
     recipe, sources, text = resolve_recipe(
         task, args.init, preset, {k: getattr(args, k) for k in RECIPE_KEYS}, from_file)
     module.check_head(args.head, args.init, recipe)
