@@ -17,7 +17,7 @@ from keras_conmim.downstream_run import INITS, RECIPE_KEYS
 from keras_conmim.errors import ConfigError, DataError, ResumeError
 
 # Flags that may change when a run resumes: where files go, how it runs.
-MUTABLE = ("backend", "output", "checkpoint_every", "export", "grid")
+MUTABLE = ("backend", "output", "export", "grid")  # --checkpoint-every sets fit's epoch: fixed
 CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
 # Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
 # jax2tf cannot trace KerasHub's anchor generator.
@@ -126,6 +126,7 @@ def main(task, module, argv=None):
     settings = dict(task=task, head=args.head, init=args.init,
                     encoder=None if args.init == "resnet18" else cli.encoder_path(args.encoder),
                     data=args.data, seed=args.seed, num_classes=num_classes,
+                    checkpoint_every=args.checkpoint_every,
                     **{k: getattr(args, k) for k in CANVAS_FLAGS}, **recipe.as_dict())
     output = args.output
     ckpt_dir = os.path.join(output, run_folder.CHECKPOINTS)
