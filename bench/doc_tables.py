@@ -154,14 +154,18 @@ def downstream():
     """bench/downstream_benchmark.py: every row with a result, in ROWS order."""
     from downstream_benchmark import ROWS, read, row_name
 
+    starts = {"pretrained": "ConMIM (shipped backbone)", "pixel": "pixel regression (SimMIM)",
+              "random": "same ViT, random init", "resnet18": "ResNet-18 (KerasHub), scratch"}
     out = []
-    for row in ROWS:
+    # segmentation first, the main heads (DeepLabV3, RetinaNet) first, then by budget and start
+    for row in sorted(ROWS, key=lambda r: (r[0] == "detect", r[1] in ("segformer", "yolov8"),
+                                           r[3], list(starts).index(r[2]))):
         r = read(row)
         if r is None:
             continue
         task, head, start, canvases, _ = row
         key = "miou" if task == "segment" else "map"
-        out.append([task, head, start, canvases, r["steps"], f"{r['val'][key]:.2f}",
+        out.append([task, head, starts[start], canvases, r["steps"], f"{r['val'][key]:.2f}",
                     f"{r['test'][key]:.2f}",
                     f"{r['test']['ap50']:.2f}" if task == "detect" else "-",
                     f"`{row_name(*row)}`"])

@@ -189,3 +189,19 @@ def test_fit_resizes_another_image_size_on_purpose_and_says_so_once():
         model.fit(uint8_images(4, 20, 1), batch_size=4, epochs=2, verbose=0)
     said = [w for w in caught if "crop and resize each image" in str(w.message)]
     assert len(said) == 1 and "20x20" in str(said[0].message) and "16x16" in str(said[0].message)
+
+
+@jax_only
+def test_downstream_recipes_refuse_bad_settings_before_any_file(tmp_path):
+    """A bad recipe value, a head that cannot take the start, an export the
+    backend cannot write, a bad --data: one line each, no run folder made."""
+    out = tmp_path / "run"
+    one_line(recipe("segment", "--canvas-size", "40", "--output", str(out)),
+             "canvas_size=40", "multiple of 16")
+    one_line(recipe("detect", "--head", "yolov8", "--init", "resnet18", "--output", str(out)),
+             "--head yolov8", "--head retinanet")
+    one_line(recipe("detect", "--export", "saved_model", "--output", str(out)),
+             "--export saved_model", "--backend tensorflow")
+    one_line(recipe("segment", "--data", "idx:/no/such/folder", "--output", str(out)),
+             "--data idx:/no/such/folder")
+    assert not out.exists()
