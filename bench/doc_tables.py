@@ -178,18 +178,12 @@ def downstream():
 def downstream_speed():
     """bench/downstream_speed.py: images/s before / now and the share of the
     float32 matmul peak."""
+    from downstream_speed import table_rows
+
     r = _load("downstream_speed.json")
-    peak = r["peak_tflops"]
-    out = []
-    for task in ("segment", "detect"):
-        for setting in ("before", "now"):
-            key = f"{task}/{setting}"
-            gflop = r["gflop_per_image_train"][key]
-            cells = []
-            for backend in r["backends"]:
-                ips = r["backends"][backend][key]["images_per_second"]
-                cells.append(f"{ips:.1f} ({100 * gflop * ips / 1e3 / peak:.0f}%)")
-            out.append([task, setting, f"{gflop:.2f}", *cells])
+    out = [[task, setting, f"{gflop:.2f}",
+            *[f"{ips:.1f} ({100 * share:.0f}%)" for _, ips, share in cells]]
+           for task, setting, gflop, cells in table_rows(r)]
     return _markdown(["task", "setting", "GFLOP / image (train)",
                       *[f"{b}: img/s (% of fp32 peak)" for b in r["backends"]]], out)
 

@@ -119,21 +119,28 @@ def child(args):
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def report(result):
-    lines = [f"downstream train step, batch {BATCH} ({result['machine']}; fp32 matmul peak "
-             f"{result['peak_tflops']:.3f} TFLOP/s, measured)",
-             "task     setting  canvas  GFLOP/img  " + "  ".join(
-                 f"{b + ' img/s':>16} {'%peak':>5}" for b in result["backends"])]
+def table_rows(result):
+    """(task, setting, train GFLOP per image, [(backend, images/s, share of
+    the peak)]) per row of the result."""
     for task in ("segment", "detect"):
         for setting in SETTINGS:
             key = f"{task}/{setting}"
             gflop = result["gflop_per_image_train"][key]
             cells = []
-            for b in result["backends"]:
-                ips = result["backends"][b][key]["images_per_second"]
-                cells.append(f"{ips:16.2f} {100 * gflop * ips / 1e3 / result['peak_tflops']:5.1f}")
-            lines.append(f"{task:<8} {setting:<8} {SETTINGS[setting]['canvas']:>6}  "
-                         f"{gflop:9.2f}  " + "  ".join(cells))
+            for backend, rows in result["backends"].items():
+                ips = rows[key]["images_per_second"]
+                cells.append((backend, ips, gflop * ips / 1e3 / result["peak_tflops"]))
+            yield task, setting, gflop, cells
+
+
+def report(result):
+    lines = [f"downstream train step, batch {BATCH} ({result['machine']}; fp32 matmul peak "
+             f"{result['peak_tflops']:.3f} TFLOP/s, measured)",
+             "task     setting  canvas  GFLOP/img  " + "  ".join(
+                 f"{b + ' img/s':>16} {'%peak':>5}" for b in result["backends"])]
+    for task, setting, gflop, cells in table_rows(result):
+        lines.append(f"{task:<8} {setting:<8} {SETTINGS[setting]['canvas']:>6}  {gflop:9.2f}  "
+                     + "  ".join(f"{ips:16.2f} {100 * share:5.1f}" for _, ips, share in cells))
     for b in result["backends"]:
         ratios = [result["backends"][b][f"{t}/now"]["images_per_second"]
                   / result["backends"][b][f"{t}/before"]["images_per_second"]

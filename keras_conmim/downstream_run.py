@@ -188,25 +188,12 @@ def batch_at(canvases, task, recipe, seed, step, label_key="labels"):
 
 def canvas_batches(canvases, task, recipe, seed=0, first_step=0, steps_per_epoch=100,
                    label_key="labels"):
-    """A `keras.utils.PyDataset` for `fit(..., steps_per_epoch=steps_per_epoch)`:
-    fit's epoch e, batch i is global step `first_step + e * steps_per_epoch + i`
-    (`batch_at`)."""
-    import keras
+    """`data.step_batches.StepBatches` of `batch_at`: a resumed run reads the
+    batches the stopped one would have."""
+    from keras_conmim.data.step_batches import StepBatches
 
-    class CanvasBatches(keras.utils.PyDataset):
-        epoch = 0
-
-        def __len__(self):
-            return steps_per_epoch
-
-        def on_epoch_end(self):
-            self.epoch += 1
-
-        def __getitem__(self, i):
-            return batch_at(canvases, task, recipe, seed,
-                            first_step + self.epoch * steps_per_epoch + i, label_key)
-
-    return CanvasBatches()
+    return StepBatches(lambda step: batch_at(canvases, task, recipe, seed, step, label_key),
+                       first_step, steps_per_epoch)
 
 
 # ---- what users look at ----------------------------------------------------

@@ -24,6 +24,7 @@ from keras_conmim.cli import encoder_path
 from keras_conmim.data.geometry import (
     check_geometry, eval_center_crop, eval_load_size, train_geometry,
 )
+from keras_conmim.data.step_batches import StepBatches
 from keras_conmim.errors import ConfigError, DataError, ResumeError
 from keras_conmim.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
 from keras_conmim.presets import POOLINGS, PRESETS
@@ -299,25 +300,14 @@ def make_batches(source, num_classes, recipe, seed=0, first_step=0, steps_per_ep
     rng = np.random.default_rng(seed + first_step)
     steps = steps_per_epoch or source.steps_per_epoch(recipe.batch_size)
 
-    class Batches(keras.utils.PyDataset):
-        """Without TensorFlow: epoch e's batch i is global step
-        first_step + e * steps + i (fit() calls on_epoch_end between epochs)."""
+    def batch(step):
+        """Without TensorFlow: global step `step`'s batch, augmented here."""
+        images, labels = images_of(step)
+        x = keras.ops.convert_to_tensor(images.astype("float32"))
+        y = keras.ops.one_hot(keras.ops.convert_to_tensor(labels), num_classes)
+        return augment_and_mix(x, y, lambda branches: branches[rng.integers(len(branches))]())
 
-        epoch = 0
-
-        def __len__(self):
-            return steps
-
-        def on_epoch_end(self):
-            self.epoch += 1
-
-        def __getitem__(self, i):
-            images, labels = images_of(first_step + self.epoch * steps + i)
-            x = keras.ops.convert_to_tensor(images.astype("float32"))
-            y = keras.ops.one_hot(keras.ops.convert_to_tensor(labels), num_classes)
-            return augment_and_mix(x, y, lambda branches: branches[rng.integers(len(branches))]())
-
-    return Batches()
+    return StepBatches(batch, first_step, steps)
 
 
 def write_results(path, result, recipe, sources, command):
