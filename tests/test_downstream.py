@@ -86,8 +86,7 @@ def run_recipe(recipe, encoder, output, *extra, check=True):
 
 @pytest.mark.parametrize("recipe,extra", [
     ("segment.py", []), ("detect.py", []),
-    ("segment.py", ["--head", "segformer", "--init", "random"]),
-    ("detect.py", ["--head", "yolov8"]), ("detect.py", ["--init", "resnet18"])])
+    ("detect.py", ["--head", "yolov8"]), ("segment.py", ["--init", "resnet18"])])
 def test_downstream_recipes_run(tmp_path, recipe, extra):
     """A run folder holds the run: config.json (values and sources),
     results.json (validation and test scores), predictions.png, model.keras,
@@ -118,8 +117,8 @@ def test_downstream_recipes_run(tmp_path, recipe, extra):
         {"miou", "pixel_accuracy"} if recipe == "segment.py" else {"map", "ap50"})
     if export:
         check_serving(recipe, out)
-    if extra:
-        return
+    if extra or BACKEND_ENV != "torch":
+        return  # the run folder's bookkeeping is the same on every backend
     again = run_recipe(recipe, encoder, out)
     assert "moved to" in again.stdout and os.listdir(out / "previous_runs")
 
