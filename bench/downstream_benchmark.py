@@ -75,8 +75,9 @@ def read(row):
 
 def report():
     """The table of every row with a result, and the rows still owed."""
+    # No speed column: rows may share the CPU; bench/downstream_speed.py measures speed alone.
     lines = ["task     head       start       canvases  steps  val      test     test AP50  "
-             "img/s  backend"]
+             "backend"]
     owed = []
     for row in ROWS:
         r = read(row)
@@ -86,10 +87,8 @@ def report():
             continue
         key = "miou" if task == "segment" else "map"
         ap50 = f"{r['test']['ap50']:9.2f}" if task == "detect" else f"{'-':>9}"
-        speed = r.get("train_images_per_second")
         lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {r['steps']:>5}  "
-                     f"{r['val'][key]:6.2f}   {r['test'][key]:6.2f}   {ap50}  "
-                     f"{speed if speed is not None else '-':>5}  {r['backend']}")
+                     f"{r['val'][key]:6.2f}   {r['test'][key]:6.2f}   {ap50}  {r['backend']}")
     lines.append("segment: mIoU % (10 classes + background); detect: box mAP@[.5:.95] % and AP50 "
                  f"%; test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
                  "items, val = 300 of held-out training items")
