@@ -151,28 +151,48 @@ def targets():
 
 
 def downstream():
-    """bench/downstream_benchmark.py: every row with a result, in ROWS order."""
+    """bench/downstream_benchmark.py: every row with a result."""
     from downstream_benchmark import ROWS, read, row_name
 
-    starts = {"pretrained": "ConMIM (shipped backbone)", "pixel": "pixel regression (SimMIM)",
-              "random": "same ViT, random init", "resnet18": "ResNet-18 (KerasHub), scratch"}
     out = []
-    # segmentation first, the main heads (DeepLabV3, RetinaNet) first, then by budget and start
+    # segmentation first, the main heads (DeepLabV3, RetinaNet) first, then by budget, start, seed
     for row in sorted(ROWS, key=lambda r: (r[0] == "detect", r[1] in ("segformer", "yolov8"),
-                                           r[3], list(starts).index(r[2]))):
+                                           r[3], list(DOWNSTREAM_STARTS).index(r[2]), r[4])):
         r = read(row)
         if r is None:
             continue
-        task, head, start, canvases, _ = row
+        task, head, start, canvases, seed, _ = row
         key = "miou" if task == "segment" else "map"
-        out.append([task, head, starts[start], canvases, r["steps"], f"{r['val'][key]:.2f}",
-                    f"{r['test'][key]:.2f}",
+        out.append([task, head, DOWNSTREAM_STARTS[start], canvases, seed, r["steps"],
+                    f"{r['val'][key]:.2f}", f"{r['test'][key]:.2f}",
                     f"{r['test']['ap50']:.2f}" if task == "detect" else "-",
                     f"`{row_name(*row)}`"])
     # No speed column: rows may share the CPU with other work; speed is
     # bench/downstream_speed.py's table, measured alone.
-    return _markdown(["task", "head", "start", "train canvases", "steps", "val", "test",
+    return _markdown(["task", "head", "start", "train canvases", "seed", "steps", "val", "test",
                       "test AP50", "run folder"], out)
+
+
+DOWNSTREAM_STARTS = {"pretrained": "ConMIM (shipped backbone)",
+                     "pixel": "pixel regression (SimMIM)", "random": "same ViT, random init",
+                     "resnet18": "ResNet-18 (KerasHub), scratch"}
+
+
+def downstream_share():
+    """bench/downstream_benchmark.py: what pre-training buys, test points of
+    one start minus another at the same seed (same canvases), and the mean."""
+    from downstream_benchmark import differences
+
+    out = []
+    for a, b in (("pretrained", "random"), ("pretrained", "pixel"), ("pixel", "random")):
+        for task, head, canvases, per_seed, mean in differences(a, b):
+            metric = "mIoU" if task == "segment" else "box mAP"
+            out.append([f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",
+                        f"{task} ({head}, {metric})", canvases,
+                        ", ".join(f"{d:+.2f}" for d in per_seed.values()),
+                        ", ".join(str(s) for s in per_seed), f"{mean:+.2f}"])
+    return _markdown(["difference", "task", "train canvases", "test points per seed", "seeds",
+                      "mean"], out)
 
 
 def downstream_speed():
@@ -190,7 +210,8 @@ def downstream_speed():
 
 TABLES = {"targets": targets, "short_run": short_run, "attention": attention,
           "release_gap": release_gap, "profile": profile, "precision": precision,
-          "downstream": downstream, "downstream_speed": downstream_speed}
+          "downstream": downstream, "downstream_share": downstream_share,
+          "downstream_speed": downstream_speed}
 
 
 def marked_tables(root=ROOT):
@@ -218,12 +239,33 @@ def check(root=ROOT):
     return problems
 
 
+def write(root=ROOT):
+    """Rewrite every marked table in the docs from its results; the docs changed."""
+    changed = []
+    for doc in DOCS:
+        path = os.path.join(root, doc)
+        with open(path) as f:
+            text = f.read()
+        new = MARK.sub(lambda m: m.group(0).replace(m.group(2).rstrip("\n"), TABLES[m.group(1)]())
+                       if m.group(1) in TABLES else m.group(0), text)
+        if new != text:
+            with open(path, "w") as f:
+                f.write(new)
+            changed.append(doc)
+    return changed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"tables to print (default all): {', '.join(TABLES)}")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 naming every doc table that differs from its results")
+    parser.add_argument("--write", action="store_true",
+                        help="rewrite the docs' marked tables from their results")
     args = parser.parse_args(argv)
+    if args.write:
+        print("rewrote: " + (", ".join(write()) or "nothing (every table matched)"))
+        return 0
     if args.check:
         problems = check()
         print("\n".join(problems) or "every doc table matches its results")

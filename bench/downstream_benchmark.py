@@ -32,36 +32,48 @@ STARTS = {  # name: recipe flags
     "pixel": ["--init", "pretrained", "--encoder", PIXEL],
     "resnet18": ["--init", "resnet18"],
 }
-# (task, head, start, training canvases, extra flags), in the order they run.
+# (task, head, start, training canvases, seed, extra flags), in the order they run.
+# The seed draws the training / validation / test canvases, the random starts
+# and the heads' initial weights, the flips and the drop-path masks.
 ROWS = [
-    ("segment", "deeplabv3", "pretrained", 500, []),
-    ("segment", "deeplabv3", "random", 500, []),
-    ("detect", "retinanet", "pretrained", 500, []),
-    ("detect", "retinanet", "random", 500, []),
-    ("segment", "deeplabv3", "resnet18", 500, []),
-    ("detect", "retinanet", "resnet18", 500, []),
-    ("segment", "deeplabv3", "pretrained", 5000, []),
-    ("detect", "retinanet", "pretrained", 5000, []),
-    ("segment", "deeplabv3", "random", 5000, []),
-    ("detect", "retinanet", "random", 5000, []),
-    ("detect", "yolov8", "pretrained", 500, ["--canvas-size", "64"]),
-    ("segment", "segformer", "pretrained", 500, []),
-    ("segment", "deeplabv3", "pixel", 500, []),
-    ("detect", "retinanet", "pixel", 500, []),
-    ("segment", "deeplabv3", "resnet18", 5000, []),
-    ("detect", "retinanet", "resnet18", 5000, []),
+    ("segment", "deeplabv3", "pretrained", 500, 0, []),
+    ("segment", "deeplabv3", "random", 500, 0, []),
+    ("detect", "retinanet", "pretrained", 500, 0, []),
+    ("detect", "retinanet", "random", 500, 0, []),
+    ("segment", "deeplabv3", "resnet18", 500, 0, []),
+    ("detect", "retinanet", "resnet18", 500, 0, []),
+    ("segment", "deeplabv3", "pretrained", 5000, 0, []),
+    ("detect", "retinanet", "pretrained", 5000, 0, []),
+    ("segment", "deeplabv3", "random", 5000, 0, []),
+    ("detect", "retinanet", "random", 5000, 0, []),
+    ("detect", "yolov8", "pretrained", 500, 0, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "pixel", 500, 0, []),
+    ("detect", "retinanet", "pixel", 500, 0, []),
+    ("detect", "retinanet", "pretrained", 500, 1, []),
+    ("detect", "retinanet", "random", 500, 1, []),
+    ("segment", "deeplabv3", "pretrained", 500, 1, []),
+    ("segment", "deeplabv3", "random", 500, 1, []),
+    ("detect", "yolov8", "random", 500, 0, ["--canvas-size", "64"]),
+    ("segment", "segformer", "pretrained", 500, 0, []),
+    ("detect", "retinanet", "pretrained", 500, 2, []),
+    ("detect", "retinanet", "random", 500, 2, []),
+    ("segment", "deeplabv3", "pretrained", 500, 2, []),
+    ("segment", "deeplabv3", "random", 500, 2, []),
+    ("segment", "deeplabv3", "resnet18", 5000, 0, []),
+    ("detect", "retinanet", "resnet18", 5000, 0, []),
 ]
-COMMON = ["--data", DATA, "--val-canvases", "300", "--test-canvases", "1000", "--seed", "0"]
+COMMON = ["--data", DATA, "--val-canvases", "300", "--test-canvases", "1000"]
 
 
-def row_name(task, head, start, canvases, extra):
-    return f"{task}_{head}_{start}_{canvases}"
+def row_name(task, head, start, canvases, seed, extra):
+    """The run folder's name; seed 0 has no suffix (the first rows ran before seeds)."""
+    return f"{task}_{head}_{start}_{canvases}" + (f"_seed{seed}" if seed else "")
 
 
 def command(row, backend):
-    task, head, start, canvases, extra = row
+    task, head, start, canvases, seed, extra = row
     return [f"recipes/{task}.py", "--backend", backend, "--head", head, *STARTS[start],
-            "--train-canvases", str(canvases), *COMMON, *extra,
+            "--train-canvases", str(canvases), *COMMON, "--seed", str(seed), *extra,
             "--output", os.path.relpath(os.path.join(OUT, row_name(*row)), ROOT)]
 
 
@@ -73,25 +85,54 @@ def read(row):
         return json.load(f)
 
 
+def differences(a="pretrained", b="random"):
+    """[(task, head, canvases, {seed: test points a - b}, mean)] for every
+    (task, head, budget) where starts `a` and `b` both have a result at the
+    same seed: pre-training's share, seed by seed (the metric: mIoU for
+    segmentation, box mAP for detection)."""
+    results = {}
+    for row in ROWS:
+        r = read(row)
+        if r is not None:
+            task, head, start, canvases, seed, _ = row
+            results[(task, head, canvases, seed, start)] = r
+    out = []
+    for task, head, canvases in dict.fromkeys((k[0], k[1], k[2]) for k in results):
+        key = "miou" if task == "segment" else "map"
+        per_seed = {}
+        for seed in sorted({k[3] for k in results if k[:3] == (task, head, canvases)}):
+            ra = results.get((task, head, canvases, seed, a))
+            rb = results.get((task, head, canvases, seed, b))
+            if ra is not None and rb is not None:
+                per_seed[seed] = ra["test"][key] - rb["test"][key]
+        if per_seed:
+            out.append((task, head, canvases, per_seed, sum(per_seed.values()) / len(per_seed)))
+    return out
+
+
 def report():
-    """The table of every row with a result, and the rows still owed."""
+    """The table of every row with a result, the per-seed differences, and the rows still owed."""
     # No speed column: rows may share the CPU; bench/downstream_speed.py measures speed alone.
-    lines = ["task     head       start       canvases  steps  val      test     test AP50  "
+    lines = ["task     head       start       canvases  seed  steps  val      test     test AP50  "
              "backend"]
     owed = []
     for row in ROWS:
         r = read(row)
-        task, head, start, canvases, _ = row
+        task, head, start, canvases, seed, _ = row
         if r is None:
             owed.append(row_name(*row))
             continue
         key = "miou" if task == "segment" else "map"
         ap50 = f"{r['test']['ap50']:9.2f}" if task == "detect" else f"{'-':>9}"
-        lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {r['steps']:>5}  "
+        lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {seed:>4}  {r['steps']:>5}  "
                      f"{r['val'][key]:6.2f}   {r['test'][key]:6.2f}   {ap50}  {r['backend']}")
     lines.append("segment: mIoU % (10 classes + background); detect: box mAP@[.5:.95] % and AP50 "
                  f"%; test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
                  "items, val = 300 of held-out training items")
+    for a, b in (("pretrained", "random"), ("pretrained", "pixel")):
+        for task, head, canvases, per_seed, mean in differences(a, b):
+            seeds = ", ".join(f"seed {s}: {d:+.2f}" for s, d in per_seed.items())
+            lines.append(f"{a} - {b}, {task} {head} {canvases}: {seeds}; mean {mean:+.2f} (test)")
     if owed:
         lines.append("not run yet: " + ", ".join(owed))
     return "\n".join(lines)
