@@ -11,13 +11,13 @@ import numpy as np
 from keras_conmim.atomic import save_atomic
 from keras_conmim.data.images import resize_image
 from keras_conmim.distribute import this_host_only
-from keras_conmim.errors import NonFiniteLossError
+from keras_conmim.errors import NonFiniteLossError, ResumeError
 from keras_conmim.run_folder import CHECKPOINT_PATTERN
 
 __all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "RollbackCount", "TrainingScalars",
            "ViewGrid",
            "checkpoint_step", "list_checkpoints", "load_latest_checkpoint", "nonfinite_variables",
-           "restore_latest_checkpoint"]
+           "restore_latest_checkpoint", "resume_from_checkpoint"]
 
 
 def _sync(model):
@@ -108,6 +108,24 @@ def restore_latest_checkpoint(model, directory):
         return model
 
     return _newest_that_loads(directory, load)[1]
+
+
+def resume_from_checkpoint(model, directory, sample=None, moved_to=None):
+    """Continue a stopped run in `model` (compiled): build it (on `sample`, one
+    batch of inputs, when it is not built), build its optimizer, and load the
+    newest checkpoint in `directory` that loads with finite values
+    (`restore_latest_checkpoint`). Returns `(path, step)`, `step` the
+    optimizer's count of updates done. Raises ResumeError naming the fix when
+    no checkpoint loads (`moved_to`: where --no-resume puts the old run)."""
+    if sample is not None:
+        model(sample)
+    model.optimizer.build(model.trainable_variables)
+    path = restore_latest_checkpoint(model, directory)
+    if path is None:
+        aside = f" (the run is moved to {moved_to}/, not deleted)" if moved_to else ""
+        raise ResumeError(f"no checkpoint in {directory} loads with finite weights (see the "
+                          f"warnings above); start over with --no-resume{aside}.")
+    return path, int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class Checkpointer(keras.callbacks.Callback):

@@ -93,7 +93,7 @@ def main(task, module, argv=None):
 
     from keras_conmim import data
     from keras_conmim.atomic import save_atomic, write_text_atomic
-    from keras_conmim.callbacks import Checkpointer, list_checkpoints, restore_latest_checkpoint
+    from keras_conmim.callbacks import Checkpointer, list_checkpoints, resume_from_checkpoint
     from keras_conmim.classifier import finetune_encoder
     from keras_conmim.downstream_run import (
         canvas_batches, make_splits, optimizer_for, picture_grid, resolve_recipe,
@@ -156,13 +156,9 @@ def main(task, module, argv=None):
         every = round_steps(recipe.steps, args.checkpoint_every)
         first_step = 0
         if saved is not None:
-            model(np.zeros((1, *image_shape), "uint8"))
-            model.optimizer.build(model.trainable_variables)
-            path = restore_latest_checkpoint(model, ckpt_dir)
-            if path is None:
-                raise ResumeError(f"no checkpoint in {ckpt_dir} loads; pass --no-resume to "
-                                  "start over.")
-            first_step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+            path, first_step = resume_from_checkpoint(
+                model, ckpt_dir, sample=np.zeros((1, *image_shape), "uint8"),
+                moved_to=os.path.join(output, run_folder.PREVIOUS))
             print(f"resumed from {path}: {first_step} of {recipe.steps} steps done", flush=True)
         write_text_atomic(os.path.join(output, run_folder.CONFIG), run_folder.record(
             settings, sources, saved, "resume" if saved else "start", first_step,

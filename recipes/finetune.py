@@ -166,9 +166,9 @@ def main(argv=None):
     import keras_conmim as kc
     from keras_conmim import finetune_budget
     from keras_conmim.atomic import save_atomic
-    from keras_conmim.callbacks import Checkpointer, restore_latest_checkpoint
+    from keras_conmim.callbacks import Checkpointer, resume_from_checkpoint
     from keras_conmim.classifier import ViTClassifier, finetune_encoder
-    from keras_conmim.errors import ConfigError, ResumeError
+    from keras_conmim.errors import ConfigError
     from keras_conmim.train_step import jit_compile_for
 
     keras.utils.set_random_seed(args.seed)
@@ -223,14 +223,9 @@ def main(argv=None):
           f"classes={num_classes} epochs={recipe.epochs} steps/epoch={steps}", flush=True)
     first_epoch = 0
     if resumed is not None:
-        model(np.zeros((1, *encoder.image_shape), "float32"))
-        model.optimizer.build(model.trainable_variables)
-        path = restore_latest_checkpoint(model, args.checkpoint_dir)
-        if path is None:
-            raise ResumeError(f"no checkpoint in {args.checkpoint_dir} loads; pass --no-resume "
-                              "to start over.")
-        first_epoch = min(int(keras.ops.convert_to_numpy(model.optimizer.iterations)) // steps,
-                          recipe.epochs)
+        path, done = resume_from_checkpoint(
+            model, args.checkpoint_dir, sample=np.zeros((1, *encoder.image_shape), "float32"))
+        first_epoch = min(done // steps, recipe.epochs)
         print(f"resumed from {path}: {first_epoch} of {recipe.epochs} epochs done", flush=True)
     write_run_file(args.checkpoint_dir, settings, sources, head, saved=resumed,
                    step=first_epoch * steps)

@@ -103,11 +103,11 @@ def restore(config, steps, folder):
     """`(model, checkpoint)`: a fresh model and optimizer from `config` (its lr,
     clipping, precision) holding the weights, optimizer state, step and RNG
     state of the newest checkpoint in `folder` that loads with finite values
-    (`callbacks.restore_latest_checkpoint`); `(None, None)` when none does."""
+    (`callbacks.resume_from_checkpoint`, which raises ResumeError when none does)."""
     model = build_model(config, steps)
-    model.optimizer.build(model.trainable_variables)
-    path = cb.restore_latest_checkpoint(model, folder)
-    return (model, path) if path else (None, None)
+    path, _ = cb.resume_from_checkpoint(model, folder,
+                                        moved_to=os.path.join(config["output"], run.PREVIOUS))
+    return model, path
 
 
 def train(config, resume, sources, plan, argv=()):

@@ -76,6 +76,29 @@ def test_resume_skips_a_checkpoint_with_a_nan_and_says_so(tmp_path):
     assert cb.nonfinite_variables(restored) == []
 
 
+def test_resume_from_checkpoint_restores_weights_and_step_or_names_the_fix(tmp_path):
+    # The one resume helper of pretrain.py, finetune.py and downstream.py.
+    from keras_conmim.errors import ResumeError
+
+    def head():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    with pytest.raises(ResumeError, match=r"no checkpoint in .* loads.*--no-resume \(the run is "
+                                          r"moved to old/"):
+        cb.resume_from_checkpoint(head(), str(tmp_path), moved_to="old")
+    model = head()
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0,
+              callbacks=[cb.Checkpointer(str(tmp_path), keep=1)])
+    again = head()  # not built: the sample builds it
+    path, step = cb.resume_from_checkpoint(again, str(tmp_path), sample=x[:1])
+    assert step == 2 and path == cb.list_checkpoints(str(tmp_path))[-1]
+    for a, b in zip(model.weights, again.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
 def test_rotation_never_deletes_a_newer_numbered_checkpoint(tmp_path):
     model = _model()
     for step in (78, 79, 80):  # another run's, left in the folder
