@@ -1,6 +1,7 @@
 """Keras-CV adapter: a pre-trained encoder as a `keras_cv.models.Backbone`
 with `pyramid_level_inputs`, for Keras-CV's `RetinaNet`, `YOLOV8Detector`,
-`DeepLabV3Plus` and `SegFormer`.
+`DeepLabV3Plus` and `SegFormer`, and `NonMaxSuppression`, Keras-CV's box
+decoder without its torchvision need on the torch backend.
 
 Keras-CV is in maintenance (its README points to KerasHub; see
 `keras_conmim.kerashub`). Build heads from their classes, never from
@@ -60,3 +61,40 @@ class ViTCVBackbone(PyramidBackboneMixin, keras_cv.models.Backbone):
     @classmethod
     def from_config(cls, config):
         return cls(**config_with_layers(config, ("encoder",)))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class NonMaxSuppression(keras_cv.layers.NonMaxSuppression):
+    """Keras-CV's box decoder (same arguments and outputs), also on torch
+    without torchvision: there Keras-CV calls `torchvision.ops.nms`, a package
+    the torch backend does not otherwise need; this runs Keras-CV's own
+    keras-ops NMS instead (the one it runs on JAX). TensorFlow and JAX are
+    Keras-CV's code unchanged."""
+
+    def call(self, box_prediction, class_prediction, images=None, image_shape=None):
+        if keras.backend.backend() != "torch":
+            return super().call(box_prediction, class_prediction, images=images,
+                                image_shape=image_shape)
+        from keras import ops
+        from keras_cv.src import bounding_box
+        from keras_cv.src.layers.object_detection.non_max_suppression import non_max_suppression
+
+        work = "yxyx"  # Keras-CV's NMS reads yxyx boxes
+        if bounding_box.is_relative(self.bounding_box_format):
+            work = bounding_box.as_relative(work)
+        boxes = bounding_box.convert_format(box_prediction, source=self.bounding_box_format,
+                                            target=work, images=images, image_shape=image_shape)
+        scores = ops.sigmoid(class_prediction) if self.from_logits else class_prediction
+        confidence = ops.max(scores, axis=-1)
+        idx, valid = non_max_suppression(boxes, confidence, max_output_size=self.max_detections,
+                                         iou_threshold=self.iou_threshold,
+                                         score_threshold=self.confidence_threshold)
+        boxes = ops.take_along_axis(boxes, ops.expand_dims(idx, -1), axis=1)
+        boxes = bounding_box.convert_format(ops.reshape(boxes, (-1, self.max_detections, 4)),
+                                            source=work, target=self.bounding_box_format,
+                                            images=images, image_shape=image_shape)
+        scores = ops.take_along_axis(scores, ops.expand_dims(idx, -1), axis=1)
+        return bounding_box.mask_invalid_detections(
+            {"boxes": boxes, "confidence": ops.take_along_axis(confidence, idx, axis=1),
+             "classes": ops.argmax(scores, axis=-1), "num_detections": valid},
+            output_ragged=False)

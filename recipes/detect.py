@@ -53,12 +53,12 @@ def build(head, encoder, image_shape, num_classes, recipe):
     if head == "yolov8":
         import keras_cv
 
-        from keras_conmim.kerascv import ViTCVBackbone
+        from keras_conmim.kerascv import NonMaxSuppression, ViTCVBackbone
 
         backbone = ViTCVBackbone(encoder, image_shape=image_shape, min_level=3, max_level=5)
         model = keras_cv.models.YOLOV8Detector(
             num_classes=num_classes, bounding_box_format="yxyx", backbone=backbone, fpn_depth=1,
-            prediction_decoder=keras_cv.layers.NonMaxSuppression(
+            prediction_decoder=NonMaxSuppression(
                 bounding_box_format="yxyx", from_logits=False, iou_threshold=0.5,
                 confidence_threshold=0.05, max_detections=MAX_DETECTIONS))
         return model, backbone.encoder

@@ -93,3 +93,40 @@ def test_backbone_keras_round_trip(tmp_path):
     p3 = keras.Model(loaded.inputs, loaded.get_layer("P3").output)(x)
     ref = keras.Model(backbone.inputs, backbone.get_layer("P3").output)(x)
     np.testing.assert_allclose(to_numpy(p3), to_numpy(ref), atol=1e-5)
+
+
+def _greedy_nms(boxes, scores, iou_threshold, score_threshold):
+    """Plain numpy NMS over yxyx boxes (one image): the indices kept, best first."""
+    order = [i for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept = []
+    for i in order:
+        lo, hi = np.maximum(boxes[kept, :2], boxes[i, :2]), np.minimum(boxes[kept, 2:], boxes[i, 2:])
+        inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+        if not kept or np.all(inter / (area[kept] + area[i] - inter) <= iou_threshold):
+            kept.append(i)
+    return kept
+
+
+def test_box_decoder_runs_on_every_backend_and_equals_plain_nms():
+    # Keras-CV's own decoder needs torchvision on torch; ours does not (the
+    # YOLOv8 downstream recipe uses it), and keeps what greedy NMS keeps.
+    from keras_conmim.kerascv import NonMaxSuppression
+
+    rng = np.random.RandomState(1)
+    corner = rng.uniform(0, 40, (2, 30, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(4, 20, (2, 30, 2))], -1).astype("float32")
+    classes = rng.uniform(0, 1, (2, 30, 3)).astype("float32")
+    decoder = NonMaxSuppression(bounding_box_format="yxyx", from_logits=False, iou_threshold=0.5,
+                                confidence_threshold=0.3, max_detections=8)
+    out = {k: to_numpy(v) for k, v in decoder(boxes, classes).items()}
+    for b in range(2):
+        kept = _greedy_nms(boxes[b], classes[b].max(-1), 0.5, 0.3)[:8]
+        n = int(out["num_detections"][b])
+        assert n == len(kept)
+        np.testing.assert_allclose(out["boxes"][b, :n], boxes[b, kept], atol=1e-5)
+        np.testing.assert_allclose(out["confidence"][b, :n], classes[b, kept].max(-1), atol=1e-6)
+        np.testing.assert_array_equal(out["classes"][b, :n], classes[b, kept].argmax(-1))
+        assert (out["classes"][b, n:] == -1).all()
+    again = keras.layers.deserialize(keras.layers.serialize(decoder))
+    assert type(again) is NonMaxSuppression and again.max_detections == 8
