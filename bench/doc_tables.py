@@ -163,14 +163,15 @@ def downstream():
             continue
         task, head, start, canvases, seed, _ = row
         key = "miou" if task == "segment" else "map"
-        out.append([task, head, DOWNSTREAM_STARTS[start], canvases, seed, r["steps"],
+        out.append([task, head, DOWNSTREAM_STARTS[start], canvases, r["recipe"]["canvas_size"],
+                    seed, r["steps"],
                     f"{r['val'][key]:.2f}", f"{r['test'][key]:.2f}",
                     f"{r['test']['ap50']:.2f}" if task == "detect" else "-",
                     f"`{row_name(*row)}`"])
     # No speed column: rows may share the CPU with other work; speed is
     # bench/downstream_speed.py's table, measured alone.
-    return _markdown(["task", "head", "start", "train canvases", "seed", "steps", "val", "test",
-                      "test AP50", "run folder"], out)
+    return _markdown(["task", "head", "start", "train canvases", "canvas px", "seed", "steps",
+                      "val", "test", "test AP50", "run folder"], out)
 
 
 DOWNSTREAM_STARTS = {"pretrained": "ConMIM (shipped backbone)",
@@ -185,14 +186,14 @@ def downstream_share():
 
     out = []
     for a, b in (("pretrained", "random"), ("pretrained", "pixel"), ("pixel", "random")):
-        for task, head, canvases, per_seed, mean in differences(a, b):
+        for task, head, canvases, px, per_seed, mean in differences(a, b):
             metric = "mIoU" if task == "segment" else "box mAP"
             out.append([f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",
-                        f"{task} ({head}, {metric})", canvases,
+                        f"{task} ({head}, {metric})", canvases, px,
                         ", ".join(f"{d:+.2f}" for d in per_seed.values()),
                         ", ".join(str(s) for s in per_seed), f"{mean:+.2f}"])
-    return _markdown(["difference", "task", "train canvases", "test points per seed", "seeds",
-                      "mean"], out)
+    return _markdown(["difference", "task", "train canvases", "canvas px",
+                      "test points per seed", "seeds", "mean"], out)
 
 
 def downstream_speed():

@@ -58,6 +58,7 @@ ROWS = [
     ("detect", "retinanet", "pixel", 500, 0, []),
     ("detect", "yolov8", "random", 500, 0, ["--canvas-size", "64"]),
     ("detect", "yolov8", "pretrained", 5000, 0, ["--canvas-size", "64"]),
+    ("detect", "retinanet", "pretrained", 500, 0, ["--canvas-size", "64"]),  # the head or the canvas?
     ("detect", "retinanet", "pretrained", 500, 1, []),
     ("detect", "retinanet", "random", 500, 1, []),
     ("detect", "yolov8", "pretrained", 500, 1, ["--canvas-size", "64"]),
@@ -76,9 +77,19 @@ ROWS = [
 COMMON = ["--data", DATA, "--val-canvases", "300", "--test-canvases", "1000"]
 
 
+# The canvas size each head's rows use unless a row says otherwise (YOLOv8
+# reads P3-P5, so its canvas is a multiple of 32).
+HEAD_CANVAS = {"yolov8": 64}
+DEFAULT_CANVAS = 48  # presets.DOWNSTREAM_RECIPE
+
+
 def row_name(task, head, start, canvases, seed, extra):
-    """The run folder's name; seed 0 has no suffix (the first rows ran before seeds)."""
-    return f"{task}_{head}_{start}_{canvases}" + (f"_seed{seed}" if seed else "")
+    """The run folder's name; seed 0 has no suffix (the first rows ran before
+    seeds), nor has the head's usual canvas size."""
+    size = int(extra[extra.index("--canvas-size") + 1]) if "--canvas-size" in extra \
+        else DEFAULT_CANVAS
+    return (f"{task}_{head}_{start}_{canvases}" + (f"_seed{seed}" if seed else "")
+            + (f"_canvas{size}" if size != HEAD_CANVAS.get(head, DEFAULT_CANVAS) else ""))
 
 
 def command(row, backend):
@@ -97,34 +108,33 @@ def read(row):
 
 
 def differences(a="pretrained", b="random"):
-    """[(task, head, canvases, {seed: test points a - b}, mean)] for every
-    (task, head, budget) where starts `a` and `b` both have a result at the
-    same seed: pre-training's share, seed by seed (the metric: mIoU for
-    segmentation, box mAP for detection)."""
+    """[(task, head, canvases, canvas px, {seed: test points a - b}, mean)] for
+    every (task, head, budget, canvas size) where starts `a` and `b` both have
+    a result at the same seed: pre-training's share, seed by seed (the
+    metric: mIoU for segmentation, box mAP for detection)."""
     results = {}
     for row in ROWS:
         r = read(row)
         if r is not None:
             task, head, start, canvases, seed, _ = row
-            results[(task, head, canvases, seed, start)] = r
+            results[(task, head, canvases, r["recipe"]["canvas_size"], seed, start)] = r
     out = []
-    for task, head, canvases in dict.fromkeys((k[0], k[1], k[2]) for k in results):
-        key = "miou" if task == "segment" else "map"
+    for setting in dict.fromkeys(k[:4] for k in results):
+        key = "miou" if setting[0] == "segment" else "map"
         per_seed = {}
-        for seed in sorted({k[3] for k in results if k[:3] == (task, head, canvases)}):
-            ra = results.get((task, head, canvases, seed, a))
-            rb = results.get((task, head, canvases, seed, b))
+        for seed in sorted({k[4] for k in results if k[:4] == setting}):
+            ra, rb = results.get((*setting, seed, a)), results.get((*setting, seed, b))
             if ra is not None and rb is not None:
                 per_seed[seed] = ra["test"][key] - rb["test"][key]
         if per_seed:
-            out.append((task, head, canvases, per_seed, sum(per_seed.values()) / len(per_seed)))
+            out.append((*setting, per_seed, sum(per_seed.values()) / len(per_seed)))
     return out
 
 
 def report():
     """The table of every row with a result, the per-seed differences, and the rows still owed."""
     # No speed column: rows may share the CPU; bench/downstream_speed.py measures speed alone.
-    lines = ["task     head       start       canvases  seed  steps  val      test     test AP50  "
+    lines = ["task     head       start       canvases  px  seed  steps  val      test     test AP50  "
              "backend"]
     owed = []
     for row in ROWS:
@@ -135,15 +145,17 @@ def report():
             continue
         key = "miou" if task == "segment" else "map"
         ap50 = f"{r['test']['ap50']:9.2f}" if task == "detect" else f"{'-':>9}"
-        lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {seed:>4}  {r['steps']:>5}  "
+        lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {r['recipe']['canvas_size']:>2}  "
+                     f"{seed:>4}  {r['steps']:>5}  "
                      f"{r['val'][key]:6.2f}   {r['test'][key]:6.2f}   {ap50}  {r['backend']}")
     lines.append("segment: mIoU % (10 classes + background); detect: box mAP@[.5:.95] % and AP50 "
                  f"%; test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
                  "items, val = 300 of held-out training items")
     for a, b in (("pretrained", "random"), ("pretrained", "pixel")):
-        for task, head, canvases, per_seed, mean in differences(a, b):
+        for task, head, canvases, px, per_seed, mean in differences(a, b):
             seeds = ", ".join(f"seed {s}: {d:+.2f}" for s, d in per_seed.items())
-            lines.append(f"{a} - {b}, {task} {head} {canvases}: {seeds}; mean {mean:+.2f} (test)")
+            lines.append(f"{a} - {b}, {task} {head} {canvases} canvases of {px} px: {seeds}; "
+                         f"mean {mean:+.2f} (test)")
     if owed:
         lines.append("not run yet: " + ", ".join(owed))
     return "\n".join(lines)
