@@ -152,7 +152,7 @@ def targets():
 
 def downstream():
     """bench/downstream_benchmark.py: every row with a result."""
-    from downstream_benchmark import ROWS, read, row_name
+    from downstream_benchmark import METRIC, ROWS, read, row_name
 
     out = []
     # segmentation first, the main heads (DeepLabV3, RetinaNet) first, then by budget, start, seed
@@ -162,7 +162,7 @@ def downstream():
         if r is None:
             continue
         task, head, start, canvases, seed, _ = row
-        key = "miou" if task == "segment" else "map"
+        key = METRIC[task]
         out.append([task, head, DOWNSTREAM_STARTS[start], canvases, r["recipe"]["canvas_size"],
                     seed, r["steps"],
                     f"{r['val'][key]:.2f}", f"{r['test'][key]:.2f}",

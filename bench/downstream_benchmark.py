@@ -74,6 +74,7 @@ ROWS = [
     ("segment", "deeplabv3", "resnet18", 5000, 0, []),
     ("detect", "retinanet", "resnet18", 5000, 0, []),
 ]
+METRIC = {"segment": "miou", "detect": "map"}  # the results.json score each task is read by
 COMMON = ["--data", DATA, "--val-canvases", "300", "--test-canvases", "1000"]
 
 
@@ -120,7 +121,7 @@ def differences(a="pretrained", b="random"):
             results[(task, head, canvases, r["recipe"]["canvas_size"], seed, start)] = r
     out = []
     for setting in dict.fromkeys(k[:4] for k in results):
-        key = "miou" if setting[0] == "segment" else "map"
+        key = METRIC[setting[0]]
         per_seed = {}
         for seed in sorted({k[4] for k in results if k[:4] == setting}):
             ra, rb = results.get((*setting, seed, a)), results.get((*setting, seed, b))
@@ -143,7 +144,7 @@ def report():
         if r is None:
             owed.append(row_name(*row))
             continue
-        key = "miou" if task == "segment" else "map"
+        key = METRIC[task]
         ap50 = f"{r['test']['ap50']:9.2f}" if task == "detect" else f"{'-':>9}"
         lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {r['recipe']['canvas_size']:>2}  "
                      f"{seed:>4}  {r['steps']:>5}  "

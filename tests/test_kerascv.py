@@ -97,13 +97,12 @@ def test_backbone_keras_round_trip(tmp_path):
 
 def _greedy_nms(boxes, scores, iou_threshold, score_threshold):
     """Plain numpy NMS over yxyx boxes (one image): the indices kept, best first."""
+    from keras_conmim.downstream_metrics import box_iou
+
     order = [i for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     kept = []
     for i in order:
-        lo, hi = np.maximum(boxes[kept, :2], boxes[i, :2]), np.minimum(boxes[kept, 2:], boxes[i, 2:])
-        inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-        if not kept or np.all(inter / (area[kept] + area[i] - inter) <= iou_threshold):
+        if not kept or np.all(box_iou(boxes[kept], boxes[i]) <= iou_threshold):
             kept.append(i)
     return kept
 
