@@ -240,6 +240,25 @@ def _cv(tmp_path):
     check_serializable(ViTCVBackbone(tiny_vit()), IMAGES_F, (2, 2, 2, 16), tmp_path, atol=1e-5)
 
 
+@case("NonMaxSuppression")
+def _cv_decoder(tmp_path):
+    pytest.importorskip("keras_cv")
+    import keras
+
+    from keras_conmim.kerascv import NonMaxSuppression
+
+    decoder = NonMaxSuppression(bounding_box_format="yxyx", from_logits=True, iou_threshold=0.4,
+                                confidence_threshold=0.2, max_detections=5)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(decoder))
+    assert type(again) is NonMaxSuppression and again.get_config() == decoder.get_config()
+    rng = np.random.RandomState(0)
+    boxes = np.sort(rng.uniform(0, 32, (2, 12, 2, 2)), axis=2).transpose(0, 1, 3, 2)
+    boxes = boxes.reshape(2, 12, 4).astype("float32")
+    scores = rng.normal(size=(2, 12, 3)).astype("float32")
+    for key, value in decoder(boxes, scores).items():
+        np.testing.assert_array_equal(to_numpy(value), to_numpy(again(boxes, scores)[key]))
+
+
 def test_every_registered_class_has_a_check():
     missing = sorted(set(registered_classes()) - set(CASES))
     assert not missing, f"registered classes without a serialization check: {missing}"
