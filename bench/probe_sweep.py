@@ -104,7 +104,8 @@ def main(argv=None):
     from keras_conmim.atomic import write_text_atomic
     from keras_conmim.finetune_run import load_splits
 
-    train, test = load_splits(args.data, (28, 28, 1))
+    splits = load_splits(args.data, (28, 28, 1))
+    train, test = splits.train, splits.test
     bank = data.from_arrays(train.batch(np.arange(min(args.bank, len(train)))),
                             train.labels[: args.bank])
     queries = data.from_arrays(test.batch(np.arange(min(args.queries, len(test)))),

@@ -51,10 +51,13 @@ class ViTClassifier(keras.Model):
             then N times wider) or `"mean+flatten"` (both, concatenated).
         head_init_scale: float. Defaults to `0.001`.
         mean, std: normalisation (None: ImageNet's, channel-averaged for gray).
+        class_names: optional names of the `num_classes` outputs, in order
+            (the recipes write the data's names here, so a saved classifier
+            says what its outputs mean).
     """
 
     def __init__(self, encoder, num_classes, pooling="mean", head_init_scale=0.001,
-                 mean=None, std=None, **kwargs):
+                 mean=None, std=None, class_names=None, **kwargs):
         kwargs.setdefault("name", "vit_classifier")
         super().__init__(**kwargs)
         if num_classes < 2:
@@ -65,6 +68,9 @@ class ViTClassifier(keras.Model):
         self.head_init_scale = head_init_scale
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}.")
+        self.class_names = tuple(map(str, class_names)) if class_names is not None else None
         self.fc_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="fc_norm")
         self.head = keras.layers.Dense(
             num_classes, name="head",
@@ -116,7 +122,8 @@ class ViTClassifier(keras.Model):
         config.update(
             encoder=keras.saving.serialize_keras_object(self.encoder),
             num_classes=self.num_classes, pooling=self.pooling,
-            head_init_scale=self.head_init_scale, mean=self.mean, std=self.std)
+            head_init_scale=self.head_init_scale, mean=self.mean, std=self.std,
+            class_names=None if self.class_names is None else list(self.class_names))
         return config
 
     @classmethod

@@ -73,10 +73,21 @@ def add_encoder(parser, scratch=True):
                             help="architecture preset for --from-scratch")
 
 
-def add_data(parser, default="default"):
-    parser.add_argument("--data", default=default,
-                        help="default (the packaged Fashion-MNIST slice) | idx:PATH (a folder of "
-                        "train-*/t10k-* IDX files, or the train images file)")
+LABELLED_SPECS = ("default (the packaged Fashion-MNIST slice) | idx:PATH (a folder of train-*/t10k-* "
+                  "IDX files, or the train images file) | dir:PATH (one sub-folder per class) | "
+                  "tfds:NAME[:SPLIT]")
+DENSE_SPECS = ("canvases (default: Fashion-MNIST items pasted on canvases) | coco:ANNOTATIONS.json"
+               "[:IMAGE_DIR] | masks:IMAGE_DIR:MASK_DIR (segmentation: index PNGs, 0 background, "
+               "255 ignore)")
+
+
+def add_data(parser, default="default", specs=LABELLED_SPECS):
+    """--data and --test-data (where not given: the data's own test split, else
+    a share of --data held out by --seed; docs/data.md lists the specs)."""
+    parser.add_argument("--data", default=default, help=f"training data: {specs}")
+    parser.add_argument("--test-data", default=None,
+                        help="test data, the same kinds of spec (default: the dataset's own "
+                        "test split, else a share of --data held out by --seed)")
 
 
 def encoder_exists(name):

@@ -13,12 +13,18 @@ import numpy as np
 COCO_IOU_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 
 
-def mean_iou(predicted, true, num_classes):
-    """mIoU of integer label maps of any (equal) shape."""
+IGNORE = 255  # a truth pixel of this value counts for no class (COCO crowd, padding, VOC edges)
+
+
+def mean_iou(predicted, true, num_classes, ignore=IGNORE):
+    """mIoU of integer label maps of any (equal) shape; truth pixels equal
+    to `ignore` are left out."""
     predicted = np.asarray(predicted).reshape(-1)
     true = np.asarray(true).reshape(-1)
     if predicted.shape != true.shape:
         raise ValueError(f"shapes differ: {predicted.shape} vs {true.shape}")
+    keep = true != ignore
+    predicted, true = predicted[keep], true[keep]
     confusion = np.bincount(true * num_classes + predicted,
                             minlength=num_classes**2).reshape(num_classes, num_classes)
     intersection = np.diag(confusion)
@@ -42,24 +48,31 @@ def box_iou(a, b):
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _average_precision(detections, truths, threshold):
-    """detections: list of (image, score, box); truths: {image: boxes}."""
+def _average_precision(detections, truths, threshold, crowds=None):
+    """detections: list of (image, score, box); truths: {image: boxes};
+    crowds: {image: crowd boxes} (a detection that matches no truth box but
+    covers a crowd region is ignored, as COCO evaluation does)."""
     total = sum(len(b) for b in truths.values())
     if total == 0:
         return None
     detections = sorted(detections, key=lambda d: -d[1])
     used = {image: np.zeros(len(b), bool) for image, b in truths.items()}
     hits = np.zeros(len(detections))
+    counted = np.ones(len(detections), bool)
     for i, (image, _, box) in enumerate(detections):
         gt = truths.get(image)
-        if gt is None or not len(gt):
-            continue
-        ious = box_iou(box, gt)[0]
-        ious[used[image]] = -1
-        best = int(np.argmax(ious))
-        if ious[best] >= threshold:
-            used[image][best] = True
-            hits[i] = 1
+        if gt is not None and len(gt):
+            ious = box_iou(box, gt)[0]
+            ious[used[image]] = -1
+            best = int(np.argmax(ious))
+            if ious[best] >= threshold:
+                used[image][best] = True
+                hits[i] = 1
+                continue
+        crowd = None if crowds is None else crowds.get(image)
+        if crowd is not None and len(crowd) and crowd_overlap(box, crowd).max() >= threshold:
+            counted[i] = False
+    hits = hits[counted]
     tp = np.cumsum(hits)
     recall = tp / total
     precision = tp / np.arange(1, len(hits) + 1)
@@ -72,13 +85,30 @@ def _average_precision(detections, truths, threshold):
     return ap / 101
 
 
-def coco_map(pred_boxes, pred_scores, pred_classes, true_boxes, true_classes):
+def crowd_overlap(box, crowd):
+    """COCO's IoU against crowd regions: the intersection over the
+    detection's own area. `[len(crowd)]`."""
+    box = np.asarray(box, np.float64).reshape(4)
+    crowd = np.asarray(crowd, np.float64).reshape(-1, 4)
+    inter = (np.clip(np.minimum(box[2], crowd[:, 2]) - np.maximum(box[0], crowd[:, 0]), 0, None)
+             * np.clip(np.minimum(box[3], crowd[:, 3]) - np.maximum(box[1], crowd[:, 1]), 0, None))
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return inter / max(area, 1e-12)
+
+
+def coco_map(pred_boxes, pred_scores, pred_classes, true_boxes, true_classes,
+             crowd_boxes=None, crowd_classes=None):
     """COCO mAP@[.5:.95] and AP50 over a set of images.
 
     Args (one entry per image; padding rows with class < 0 are ignored):
         pred_boxes: `[n, D, 4]`; pred_scores: `[n, D]`; pred_classes: `[n, D]`.
         true_boxes: `[n, G, 4]`; true_classes: `[n, G]`.
-    Returns `{"map": float, "ap50": float}` (0..1).
+        crowd_boxes, crowd_classes: optional `[n, C, 4]` / `[n, C]`: COCO's
+            `iscrowd` regions. A detection that matches no box of its class
+            but covers a crowd region of it (intersection over the
+            detection's area >= the threshold) is neither a hit nor a miss.
+    Returns `{"map": float, "ap50": float}` (0..1); equal to pycocotools'
+    `COCOeval` bbox AP / AP50 (tests/test_data_formats.py checks it).
     """
     classes = sorted({int(c) for row in true_classes for c in np.asarray(row) if c >= 0})
     if not classes:
@@ -89,10 +119,13 @@ def coco_map(pred_boxes, pred_scores, pred_classes, true_boxes, true_classes):
         for k in classes:
             truths = {i: np.asarray(b)[np.asarray(c) == k]
                       for i, (b, c) in enumerate(zip(true_boxes, true_classes))}
+            crowds = None if crowd_boxes is None else {
+                i: np.asarray(b)[np.asarray(c) == k]
+                for i, (b, c) in enumerate(zip(crowd_boxes, crowd_classes))}
             detections = [(i, float(s), np.asarray(b))
                           for i, (bs, ss, cs) in enumerate(zip(pred_boxes, pred_scores, pred_classes))
                           for b, s, c in zip(bs, ss, cs) if int(c) == k]
-            ap = _average_precision(detections, truths, threshold)
+            ap = _average_precision(detections, truths, threshold, crowds)
             if ap is not None:
                 aps.append(ap)
         per_threshold.append(np.mean(aps))

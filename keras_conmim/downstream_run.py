@@ -239,8 +239,10 @@ def picture_grid(images, truth, prediction, task, num_classes, scale=3):
     rows = []
     for i in range(len(rgb)):
         if task == "segment":
-            cells = [rgb[i], colours[np.clip(truth[i], 0, num_classes)],
-                     colours[np.clip(prediction[i], 0, num_classes)]]
+            ignored = np.asarray(truth[i]) == 255  # padding, crowd: grey
+            shown = colours[np.clip(truth[i], 0, num_classes)]
+            shown[ignored] = 128
+            cells = [rgb[i], shown, colours[np.clip(prediction[i], 0, num_classes)]]
         else:
             cells = [rgb[i], _draw_boxes(rgb[i], truth["boxes"][i], truth["classes"][i], colours),
                      _draw_boxes(rgb[i], prediction["boxes"][i], prediction["classes"][i],

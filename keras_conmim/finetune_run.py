@@ -144,14 +144,14 @@ def resolve_recipe(preset, from_scratch=False, flags=None, from_file=None, num_l
 # Settings added after run files were first written, with the value a run
 # file without them was made with.
 ADDED_SINCE = {"random_erasing": 0.0, "crop": "none", "crop_padding": 0, "crop_scale_min": 1.0,
-               "flip": 0.0, "pooling": "mean"}
+               "flip": 0.0, "pooling": "mean", "test_data": None}
 LEGACY_RUN_FILE = "run.json"  # the run file before config.json: {"settings", "head"}
 
 
 def run_settings(args, recipe):
     """What a checkpoint must have been made with to be resumed: the start,
     the data, the label subset and the resolved recipe."""
-    keys = ("from_scratch", "preset", "data", "labels_per_class", "seed", "steps_per_epoch",
+    keys = ("from_scratch", "preset", "data", "test_data", "labels_per_class", "seed", "steps_per_epoch",
             "head_init", "probe_weight_decay")
     settings = {key: getattr(args, key) for key in keys}
     settings["encoder"] = None if args.from_scratch and args.preset else encoder_path(args.encoder)
@@ -214,20 +214,29 @@ def write_run_file(folder, settings, sources, head, saved=None, step=0):
         settings, sources, saved, "resume" if saved else "start", step, extra={"head": head}))
 
 
-def load_splits(spec, image_shape, resize="crop", crop="none"):
-    """(train, test) sources at the model's size. With `crop` "auto" or
-    "resized" above 32 px the test images are loaded at size / 0.875 and
-    center-cropped, as the release evaluates (`data.geometry`)."""
+def load_splits(spec, image_shape, resize="crop", crop="none", test_spec=None, seed=0):
+    """`data.labelled.LabelledSplits` at the model's size: `--data` /
+    `--test-data` (`data.labelled.load_labelled`: class names, where the test
+    images came from, what was skipped), channels converted to the model's.
+    With `crop` "auto" or "resized" above 32 px the test images are loaded at
+    size / 0.875 and center-cropped, as the release evaluates
+    (`data.geometry`). A spec that cannot work is a `DataError`."""
+    from keras_conmim.data.labelled import load_labelled
+
     h, w, c = image_shape
     test_size = eval_load_size((h, w), crop)
     try:
-        train, test = data.load_splits(spec, (h, w), test_size, resize=resize,
-                                       channels="rgb" if c == 3 else "gray")
-    except ValueError as e:
-        raise DataError(f"--data {spec}: {e}") from None
+        splits = load_labelled(spec, test_spec, (h, w), test_size, seed=seed, resize=resize,
+                               channels="rgb" if c == 3 else "gray")
+    except (ValueError, OSError, ImportError) as e:
+        flag = "--test-data" if test_spec and test_spec in str(e) else "--data"
+        raise DataError(f"{flag} {test_spec if flag == '--test-data' else spec}: {e}") from None
     if test_size != (h, w):
-        test = data.from_arrays(eval_center_crop(test.images, (h, w)), test.labels)
-    return train, test
+        names = splits.test.class_names
+        splits.test = data.from_arrays(eval_center_crop(splits.test.images, (h, w)),
+                                       splits.test.labels)
+        splits.test.class_names = names
+    return splits
 
 
 GEOMETRY_STREAM = 1  # keeps the crop draws apart from the data order's (seed, epoch)

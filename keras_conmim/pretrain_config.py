@@ -43,7 +43,9 @@ OPTIONS = {
     "preset": (str, "vit_mini_p4_28", "encoder preset: architecture and its pre-training recipe"),
     "image_size": (int, None, "override the preset's image size"),
     "patch_size": (int, None, "override the preset's patch size"),
-    "data": (str, "default", "default | idx:PATH (folder or images file) | dir:PATH | tfds:NAME"),
+    "data": (str, "default", "default | idx:PATH (folder or images file) | dir:PATH | tfds:NAME | "
+             "coco:ANNOTATIONS.json[:IMAGE_DIR] | masks:IMAGE_DIR:MASK_DIR (the images; labels "
+             "unused)"),
     "tfds_download": (bool, False, "tfds:NAME: download and prepare it when it is not prepared "
                       "(default: read a prepared copy only; see $TFDS_DATA_DIR)"),
     "resize": (str, RECIPE, "crop | pad | center: how images reach the model's size"),
@@ -230,8 +232,10 @@ def validate(config):
         errors.append(f"mask_ratio={ratio}: must be in (0, 1), exclusive")
     spec = config["data"]
     kind, _, arg = str(spec).partition(":")
-    if not ((kind == "default" and not arg) or (kind in ("idx", "dir", "tfds") and arg)):
-        errors.append(f"data={spec!r}: use default, idx:PATH, dir:PATH or tfds:NAME")
+    if not ((kind == "default" and not arg)
+            or (kind in ("idx", "dir", "tfds", "coco", "masks") and arg)):
+        errors.append(f"data={spec!r}: use default, idx:PATH, dir:PATH, tfds:NAME, "
+                      "coco:ANNOTATIONS.json[:IMAGE_DIR] or masks:IMAGE_DIR:MASK_DIR")
     if config["preset"] in presets:
         preset = presets[config["preset"]]["config"]
         size = image_shape_of(config)[0]

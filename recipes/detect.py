@@ -1,13 +1,15 @@
 """Object detection with KerasHub's RetinaNet (or Keras-CV's YOLOV8Detector)
 on the pre-trained ViT (or the same ViT at random init, or a ResNet-18 from
 scratch) on canvases of Fashion-MNIST items the package makes itself (no
-download). Prints COCO box mAP@[.5:.95] and AP50 on validation and test
+download), or on a COCO file of your own (--data coco:ANNOTATIONS.json[:IMAGE_DIR],
+docs/data.md). Prints COCO box mAP@[.5:.95] and AP50 on validation and test
 canvases.
 
     python recipes/detect.py                                        # RetinaNet on the shipped backbone
     python recipes/detect.py --init random --output runs/detect_random
     python recipes/detect.py --init resnet18 --output runs/detect_resnet
     python recipes/detect.py --head yolov8 --canvas-size 64         # Keras-CV's YOLOv8 (P3-P5)
+    python recipes/detect.py --data coco:train.json --test-data coco:val.json --image-size 64
 
 One run per --output folder (default runs/detect), with the files of
 recipes/segment.py; --export saved_model (TensorFlow backend) writes a SavedModel
@@ -114,7 +116,7 @@ def score(pred, canvases, num_classes):
     from keras_conmim.downstream_metrics import coco_map
 
     m = coco_map(pred["boxes"], pred["scores"], pred["classes"], canvases["boxes"],
-                 canvases["classes"])
+                 canvases["classes"], canvases.get("crowd_boxes"), canvases.get("crowd_classes"))
     return dict(map=round(100 * m["map"], 2), ap50=round(100 * m["ap50"], 2))
 
 

@@ -14,11 +14,15 @@ import time
 
 from keras_conmim import cli, run_folder
 from keras_conmim.downstream_run import INITS, RECIPE_KEYS
+from keras_conmim.data.dense import is_dense_spec
 from keras_conmim.errors import ConfigError, DataError, ResumeError
 
 # Flags that may change when a run resumes: where files go, how it runs.
 MUTABLE = ("backend", "output", "export", "grid")  # --checkpoint-every sets fit's epoch: fixed
 CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
+DEFAULT_CANVASES = {"train_canvases": 2000, "val_canvases": 300, "test_canvases": 500}
+TEST_SHARE = 0.2  # of a coco: / masks: --data held out for testing when no --test-data is given
+VALIDATION_SHARE = 0.1  # of the rest, held out for validation
 # Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
 # jax2tf cannot trace KerasHub's anchor generator.
 EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",)}
@@ -32,22 +36,30 @@ def parser(task, description, heads):
                    "resnet18: a KerasHub ResNet-18 from scratch (the convolutional baseline)")
     p.add_argument("--head", choices=heads, default=heads[0])
     cli.add_backend(p)
-    cli.add_data(p)
+    cli.add_data(p, specs=cli.DENSE_SPECS)
     p.add_argument("--config", default=None,
                    help="a JSON or YAML file of recipe values (between the preset's and the flags')")
     p.add_argument("--output", default=os.path.join("runs", task),
                    help="the run's folder (one run per folder; a finished or other run there is "
                    "moved into previous_runs/, a stopped one with the same settings resumes)")
-    p.add_argument("--train-canvases", type=int, default=2000,
-                   help="labelled training canvases (the budget)")
-    p.add_argument("--val-canvases", type=int, default=300,
-                   help="validation canvases, from training items the training canvases never use")
-    p.add_argument("--test-canvases", type=int, default=500,
-                   help="test canvases, from the test items")
+    p.add_argument("--train-canvases", type=int, default=None,
+                   help="labelled training canvases, the budget (default 2000); with coco: / "
+                   "masks: data, at most this many training images (default: all)")
+    p.add_argument("--val-canvases", type=int, default=None,
+                   help="validation canvases, from training items the training canvases never "
+                   "use (default 300); coco: / masks:, at most this many of the 10%% of --data "
+                   "held out for validation")
+    p.add_argument("--test-canvases", type=int, default=None,
+                   help="test canvases, from the test items (default 500); coco: / masks:, at "
+                   "most this many test images")
     recipe = p.add_argument_group("recipe (default: the preset's; see keras_conmim.presets)")
     types = {"steps": int, "batch_size": int, "canvas_size": int, "max_items": int}
     for key in RECIPE_KEYS:
-        recipe.add_argument(f"--{key.replace('_', '-')}", type=types.get(key, float), default=None)
+        names = [f"--{key.replace('_', '-')}"] + (["--image-size"] if key == "canvas_size" else [])
+        recipe.add_argument(*names, dest=key, type=types.get(key, float), default=None,
+                            help="the square input size: canvases are made at it, images of "
+                            "coco: / masks: data letterboxed to it" if key == "canvas_size"
+                            else None)
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="optimizer steps between checkpoints (and log.csv rows)")
     p.add_argument("--grid", type=int, default=8,
@@ -113,19 +125,32 @@ def main(task, module, argv=None):
         task, args.init, preset, {k: getattr(args, k) for k in RECIPE_KEYS}, from_file)
     module.check_head(args.head, args.init, recipe)
     h, w, c = encoder.image_shape
-    try:
-        items = data.load_splits(args.data, image_size=(h, w),
-                                 channels="rgb" if c == 3 else "gray")
-    except (ValueError, OSError) as e:
-        raise DataError(f"--data {args.data}: {e}") from None
+    if is_dense_spec(args.data):
+        train, val, test, about = user_sets(task, args, recipe, c)
+        num_classes = len(train.class_names)
+    else:
+        if args.test_data:
+            raise ConfigError(f"--test-data goes with coco: / masks: data; --data {args.data} "
+                              "makes its test canvases from its own test items")
+        for name, default in DEFAULT_CANVASES.items():
+            setattr(args, name, getattr(args, name) or default)
+        try:
+            items = data.load_splits(args.data, image_size=(h, w),
+                                     channels="rgb" if c == 3 else "gray")
+        except (ValueError, OSError) as e:
+            raise DataError(f"--data {args.data}: {e}") from None
+        train, val, test = make_splits(items, recipe, args.train_canvases, args.val_canvases,
+                                       args.test_canvases, seed=args.seed)
+        num_classes = int(max(s.labels.max() for s in items)) + 1
+        about = dict(class_names=list(items[0].class_names or range(num_classes)))
     print(text, flush=True)
-    train, val, test = make_splits(items, recipe, args.train_canvases, args.val_canvases,
-                                   args.test_canvases, seed=args.seed)
-    num_classes = int(max(s.labels.max() for s in items)) + 1
+    for line in describe_data(about):
+        print(line, flush=True)
     image_shape = (recipe.canvas_size, recipe.canvas_size, c)
     settings = dict(task=task, head=args.head, init=args.init,
                     encoder=None if args.init == "resnet18" else cli.encoder_path(args.encoder),
-                    data=args.data, seed=args.seed, num_classes=num_classes,
+                    data=args.data, test_data=args.test_data, seed=args.seed,
+                    num_classes=num_classes,
                     checkpoint_every=args.checkpoint_every,
                     **{k: getattr(args, k) for k in CANVAS_FLAGS}, **recipe.as_dict())
     output = args.output
@@ -164,8 +189,8 @@ def main(task, module, argv=None):
             settings, sources, saved, "resume" if saved else "start", first_step,
             extra={"command": command_of(task, argv)}))
         print(f"{task} with {args.head} from {args.init}: backend={args.backend} "
-              f"canvases train={args.train_canvases} val={args.val_canvases} "
-              f"test={args.test_canvases} ({recipe.canvas_size} px, {num_classes} classes) "
+              f"images train={len(train)} val={len(val)} "
+              f"test={len(test)} ({recipe.canvas_size} px, {num_classes} classes) "
               f"steps={recipe.steps} batch={recipe.batch_size}", flush=True)
         t0 = time.perf_counter()
         if first_step < recipe.steps:
@@ -189,8 +214,8 @@ def main(task, module, argv=None):
         result = dict(task=task, head=args.head, init=args.init, backend=args.backend,
                       val=module.score(val_pred, val, num_classes),
                       test=module.score(test_pred, test, num_classes),
-                      train_canvases=args.train_canvases, val_canvases=args.val_canvases,
-                      test_canvases=args.test_canvases, steps=recipe.steps,
+                      train_canvases=len(train), val_canvases=len(val),
+                      test_canvases=len(test), steps=recipe.steps, **about,
                       resumed_at_step=first_step,
                       train_images_per_second=(round(trained * recipe.batch_size / seconds, 2)
                                                if trained else None),
@@ -218,6 +243,62 @@ def main(task, module, argv=None):
         write_text_atomic(os.path.join(output, run_folder.RESULTS), json.dumps(result, indent=2))
     print(f"done: {module.result_line(result)}; run folder {output}", flush=True)
     return result
+
+
+def user_sets(task, args, recipe, channels):
+    """(train, val, test, about) from coco: / masks: specs (`data.dense`):
+    the test set is --test-data, else `TEST_SHARE` of --data held out by
+    --seed; validation is `VALIDATION_SHARE` of the rest; the canvas flags
+    cap each. `about`: what results.json and the description say."""
+    from keras_conmim.data import dense
+
+    def read(flag, spec):
+        try:
+            found = dense.read_dense(spec, recipe.canvas_size, channels)
+        except (ValueError, OSError, ImportError) as e:
+            raise DataError(f"{flag} {spec}: {e}") from None
+        if task == "segment" and not found.has_masks:
+            raise DataError(f"{flag} {spec}: no masks to segment (its annotations have no "
+                            "segmentation); recipes/detect.py trains on its boxes")
+        if task == "detect" and not found.has_boxes:
+            raise DataError(f"{flag} {spec}: masks: data has no boxes; detection reads "
+                            "coco: files (recipes/make_canvases.py shows the layout)")
+        return found
+
+    full = read("--data", args.data)
+    if args.test_data:
+        test = read("--test-data", args.test_data)
+        if test.class_names != full.class_names:
+            raise DataError(f"--test-data {args.test_data}: its classes "
+                            f"({', '.join(test.class_names)}) differ from --data's "
+                            f"({', '.join(full.class_names)}); both must name the same "
+                            "categories in the same order")
+        test_from = f"--test-data {args.test_data}"
+    else:
+        full, test = dense.split_off(full, TEST_SHARE, args.seed, 11)
+        test_from = (f"{TEST_SHARE:.0%} of --data held out by seed {args.seed} (--test-data SPEC "
+                     "for a test set of your own)")
+    train, val = dense.split_off(full, VALIDATION_SHARE, args.seed, 12)
+    train = dense.first(train, args.train_canvases, args.seed)
+    val = dense.first(val, args.val_canvases, args.seed)
+    test = dense.first(test, args.test_canvases, args.seed)
+    skipped = dict(full.skipped)
+    for reason, count in (test.skipped.items() if args.test_data else ()):
+        skipped[f"{reason} (test)"] = count
+    notes = sorted(set(full.notes) | set(test.notes))
+    return train, val, test, dict(class_names=list(full.class_names), test_from=test_from,
+                                  skipped=skipped, notes=notes)
+
+
+def describe_data(about):
+    names = about["class_names"]
+    lines = [f"classes ({len(names)}): {', '.join(map(str, names))}"]
+    if "test_from" in about:
+        lines.append(f"test images: {about['test_from']}")
+    lines += [f"images: {note}" for note in about.get("notes", ())]
+    lines += [f"skipped or fixed: {count} {reason}"
+              for reason, count in about.get("skipped", {}).items()]
+    return lines
 
 
 def command_of(task, argv):

@@ -5,6 +5,7 @@ scaled to the run), or train the same classifier from scratch.
     python recipes/finetune.py --encoder saved_models/teacher_encoder.keras
     python recipes/finetune.py --from-scratch --preset vit_mini_p4_28
     python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --labels-per-class 100
+    python recipes/finetune.py --data dir:photos/train --test-data dir:photos/test   # PATH/<class>/*.jpg
 
 Unset recipe values come from the preset's recipe (`PRESETS[name]["finetune"]`,
 or `["scratch"]` with --from-scratch), scaled to the run's length and labels
@@ -175,7 +176,10 @@ def main(argv=None):
     encoder = cli.load_start(args)
     preset = args.preset or preset_for(encoder.get_config())
     recipe, _, _ = recipe_of(args, preset)  # the crop decides how test images load
-    train, test = load_splits(args.data, encoder.image_shape, crop=recipe.crop)
+    splits = load_splits(args.data, encoder.image_shape, crop=recipe.crop,
+                         test_spec=args.test_data, seed=args.seed)
+    train, test = splits.train, splits.test
+    print("\n".join(splits.describe()), flush=True)
     if args.labels_per_class is not None:
         try:
             train = train.labelled_subset(args.labels_per_class, seed=args.seed)
@@ -186,8 +190,9 @@ def main(argv=None):
     settings = run_settings(args, recipe)
     resumed = check_resume(args.checkpoint_dir, settings, args.no_resume)
     encoder = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    model = ViTClassifier(encoder, num_classes, pooling=recipe.pooling)
+    num_classes = len(splits.class_names)
+    model = ViTClassifier(encoder, num_classes, pooling=recipe.pooling,
+                          class_names=splits.class_names)
 
     head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
         not args.from_scratch, len(train), num_classes, recipe.pooling)
@@ -241,10 +246,13 @@ def main(argv=None):
         write_results(args.results_json,
                       dict(top1=round(100 * top1, 2), test_images=len(test),
                            train_images=len(train), steps_per_epoch=steps, head=head,
-                           resumed_after_epoch=first_epoch),
+                           resumed_after_epoch=first_epoch, data=args.data,
+                           test_data=splits.test_from, class_names=list(splits.class_names),
+                           skipped=splits.skipped_counts()),
                       recipe, sources,
                       ["recipes/finetune.py", *(sys.argv[1:] if argv is None else argv)])
-    print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images, saved to {args.output}")
+    print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images of {num_classes} classes "
+          f"({', '.join(splits.class_names)}), saved to {args.output}")
     return top1
 
 

@@ -5,7 +5,11 @@
     python recipes/linear_probe.py --from-scratch --preset vit_mini_p4_28    # random-init reference
 
 Data: the packaged Fashion-MNIST slice (4,000 train / 1,000 test images with
-labels) or `--data idx:PATH` (the full IDX files: their folder or the train images file), resized and channel-converted to the encoder's input. Features are
+labels), `--data idx:PATH` (the full IDX files: their folder or the train
+images file), `dir:PATH` (one sub-folder per class) or `tfds:NAME[:SPLIT]`,
+with `--test-data` of the same kinds (default: the data's own test split,
+else a share held out by --seed; docs/data.md), resized and channel-converted
+to the encoder's input. Features are
 the mean-pooled patch tokens (`ViT.pool`; `--pooling cls`, `flatten` or
 `mean+flatten` for the CLS token, the patch tokens flattened in grid order, or
 both concatenated), normalised as in
@@ -14,6 +18,7 @@ Prints one line with both accuracies per label count.
 
     python recipes/linear_probe.py --raw-pixels --data idx:/usr/share/datasets/fashion-mnist
     python recipes/linear_probe.py --encoder E.keras --labels-per-class 10,100,all
+    python recipes/linear_probe.py --data dir:photos/train --test-data dir:photos/test
 
 `--raw-pixels` probes the pixels themselves (scaled to [0, 1], flattened):
 the baseline a learned feature must beat. `--labels-per-class` gives the
@@ -100,8 +105,10 @@ def main(argv=None):
         if args.preset not in kc.PRESETS:
             parser.error(f"--preset {args.preset!r}: choose one of {', '.join(kc.PRESETS)}")
         image_shape = kc.PRESETS[args.preset]["config"]["image_shape"]
-        train, test = load_splits(args.data, image_shape, args.resize)
+        splits = load_splits(args.data, image_shape, args.resize, test_spec=args.test_data,
+                             seed=args.seed)
         pixels = lambda images: images.reshape(len(images), -1).astype("float32") / 255.0  # noqa: E731
+        train, test = splits.train, splits.test
         train_f, test_f = pixels(train.images), pixels(test.images)
         what = f"raw pixels, {'x'.join(map(str, image_shape))}"
     else:
@@ -111,12 +118,15 @@ def main(argv=None):
             parser.error(f"--encoder {args.encoder} / --preset {args.preset}: {e}")
         if not encoder.built:
             encoder.build((None, *encoder.image_shape))
-        train, test = load_splits(args.data, encoder.image_shape, args.resize)
+        splits = load_splits(args.data, encoder.image_shape, args.resize,
+                             test_spec=args.test_data, seed=args.seed)
+        train, test = splits.train, splits.test
         train_f = evaluation.extract_features(encoder, train.images, pooling=args.pooling)
         test_f = evaluation.extract_features(encoder, test.images, pooling=args.pooling)
         what = ('random init, ' + (args.preset or 'architecture of ' + args.encoder)
                 if args.from_scratch else args.encoder)
         what += "" if args.pooling == "mean" else f", {args.pooling} pooling"
+    print("\n".join(splits.describe()), flush=True)
     results = {}
     for count in counts:
         if count is None:
@@ -143,7 +153,9 @@ def main(argv=None):
         from keras_conmim.atomic import write_text_atomic
 
         write_text_atomic(args.results_json, json.dumps(dict(
-            probed=what, k=args.k, test_images=len(test),
+            probed=what, k=args.k, test_images=len(test), data=args.data,
+            test_data=splits.test_from, class_names=list(splits.class_names),
+            skipped=splits.skipped_counts(),
             command=["recipes/linear_probe.py", *(sys.argv[1:] if argv is None else argv)],
             results={str(k): dict(linear=round(100 * v[0], 2), knn=round(100 * v[1], 2))
                      for k, v in results.items()}), indent=2))

@@ -1,12 +1,15 @@
 """Semantic segmentation with a KerasHub head on the pre-trained ViT (or the
 same ViT at random init, or a ResNet-18 from scratch) on canvases of
-Fashion-MNIST items the package makes itself (no download). Prints mIoU
+Fashion-MNIST items the package makes itself (no download), or on your own
+images (--data coco:... / masks:..., docs/data.md). Prints mIoU
 (classes + background) on validation and test canvases.
 
     python recipes/segment.py                                       # DeepLabV3 on the shipped backbone
     python recipes/segment.py --init random --output runs/segment_random
     python recipes/segment.py --init resnet18 --output runs/segment_resnet
     python recipes/segment.py --head segformer --steps 2000 --train-canvases 5000
+    python recipes/segment.py --data coco:train.json --test-data coco:val.json --image-size 64
+    python recipes/segment.py --data masks:IMAGES:MASKS     # index PNGs: 0 background, 255 ignore
 
 One run per --output folder (default runs/segment): config.json (every value
 with its source), checkpoints while it runs (a stopped run resumes),
@@ -83,7 +86,12 @@ def build(head, encoder, image_shape, num_classes, recipe):
 
 
 def compile_args(keras, head):
-    return dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    """Cross-entropy over the pixels; those marked 255 (padding, COCO crowd
+    regions, a mask's own ignore value) add nothing."""
+    from keras_conmim.downstream_metrics import IGNORE
+
+    return dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                ignore_class=IGNORE))
 
 
 def predict(model, images):
@@ -99,8 +107,12 @@ def score(masks, canvases, num_classes):
 
     from keras_conmim.downstream_metrics import mean_iou
 
+    from keras_conmim.downstream_metrics import IGNORE
+
+    counted = canvases["masks"] != IGNORE
     return dict(miou=round(100 * mean_iou(masks, canvases["masks"], num_classes + 1), 2),
-                pixel_accuracy=round(100 * float(np.mean(masks == canvases["masks"])), 2))
+                pixel_accuracy=round(100 * float(np.mean((masks == canvases["masks"])[counted])),
+                                     2))
 
 
 def result_line(r):

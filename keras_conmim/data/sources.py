@@ -473,7 +473,9 @@ def load_splits(spec, image_size=None, test_image_size=None, **kwargs):
 
 
 def parse_data_spec(spec, image_size, channels="keep", resize="crop", download=False):
-    """The recipe's `--data`: `default`, `idx:PATH`, `dir:PATH` or `tfds:NAME`.
+    """The recipe's `--data`: `default`, `idx:PATH`, `dir:PATH`, `tfds:NAME`, or
+    the images of a detection / segmentation set (`coco:ANNOTATIONS.json
+    [:IMAGE_DIR]`, `masks:IMAGE_DIR:MASK_DIR`; `data.dense`).
     `download`: `from_tfds(download=...)`; off, an unprepared TFDS dataset is
     an error saying how to prepare it."""
     kind, _, arg = spec.partition(":")
@@ -486,5 +488,12 @@ def parse_data_spec(spec, image_size, channels="keep", resize="crop", download=F
         return from_directory(arg, **kwargs)
     if kind == "tfds" and arg:
         return from_tfds(arg, download=download, **kwargs)
+    if kind in ("coco", "masks") and arg:
+        # the image side of a detection / segmentation set; its labels are unused
+        from keras_conmim.data.dense import image_paths
+
+        return ImageSource(check_policies(image_size, resize, channels), paths=image_paths(spec),
+                           resize=resize, channels=channels)
     raise ValueError(
-        f"Unknown --data {spec!r}. Use one of: default, idx:PATH, dir:PATH, tfds:NAME.")
+        f"Unknown --data {spec!r}. Use one of: default, idx:PATH, dir:PATH, tfds:NAME, "
+        "coco:ANNOTATIONS.json[:IMAGE_DIR], masks:IMAGE_DIR:MASK_DIR.")
