@@ -104,8 +104,12 @@ def predict(model, images):
     import keras
     import numpy as np
 
-    out = model.predict(images, batch_size=64, verbose=0)
-    out = {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in out.items()}
+    # Full batches only: KerasHub's non-maximum suppression sizes its outputs by the
+    # static batch, which TensorFlow leaves unknown for a short last batch.
+    n, batch = len(images), 32
+    padded = np.concatenate([images, np.zeros((-n % batch, *images.shape[1:]), images.dtype)])
+    out = model.predict(padded, batch_size=batch, verbose=0)
+    out = {k: np.asarray(keras.ops.convert_to_numpy(v))[:n] for k, v in out.items()}
     classes = out.get("labels", out.get("classes"))
     valid = np.arange(out["boxes"].shape[1])[None] < out["num_detections"][:, None]
     return {"boxes": out["boxes"], "scores": np.where(valid, out["confidence"], -1.0),

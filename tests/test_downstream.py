@@ -150,7 +150,8 @@ def check_serving(recipe, out):
     n = want["num_detections"]
     np.testing.assert_array_equal(got["num_detections"], n)
     for i in range(len(images)):
-        np.testing.assert_allclose(got["boxes"][i, :n[i]], want["boxes"][i, :n[i]], atol=1e-4)
+        np.testing.assert_allclose(got["boxes"][i, :n[i]], want["boxes"][i, :n[i]], atol=1e-4,
+                                   rtol=1e-4)  # boxes of an untrained head reach 1e3-1e4 px
         np.testing.assert_allclose(got["scores"][i, :n[i]], want["confidence"][i, :n[i]],
                                    atol=1e-5)
         np.testing.assert_array_equal(got["classes"][i, :n[i]], want["labels"][i, :n[i]])
