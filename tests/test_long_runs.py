@@ -87,7 +87,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     (["--mask-ratio", "1.5"], "mask_ratio=1.5: must be in (0, 1)"),
     (["--batch-size", "0"], "batch_size=0: must be an integer >= 1"),
     (["--preset", "vit_enormous"], "preset='vit_enormous': choose one of vit_mini_p4_28"),
-    (["--data", "ftp:x"], "use default, idx:PATH, dir:PATH or tfds:NAME"),
+    (["--data", "ftp:x"], "use default, idx:PATH, dir:PATH, tfds:NAME, coco:"),
     (["--precision", "fp8"], "precision='fp8': choose one of float32"),
 ])
 def test_bad_config_fails_before_training(argv, message):
