@@ -41,7 +41,8 @@ def test_compiled_step_equals_eager_step():
         compiled_loss, compiled = _run(True, images)
     finally:
         inductor.fallback_random = before
-    np.testing.assert_allclose(compiled_loss, eager_loss, rtol=1e-5)  # 2e-6 measured
+    # 2e-6 measured on an AMD EPYC; 1.3e-5 on an Intel Xeon with AMX (oneDNN picks other kernels)
+    np.testing.assert_allclose(compiled_loss, eager_loss, rtol=5e-5)
     assert len(compiled) == len(eager)  # the same variables in the same order (names differ:
     for (_, other), (path, value) in zip(compiled, eager):  # a second model gets _1 suffixes)
         # Fused kernels sum in another order: within 1e-4 of each variable's scale
