@@ -76,9 +76,9 @@ def add_encoder(parser, scratch=True):
 LABELLED_SPECS = ("default (the packaged Fashion-MNIST slice) | idx:PATH (a folder of train-*/t10k-* "
                   "IDX files, or the train images file) | dir:PATH (one sub-folder per class) | "
                   "tfds:NAME[:SPLIT]")
-DENSE_SPECS = ("canvases (default: Fashion-MNIST items pasted on canvases) | coco:ANNOTATIONS.json"
-               "[:IMAGE_DIR] | masks:IMAGE_DIR:MASK_DIR (segmentation: index PNGs, 0 background, "
-               "255 ignore)")
+DENSE_SPECS = ("default (canvases of the packaged Fashion-MNIST items) | idx:PATH (canvases of "
+               "those items) | coco:ANNOTATIONS.json[:IMAGE_DIR] | masks:IMAGE_DIR:MASK_DIR "
+               "(segmentation: index PNGs, 0 background, 255 ignore)")
 
 
 def add_data(parser, default="default", specs=LABELLED_SPECS):

@@ -113,20 +113,18 @@ def coco_map(pred_boxes, pred_scores, pred_classes, true_boxes, true_classes,
     classes = sorted({int(c) for row in true_classes for c in np.asarray(row) if c >= 0})
     if not classes:
         raise ValueError("no ground-truth boxes: mAP is undefined")
-    per_threshold = []
-    for threshold in COCO_IOU_THRESHOLDS:
-        aps = []
-        for k in classes:
-            truths = {i: np.asarray(b)[np.asarray(c) == k]
-                      for i, (b, c) in enumerate(zip(true_boxes, true_classes))}
-            crowds = None if crowd_boxes is None else {
-                i: np.asarray(b)[np.asarray(c) == k]
-                for i, (b, c) in enumerate(zip(crowd_boxes, crowd_classes))}
-            detections = [(i, float(s), np.asarray(b))
-                          for i, (bs, ss, cs) in enumerate(zip(pred_boxes, pred_scores, pred_classes))
-                          for b, s, c in zip(bs, ss, cs) if int(c) == k]
-            ap = _average_precision(detections, truths, threshold, crowds)
-            if ap is not None:
-                aps.append(ap)
-        per_threshold.append(np.mean(aps))
+    per_class = []  # [class][threshold]; a class without truth boxes has no AP
+    for k in classes:
+        truths = {i: np.asarray(b)[np.asarray(c) == k]
+                  for i, (b, c) in enumerate(zip(true_boxes, true_classes))}
+        crowds = None if crowd_boxes is None else {
+            i: np.asarray(b)[np.asarray(c) == k]
+            for i, (b, c) in enumerate(zip(crowd_boxes, crowd_classes))}
+        detections = [(i, float(s), np.asarray(b))
+                      for i, (bs, ss, cs) in enumerate(zip(pred_boxes, pred_scores, pred_classes))
+                      for b, s, c in zip(bs, ss, cs) if int(c) == k]
+        aps = [_average_precision(detections, truths, t, crowds) for t in COCO_IOU_THRESHOLDS]
+        if aps[0] is not None:
+            per_class.append(aps)
+    per_threshold = np.mean(per_class, axis=0)
     return {"map": float(np.mean(per_threshold)), "ap50": float(per_threshold[0])}

@@ -12,7 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from keras_conmim.errors import ConfigError
+from keras_conmim.downstream_metrics import IGNORE
+from keras_conmim.errors import ConfigError, DataError
 from keras_conmim.presets import DOWNSTREAM, PRESETS
 from keras_conmim.run_config import describe, resolve
 
@@ -141,6 +142,57 @@ def make_splits(items, recipe, train_canvases, val_canvases, test_canvases, seed
             canvases(test_items.images, test_items.labels, test_canvases, 2))
 
 
+def dense_splits(task, spec, test_spec, size, channels, seed=0, caps=None):
+    """`(train, val, test, about)` `data.dense.DenseSet`s from `coco:` /
+    `masks:` specs at `size`: the test set is `test_spec`, else
+    `data.TEST_SHARE` of `spec` held out by seed; validation is
+    `VALIDATION_ITEMS` of the rest, as for the canvases; `caps` (`{"train_
+    canvases", "val_canvases", "test_canvases": count or None}`) limit each.
+    `about`: class names, where the test set came from, what was skipped and
+    converted (what results.json and the description say). A `DataError`
+    names the flag and spec at fault."""
+    from keras_conmim.data import dense
+    from keras_conmim.data.sources import TEST_SHARE
+
+    def read(flag, spec):
+        try:
+            found = dense.read_dense(spec, size, channels)
+        except (ValueError, OSError, ImportError) as e:
+            raise DataError(f"{flag} {spec}: {e}") from None
+        if task == "segment" and not found.has_masks:
+            raise DataError(f"{flag} {spec}: no masks to segment (its annotations have no "
+                            "segmentation); recipes/detect.py trains on its boxes")
+        if task == "detect" and not found.has_boxes:
+            raise DataError(f"{flag} {spec}: masks: data has no boxes; detection reads "
+                            "coco: files (recipes/make_canvases.py shows the layout)")
+        return found
+
+    caps = caps or {}
+    full = read("--data", spec)
+    if test_spec:
+        test = read("--test-data", test_spec)
+        if test.class_names != full.class_names:
+            raise DataError(f"--test-data {test_spec}: its classes "
+                            f"({', '.join(test.class_names)}) differ from --data's "
+                            f"({', '.join(full.class_names)}); both must name the same "
+                            "categories in the same order")
+        test_from = f"--test-data {test_spec}"
+    else:
+        full, test = dense.split_off(full, TEST_SHARE, seed, 11)
+        test_from = (f"{TEST_SHARE:.0%} of --data held out by seed {seed} (--test-data SPEC "
+                     "for a test set of your own)")
+    train, val = dense.split_off(full, VALIDATION_ITEMS, seed, 12)
+    train = dense.first(train, caps.get("train_canvases"), seed)
+    val = dense.first(val, caps.get("val_canvases"), seed)
+    test = dense.first(test, caps.get("test_canvases"), seed)
+    skipped = dict(full.skipped)
+    for reason, count in (test.skipped.items() if test_spec else ()):
+        skipped[f"{reason} (test)"] = count
+    notes = sorted(set(full.notes) | set(test.notes))
+    return train, val, test, dict(class_names=list(full.class_names), test_from=test_from,
+                                  skipped=skipped, notes=notes)
+
+
 def targets_of(canvases, task, index=None, label_key="labels"):
     """What the task's model trains on: masks `[n, S, S, 1]` (segment) or
     `{"boxes", label_key}` (detect, yxyx pixels, padding -1; KerasHub's
@@ -239,7 +291,7 @@ def picture_grid(images, truth, prediction, task, num_classes, scale=3):
     rows = []
     for i in range(len(rgb)):
         if task == "segment":
-            ignored = np.asarray(truth[i]) == 255  # padding, crowd: grey
+            ignored = np.asarray(truth[i]) == IGNORE  # padding, crowd: grey
             shown = colours[np.clip(truth[i], 0, num_classes)]
             shown[ignored] = 128
             cells = [rgb[i], shown, colours[np.clip(prediction[i], 0, num_classes)]]

@@ -228,9 +228,8 @@ def load_splits(spec, image_shape, resize="crop", crop="none", test_spec=None, s
     try:
         splits = load_labelled(spec, test_spec, (h, w), test_size, seed=seed, resize=resize,
                                channels="rgb" if c == 3 else "gray")
-    except (ValueError, OSError, ImportError) as e:
-        flag = "--test-data" if test_spec and test_spec in str(e) else "--data"
-        raise DataError(f"{flag} {test_spec if flag == '--test-data' else spec}: {e}") from None
+    except ValueError as e:  # it names the flag and spec at fault
+        raise DataError(str(e)) from None
     if test_size != (h, w):
         names = splits.test.class_names
         splits.test = data.from_arrays(eval_center_crop(splits.test.images, (h, w)),

@@ -21,8 +21,6 @@ from keras_conmim.errors import ConfigError, DataError, ResumeError
 MUTABLE = ("backend", "output", "export", "grid")  # --checkpoint-every sets fit's epoch: fixed
 CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
 DEFAULT_CANVASES = {"train_canvases": 2000, "val_canvases": 300, "test_canvases": 500}
-TEST_SHARE = 0.2  # of a coco: / masks: --data held out for testing when no --test-data is given
-VALIDATION_SHARE = 0.1  # of the rest, held out for validation
 # Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
 # jax2tf cannot trace KerasHub's anchor generator.
 EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",)}
@@ -108,7 +106,7 @@ def main(task, module, argv=None):
     from keras_conmim.callbacks import Checkpointer, list_checkpoints, resume_from_checkpoint
     from keras_conmim.classifier import finetune_encoder
     from keras_conmim.downstream_run import (
-        canvas_batches, make_splits, optimizer_for, picture_grid, resolve_recipe,
+        canvas_batches, dense_splits, make_splits, optimizer_for, picture_grid, resolve_recipe,
     )
     from keras_conmim.finetune_run import preset_for
     from keras_conmim.run_config import read_config_file
@@ -126,9 +124,13 @@ def main(task, module, argv=None):
     module.check_head(args.head, args.init, recipe)
     h, w, c = encoder.image_shape
     if is_dense_spec(args.data):
-        train, val, test, about = user_sets(task, args, recipe, c)
+        train, val, test, about = dense_splits(
+            task, args.data, args.test_data, recipe.canvas_size, c, args.seed,
+            {k: getattr(args, k) for k in CANVAS_FLAGS})
         num_classes = len(train.class_names)
     else:
+        if args.data != "default" and not args.data.startswith("idx:"):
+            raise DataError(f"--data {args.data}: use one of {cli.DENSE_SPECS}")
         if args.test_data:
             raise ConfigError(f"--test-data goes with coco: / masks: data; --data {args.data} "
                               "makes its test canvases from its own test items")
@@ -243,51 +245,6 @@ def main(task, module, argv=None):
         write_text_atomic(os.path.join(output, run_folder.RESULTS), json.dumps(result, indent=2))
     print(f"done: {module.result_line(result)}; run folder {output}", flush=True)
     return result
-
-
-def user_sets(task, args, recipe, channels):
-    """(train, val, test, about) from coco: / masks: specs (`data.dense`):
-    the test set is --test-data, else `TEST_SHARE` of --data held out by
-    --seed; validation is `VALIDATION_SHARE` of the rest; the canvas flags
-    cap each. `about`: what results.json and the description say."""
-    from keras_conmim.data import dense
-
-    def read(flag, spec):
-        try:
-            found = dense.read_dense(spec, recipe.canvas_size, channels)
-        except (ValueError, OSError, ImportError) as e:
-            raise DataError(f"{flag} {spec}: {e}") from None
-        if task == "segment" and not found.has_masks:
-            raise DataError(f"{flag} {spec}: no masks to segment (its annotations have no "
-                            "segmentation); recipes/detect.py trains on its boxes")
-        if task == "detect" and not found.has_boxes:
-            raise DataError(f"{flag} {spec}: masks: data has no boxes; detection reads "
-                            "coco: files (recipes/make_canvases.py shows the layout)")
-        return found
-
-    full = read("--data", args.data)
-    if args.test_data:
-        test = read("--test-data", args.test_data)
-        if test.class_names != full.class_names:
-            raise DataError(f"--test-data {args.test_data}: its classes "
-                            f"({', '.join(test.class_names)}) differ from --data's "
-                            f"({', '.join(full.class_names)}); both must name the same "
-                            "categories in the same order")
-        test_from = f"--test-data {args.test_data}"
-    else:
-        full, test = dense.split_off(full, TEST_SHARE, args.seed, 11)
-        test_from = (f"{TEST_SHARE:.0%} of --data held out by seed {args.seed} (--test-data SPEC "
-                     "for a test set of your own)")
-    train, val = dense.split_off(full, VALIDATION_SHARE, args.seed, 12)
-    train = dense.first(train, args.train_canvases, args.seed)
-    val = dense.first(val, args.val_canvases, args.seed)
-    test = dense.first(test, args.test_canvases, args.seed)
-    skipped = dict(full.skipped)
-    for reason, count in (test.skipped.items() if args.test_data else ()):
-        skipped[f"{reason} (test)"] = count
-    notes = sorted(set(full.notes) | set(test.notes))
-    return train, val, test, dict(class_names=list(full.class_names), test_from=test_from,
-                                  skipped=skipped, notes=notes)
 
 
 def describe_data(about):

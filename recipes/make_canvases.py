@@ -19,6 +19,7 @@ canvases from the test items (`--data`: default or idx:PATH).
 
 import argparse
 import json
+import os
 
 import recipe_main  # stdlib only
 
@@ -47,8 +48,6 @@ def main(argv=None):
     for name in ("train_canvases", "test_canvases", "max_items"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-    import os
-
     import numpy as np
 
     from keras_conmim import data
@@ -57,8 +56,7 @@ def main(argv=None):
 
     names = list(data.FASHION_MNIST_CLASSES)
     written = {}
-    for stream, split in enumerate(("train", "test")):
-        items = data.load_splits(args.data)[stream]
+    for stream, (split, items) in enumerate(zip(("train", "test"), data.load_splits(args.data))):
         canvases = make_canvases(items.images, items.labels, getattr(args, f"{split}_canvases"),
                                  args.canvas_size, args.max_items, seed=args.seed * 10 + stream)
         if args.rgb:

@@ -165,14 +165,14 @@ def test_class_folders_with_bad_files(tmp_path):
     assert (splits.test.labels == 1).all()  # the test folder's only class is "dog", label 1
     assert splits.skipped_counts() == {"unreadable image": 1, "empty class folder": 1,
                                        "image outside a class folder": 1}
-    assert "RGB files converted to gray" in "\n".join(splits.describe())
+    assert "RGB images converted to gray" in "\n".join(splits.describe())
     held = load_labelled(f"dir:{tmp_path}/train", None, (16, 16), seed=3)
     assert len(held.test) == 2 and len(held.train) == 8 and "held out by seed 3" in held.test_from
     assert sorted(held.test.labels) == [0, 1]
 
 
 def test_labelled_specs_that_cannot_work(tmp_path):
-    with pytest.raises(ValueError, match="folder not found"):
+    with pytest.raises(ValueError, match=r"^--data dir:\S+/none: folder not found"):
         load_labelled(f"dir:{tmp_path}/none")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "loose.png")
     with pytest.raises(ValueError, match="one sub-folder per class"):
@@ -182,7 +182,8 @@ def test_labelled_specs_that_cannot_work(tmp_path):
         load_labelled(f"dir:{tmp_path}/one")
     class_folders(tmp_path / "two")
     class_folders(tmp_path / "other", classes=("eel",))
-    with pytest.raises(ValueError, match="eel are not among the training classes"):
+    with pytest.raises(ValueError, match=r"^--test-data dir:\S+/other: class\(es\) eel are not "
+                                         "among the training classes"):
         load_labelled(f"dir:{tmp_path}/two", f"dir:{tmp_path}/other")
     with pytest.raises(ValueError, match="not a labelled image spec"):
         load_labelled("coco:x.json")

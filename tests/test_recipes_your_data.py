@@ -97,6 +97,8 @@ def test_a_spec_that_does_not_fit_the_task_is_one_line(tmp_path, canvas_files):
               str(tmp_path / "x"), *DOWNSTREAM]
     with pytest.raises(DataError, match="masks: data has no boxes"):
         detect.main(["--data", f"masks:{root}/train/images:{root}/train/masks", *common])
+    with pytest.raises(DataError, match="--data foo:x: use one of default .* coco:ANNOTATIONS"):
+        detect.main(["--data", "foo:x", *common])
     with pytest.raises(DataError, match="annotation file not found"):
         detect.main(["--data", f"coco:{tmp_path}/none.json", *common])
     with pytest.raises(ConfigError, match="--test-data goes with coco: / masks:"):

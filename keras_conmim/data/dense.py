@@ -5,7 +5,7 @@ formats users have, in the form the package's canvases take.
                                         (IMAGE_DIR default: the JSON's folder)
     masks:IMAGE_DIR:MASK_DIR            semantic masks: index PNGs paired by file stem,
                                         0 = background, k = class k, 255 = ignore
-    canvases                            the built-in Fashion-MNIST canvases (default)
+    default, idx:PATH                   the built-in canvases of those items (`data.canvas`)
 
 Every set is a `DenseSet`: a dict of numpy arrays at one square size S (the
 recipe's canvas size), the same keys as `data.canvas.make_canvases` returns —
@@ -30,10 +30,12 @@ import os
 
 import numpy as np
 
-from keras_conmim.data.images import IMAGE_EXTENSIONS, convert_channels, decode_file
+from keras_conmim.data.images import (
+    IMAGE_EXTENSIONS, _pil, channel_conversion, convert_channels, decode_file,
+)
+from keras_conmim.downstream_metrics import IGNORE
 
-IGNORE = 255  # mask value the segmentation loss and mIoU skip
-DENSE_SPECS = "canvases, coco:ANNOTATIONS.json[:IMAGE_DIR], masks:IMAGE_DIR:MASK_DIR"
+DENSE_SPECS = "coco:ANNOTATIONS.json[:IMAGE_DIR], masks:IMAGE_DIR:MASK_DIR"
 
 
 class DenseSet(dict):
@@ -54,46 +56,36 @@ class DenseSet(dict):
 
     def take(self, index):
         """A `DenseSet` of the images at `index`, with the same names."""
-        out = DenseSet({k: v[index] for k, v in self.items()}, self.class_names, self.skipped,
-                       self.notes, self.has_boxes, self.has_masks, self.source)
-        return out
+        return DenseSet({k: v[index] for k, v in self.items()}, self.class_names, self.skipped,
+                        self.notes, self.has_boxes, self.has_masks, self.source)
 
 
-def letterbox(image, size):
-    """uint8 `[h, w, c]` -> `([size, size, c], scale)`: scaled to fit, padded
-    with zeros at the bottom and right (so a box keeps its origin)."""
-    from keras_conmim.data.images import _pil
-
-    h, w, c = image.shape
+def _fit(array, size, resample, fill):
+    """`[h, w]` or `[h, w, c]` (uint8, or int32 labels) scaled to fit a `size` square (PIL
+    `resample`) and padded with `fill` at the bottom and right, so a box keeps
+    its origin: `(array, scale)`."""
+    h, w = array.shape[:2]
     scale = min(size / h, size / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = np.zeros((size, size, c), np.uint8)
-    if (nh, nw) == (h, w):
-        out[:h, :w] = image
-        return out, scale
-    Image = _pil()
-    pil = Image.fromarray(image[..., 0] if c == 1 else image)
-    resized = np.asarray(pil.resize((nw, nh), Image.BILINEAR)).reshape(nh, nw, c)
-    out[:nh, :nw] = resized
+    out = np.full((size, size, *array.shape[2:]), fill, array.dtype)
+    if (nh, nw) != (h, w):
+        flat = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+        array = np.asarray(_pil().fromarray(flat).resize((nw, nh), resample)).reshape(
+            nh, nw, *array.shape[2:])
+    out[:nh, :nw] = array
     return out, scale
 
 
-def letterbox_mask(mask, size, fill=IGNORE):
-    """int `[h, w]` label map -> `[size, size]` by nearest neighbour, the
-    padding `fill` (ignored)."""
-    from keras_conmim.data.images import _pil
+def letterbox(image, size):
+    """uint8 `[h, w, c]` -> `([size, size, c], scale)`: bilinear, padded with
+    zeros."""
+    return _fit(image, size, _pil().BILINEAR, 0)
 
-    h, w = mask.shape
-    scale = min(size / h, size / w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = np.full((size, size), fill, np.int32)
-    if (nh, nw) == (h, w):
-        out[:h, :w] = mask
-        return out
-    Image = _pil()
-    resized = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((nw, nh), Image.NEAREST))
-    out[:nh, :nw] = resized
-    return out
+
+def letterbox_mask(mask, size):
+    """int `[h, w]` label map -> int32 `[size, size]` by nearest neighbour,
+    the padding `IGNORE`."""
+    return _fit(mask.astype(np.int32), size, _pil().NEAREST, IGNORE)[0]
 
 
 def _channels(image, channels):
@@ -101,14 +93,10 @@ def _channels(image, channels):
 
 
 def _channel_note(native, channels):
-    have = 1 if native.ndim == 2 or native.shape[-1] == 1 else 3
-    if have == channels:
-        return None
-    return ("gray images repeated to RGB (the encoder takes 3 channels)" if channels == 3 else
-            "RGB images converted to gray, BT.601 luma (the encoder takes 1 channel)")
+    return channel_conversion(native, "rgb" if channels == 3 else "gray")
 
 
-def _pack(items, size, channels, class_names, skipped, notes, has_boxes, has_masks, source):
+def _pack(items, class_names, skipped, notes, has_boxes, has_masks, source):
     """items: dicts with image, mask, boxes [k, 4], classes [k], crowd [m, 4],
     crowd_classes [m] (already letterboxed)."""
     if not items:
@@ -194,7 +182,7 @@ def read_coco(annotations, image_dir=None, size=64, channels=1):
     if missing:
         raise ValueError(f"{annotations}: not a COCO file (no {', '.join(missing)}); a COCO "
                          "file holds images, annotations and categories.")
-    image_dir = image_dir or os.path.dirname(os.path.abspath(annotations))
+    image_dir = _coco_image_dir(annotations, image_dir)
     if not os.path.isdir(image_dir):
         raise ValueError(f"image folder not found: {image_dir!r} (the part after the JSON in "
                          "coco:ANNOTATIONS.json:IMAGE_DIR).")
@@ -274,7 +262,7 @@ def read_coco(annotations, image_dir=None, size=64, channels=1):
         items.append(dict(image=image, mask=letterbox_mask(semantic, size),
                           boxes=np.reshape(boxes, (-1, 4)), classes=classes,
                           crowd=np.reshape(crowd, (-1, 4)), crowd_classes=crowd_classes))
-    return _pack(items, size, channels, [str(c.get("name", c["id"])) for c in categories],
+    return _pack(items, [str(c.get("name", c["id"])) for c in categories],
                  skipped, sorted(notes), True, has_masks, f"coco:{annotations}")
 
 
@@ -288,8 +276,7 @@ def read_mask_folder(image_dir, mask_dir, size=64, channels=1):
     for folder, what in ((image_dir, "IMAGE_DIR"), (mask_dir, "MASK_DIR")):
         if not os.path.isdir(folder):
             raise ValueError(f"{what} not found: {folder!r}. Pass masks:IMAGE_DIR:MASK_DIR.")
-    images = {os.path.splitext(f)[0]: os.path.join(image_dir, f)
-              for f in sorted(os.listdir(image_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)}
+    images = {os.path.splitext(os.path.basename(f))[0]: f for f in _images_in(image_dir)}
     masks = {os.path.splitext(f)[0]: os.path.join(mask_dir, f)
              for f in sorted(os.listdir(mask_dir)) if f.lower().endswith(".png")}
     if not images:
@@ -324,13 +311,17 @@ def read_mask_folder(image_dir, mask_dir, size=64, channels=1):
                           boxes=np.zeros((0, 4)), classes=[], crowd=np.zeros((0, 4)),
                           crowd_classes=[]))
     names = _class_names_file(mask_dir, largest)
-    return _pack(items, size, channels, names, skipped, sorted(notes), False, True,
+    return _pack(items, names, skipped, sorted(notes), False, True,
                  f"masks:{image_dir}:{mask_dir}")
 
 
-def _read_index_png(path):
-    from keras_conmim.data.images import _pil
+def _images_in(folder):
+    """The image files directly in `folder`, sorted."""
+    return [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.lower().endswith(IMAGE_EXTENSIONS)]
 
+
+def _read_index_png(path):
     with _pil().open(path) as img:
         if img.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"{path}: an index mask is one channel (mode L or P), not {img.mode}")
@@ -365,7 +356,7 @@ def read_dense(spec, size, channels):
     if kind == "masks" and rest:
         image_dir, _, mask_dir = rest.partition(":")
         if not mask_dir:
-            raise ValueError(f"{spec!r}: masks: takes two folders, masks:IMAGE_DIR:MASK_DIR.")
+            raise ValueError("masks: takes two folders, masks:IMAGE_DIR:MASK_DIR.")
         return read_mask_folder(image_dir, mask_dir, size, channels)
     raise ValueError(f"{spec!r} is not a detection / segmentation spec. Use one of: "
                      f"{DENSE_SPECS}.")
@@ -375,6 +366,11 @@ def _coco_parts(rest):
     """'a/b.json:images' -> ('a/b.json', 'images'); 'a/b.json' -> ('a/b.json', None)."""
     path, sep, image_dir = rest.partition(".json:")
     return (path + ".json", image_dir) if sep else (rest, None)
+
+
+def _coco_image_dir(annotations, image_dir):
+    """IMAGE_DIR of a coco: spec; by default the JSON's folder."""
+    return image_dir or os.path.dirname(os.path.abspath(annotations))
 
 
 def image_paths(spec):
@@ -387,14 +383,12 @@ def image_paths(spec):
             raise ValueError(f"annotation file not found: {path!r}.")
         with open(path) as f:
             records = json.load(f).get("images", [])
-        image_dir = image_dir or os.path.dirname(os.path.abspath(path))
-        files = [os.path.join(image_dir, r["file_name"]) for r in records]
+        files = [os.path.join(_coco_image_dir(path, image_dir), r["file_name"]) for r in records]
     elif kind == "masks":
         image_dir = rest.partition(":")[0]
         if not os.path.isdir(image_dir):
             raise ValueError(f"IMAGE_DIR not found: {image_dir!r}.")
-        files = [os.path.join(image_dir, f) for f in os.listdir(image_dir)
-                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files = _images_in(image_dir)
     else:
         raise ValueError(f"{spec!r} is not a coco: or masks: spec.")
     files = sorted(f for f in files if os.path.isfile(f))
@@ -430,8 +424,6 @@ def write_coco(canvases, folder, class_names, name="instances"):
     RLE when pycocotools is installed, else uncompressed RLE) and
     `folder/masks/*.png` (index masks, 0 background, k = class k). Returns
     the JSON's path."""
-    from keras_conmim.data.images import _pil
-
     Image = _pil()
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     os.makedirs(os.path.join(folder, "masks"), exist_ok=True)

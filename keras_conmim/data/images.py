@@ -46,6 +46,17 @@ def convert_channels(image, channels):
     return image
 
 
+def channel_conversion(native, channels):
+    """What `convert_channels(native, channels)` does to a decoded image, in
+    words for a run's description ("" when nothing changes)."""
+    have = 1 if native.ndim == 2 or native.shape[-1] == 1 else 3
+    if channels == "rgb" and have == 1:
+        return "gray images repeated to RGB (the encoder takes 3 channels)"
+    if channels == "gray" and have == 3:
+        return "RGB images converted to gray, BT.601 luma (the encoder takes 1 channel)"
+    return ""
+
+
 def resize_image(image, size, policy="crop"):
     """uint8 `[h, w, c]` -> `[*size, c]`.
 

@@ -21,18 +21,19 @@ a class-stratified share of `--data` held out by seed (`TEST_SHARE`), said in
 labels are mapped onto the training names.
 """
 
+import contextlib
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 
-from keras_conmim.data.images import IMAGE_EXTENSIONS
+from keras_conmim.data.images import IMAGE_EXTENSIONS, channel_conversion, decode_file
 from keras_conmim.data.sources import (
-    ImageSource, from_arrays, from_directory, from_idx, from_tfds, load_default,
+    TEST_SHARE, ImageSource, from_arrays, from_idx, from_tfds, load_default,
 )
 
 CLASSIFICATION_SPECS = "default, idx:PATH, dir:PATH (one sub-folder per class), tfds:NAME[:SPLIT]"
-TEST_SHARE = 0.2  # of each class, when the data has no test split of its own
 
 
 @dataclasses.dataclass
@@ -70,30 +71,45 @@ class LabelledSplits:
 def load_labelled(spec, test_spec=None, image_size=(28, 28), test_image_size=None, seed=0,
                   resize="crop", channels="keep", download=False):
     """`LabelledSplits` for the classification recipes' `--data` / `--test-data`
-    (see the module docstring). Raises `ValueError` naming the spec and the
-    fix where one cannot work (missing folder, no labels, one class)."""
+    (see the module docstring). Raises `ValueError` starting with the flag
+    and spec at fault (`--data SPEC: ...` or `--test-data SPEC: ...`) and
+    naming the fix where one cannot work (missing folder, no labels, one
+    class, a test class the training data lacks)."""
     sizes = {"train": image_size, "test": test_image_size or image_size}
     kwargs = dict(resize=resize, channels=channels, download=download)
     skipped = {"unreadable image": [], "empty class folder": [], "image outside a class folder": []}
-    train = _read(spec, "train", sizes["train"], skipped, **kwargs)
-    names = _names(train)
+    with _at_fault("--data", spec):
+        train = _read(spec, "train", sizes["train"], skipped, **kwargs)
+        names = _names(train)
     if test_spec:
-        test = _read(test_spec, "test", sizes["test"], skipped, **kwargs)
-        test = _onto(_in_memory(test, skipped, sizes["test"]), names, test_spec, spec)
+        with _at_fault("--test-data", test_spec):
+            test = _read(test_spec, "test", sizes["test"], skipped, **kwargs)
+            test = _onto(_in_memory(test, skipped, sizes["test"]), names, spec)
         test_from = f"--test-data {test_spec}"
     else:
-        test = _own_test_split(spec, sizes["test"], skipped, **kwargs)
-        if test is not None:
-            test = _onto(test, names, spec, spec)
-            test_from = f"the test split of {spec}"
-        else:
-            train, test = _hold_out(train, spec, sizes, resize, skipped, seed)
-            test_from = (f"{TEST_SHARE:.0%} of each class of {spec} held out by seed {seed} "
-                         "(--test-data SPEC for a test set of your own)")
-    note = channels_note(train, channels)
-    train = _in_memory(train, skipped, sizes["train"])
+        with _at_fault("--data", spec):
+            test = _own_test_split(spec, sizes["test"], skipped, **kwargs)
+            if test is not None:
+                test = _onto(test, names, spec)
+                test_from = f"the test split of {spec}"
+            else:
+                train, test = _hold_out(train, sizes, resize, skipped, seed)
+                test_from = (f"{TEST_SHARE:.0%} of each class of {spec} held out by seed {seed} "
+                             "(--test-data SPEC for a test set of your own)")
+    with _at_fault("--data", spec):
+        note = channels_note(train, channels)
+        train = _in_memory(train, skipped, sizes["train"])
     train.class_names = test.class_names = tuple(names)
     return LabelledSplits(train, test, tuple(names), test_from, skipped, note)
+
+
+@contextlib.contextmanager
+def _at_fault(flag, spec):
+    """A reading error as `ValueError("FLAG SPEC: message")`."""
+    try:
+        yield
+    except (ValueError, OSError, ImportError) as e:
+        raise ValueError(f"{flag} {spec}: {e}") from None
 
 
 def channels_note(source, channels):
@@ -101,19 +117,11 @@ def channels_note(source, channels):
     ("" when nothing is converted or the source is in memory)."""
     if source.paths is None or channels == "keep":
         return ""
-    from keras_conmim.data.images import decode_file
-
-    for path in source.paths[:20]:
+    for path in source.paths[:20]:  # the first file that decodes
         try:
-            native = decode_file(path)
+            return channel_conversion(decode_file(path), channels)
         except Exception:  # noqa: BLE001 -- counted when the source is decoded
             continue
-        have = 1 if native.ndim == 2 or native.shape[-1] == 1 else 3
-        want = 3 if channels == "rgb" else 1
-        if have == want:
-            return ""
-        return ("gray files repeated to RGB (the encoder takes 3 channels)" if want == 3 else
-                "RGB files converted to gray, BT.601 luma (the encoder takes 1 channel)")
     return ""
 
 
@@ -135,11 +143,11 @@ def _read(spec, split, size, skipped, resize, channels, download):
         raise ValueError(f"{spec!r} is not a labelled image spec. Use one of: "
                          f"{CLASSIFICATION_SPECS}.")
     if source.labels is None:
-        raise ValueError(f"{spec}: no labels were found; a labelled set needs them "
-                         "(dir: one sub-folder per class).")
+        raise ValueError("no labels were found; a labelled set needs them (dir: one "
+                         "sub-folder per class).")
     if len(np.unique(source.labels)) < 2 and split == "train":
-        raise ValueError(f"{spec}: only one class ({_names(source)[0]}); a classifier needs at "
-                         "least two.")
+        raise ValueError(f"only one class ({_names(source)[0]}); a classifier needs at least "
+                         "two.")
     return source
 
 
@@ -159,7 +167,7 @@ def _read_class_folders(path, skipped, image_size, resize, channels):
                          "per class (PATH/<class>/*.png).")
     entries = sorted(os.scandir(path), key=lambda e: e.name)
     loose = [e.path for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
-    skipped.setdefault("image outside a class folder", []).extend(loose)
+    skipped["image outside a class folder"].extend(loose)
     files, labels, names = [], [], []
     for entry in (e for e in entries if e.is_dir()):
         found = sorted(os.path.join(root, f) for root, _, fs in os.walk(entry.path) for f in fs
@@ -189,8 +197,6 @@ def _in_memory(source, skipped, image_size=None):
                              resize=source.resize, channels=source.channels,
                              class_names=source.class_names)
     keep, images = [], []
-    import warnings
-
     with warnings.catch_warnings():  # each skipped file is counted and named instead
         warnings.simplefilter("ignore")
         for i in range(len(source)):
@@ -238,20 +244,21 @@ def _own_test_split(spec, size, skipped, resize, channels, download):
     return None
 
 
-def _onto(test, names, test_spec, spec):
-    """`test` with its labels renumbered onto the training class names."""
+def _onto(test, names, spec):
+    """`test` with its labels renumbered onto the training class names (of
+    `spec`)."""
     test_names = _names(test)
     present = set(np.unique(test.labels).tolist())
     unknown = [n for k, n in enumerate(test_names) if n not in names and k in present]
     if unknown:
-        raise ValueError(f"--test-data {test_spec}: class(es) {', '.join(unknown)} are not among "
-                         f"the training classes of {spec} ({', '.join(names)}).")
+        raise ValueError(f"class(es) {', '.join(unknown)} are not among the training classes "
+                         f"of {spec} ({', '.join(names)}).")
     mapping = np.array([names.index(n) if n in names else -1 for n in test_names], "int64")
     test.labels = mapping[test.labels]
     return test
 
 
-def _hold_out(train, spec, sizes, resize, skipped, seed):
+def _hold_out(train, sizes, resize, skipped, seed):
     """(train, test): `TEST_SHARE` of each class (at least one image) drawn by
     `seed` becomes the test set, decoded at the test size."""
     labels = train.labels
@@ -260,18 +267,15 @@ def _hold_out(train, spec, sizes, resize, skipped, seed):
     for k in np.unique(labels):
         rows = np.flatnonzero(labels == k)
         if len(rows) < 2:
-            raise ValueError(f"{spec}: class {_names(train)[k]} has {len(rows)} image; holding "
-                             "out a test share needs at least 2 per class. Pass --test-data.")
+            raise ValueError(f"class {_names(train)[k]} has {len(rows)} image; holding out a "
+                             "test share needs at least 2 per class. Pass --test-data.")
         held.extend(rng.choice(rows, max(1, int(round(TEST_SHARE * len(rows)))), replace=False))
     held = np.sort(np.asarray(held))
     kept = np.setdiff1d(np.arange(len(train)), held)
-    names = train.class_names
     test, out = train.subset(held), train.subset(kept)
     if test.images is not None and tuple(sizes["test"]) != tuple(test.image_size):
         from keras_conmim.data.images import prepare
 
         test = from_arrays(np.stack([prepare(img, tuple(sizes["test"]), resize, "keep")
                                      for img in test.images]), test.labels)
-    test = _in_memory(test, skipped, sizes["test"])
-    out.class_names = test.class_names = names
-    return out, test
+    return out, _in_memory(test, skipped, sizes["test"])

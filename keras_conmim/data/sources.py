@@ -18,6 +18,9 @@ from keras_conmim.data.images import (
     IMAGE_EXTENSIONS, check_policies, decode_file, prepare,
 )
 
+# The share of a set held out for testing where it has no test split of its own
+# (`data.labelled`: of each class; the downstream recipes: of the images).
+TEST_SHARE = 0.2
 PACKAGE_DATA = os.path.join(os.path.dirname(__file__), "fashion_mnist_small.npz")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -492,8 +495,7 @@ def parse_data_spec(spec, image_size, channels="keep", resize="crop", download=F
         # the image side of a detection / segmentation set; its labels are unused
         from keras_conmim.data.dense import image_paths
 
-        return ImageSource(check_policies(image_size, resize, channels), paths=image_paths(spec),
-                           resize=resize, channels=channels)
+        return ImageSource(image_size, paths=image_paths(spec), resize=resize, channels=channels)
     raise ValueError(
         f"Unknown --data {spec!r}. Use one of: default, idx:PATH, dir:PATH, tfds:NAME, "
         "coco:ANNOTATIONS.json[:IMAGE_DIR], masks:IMAGE_DIR:MASK_DIR.")
