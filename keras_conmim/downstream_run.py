@@ -145,7 +145,7 @@ def make_splits(items, recipe, train_canvases, val_canvases, test_canvases, seed
 def dense_splits(task, spec, test_spec, size, channels, seed=0, caps=None):
     """`(train, val, test, about)` `data.dense.DenseSet`s from `coco:` /
     `masks:` specs at `size`: the test set is `test_spec`, else
-    `data.TEST_SHARE` of `spec` held out by seed; validation is
+    `data.sources.TEST_SHARE` of `spec` held out by seed; validation is
     `VALIDATION_ITEMS` of the rest, as for the canvases; `caps` (`{"train_
     canvases", "val_canvases", "test_canvases": count or None}`) limit each.
     `about`: class names, where the test set came from, what was skipped and
