@@ -15,6 +15,8 @@ Modules, from the bottom up (docs/design.md draws the graph):
 - the encoder: `vit`; around it `resize`, `evaluation`, `classifier`,
   `callbacks`, `export`;
 - the pre-training model: `conmim`;
+- dense task heads on any pyramid backbone: `instance` (`InstanceSegmenter`,
+  boxes and a mask per object), `upernet` (`UperNetSegmenter`);
 - loading any of them: `loading`;
 - runs (what the recipes stand on): `run_config`, `pretrain_config`,
   `finetune_run`, `downstream_run`, `cli`;
@@ -28,11 +30,12 @@ from keras_conmim.version import __version__
 from keras_conmim import data, errors, presets
 from keras_conmim import (
     atomic, callbacks, classifier, convert, distribute, downstream_metrics, evaluation, export,
-    finetune_budget, layers, loading, losses, masking, optimizers, projector, resize, run_folder,
-    train_step, views, vit,
+    finetune_budget, instance, layers, loading, losses, masking, optimizers, projector, resize,
+    run_folder, train_step, upernet, views, vit,
 )
 from keras_conmim.classifier import ViTClassifier
 from keras_conmim.conmim import ConMIM
+from keras_conmim.instance import InstanceSegmenter
 from keras_conmim.loading import load_encoder
 from keras_conmim.losses import lookup_accuracy, patch_info_nce
 from keras_conmim.masking import BlockMasking, RandomUnitMasking, get_mask_generator
@@ -42,12 +45,13 @@ from keras_conmim.optimizers import (
 from keras_conmim.presets import PRESETS, list_presets
 from keras_conmim.projector import ProjectionHead
 from keras_conmim.train_step import momentum_at
+from keras_conmim.upernet import UperNetSegmenter
 from keras_conmim.views import PairedViews, normalize_images
 from keras_conmim.vit import ViT
 
 __all__ = [
-    "BlockMasking", "ConMIM", "LayerDecayAdamW", "PRESETS", "PairedViews", "ProjectionHead",
-    "RandomUnitMasking", "ViT", "ViTClassifier", "__version__", "get_mask_generator",
+    "BlockMasking", "ConMIM", "InstanceSegmenter", "LayerDecayAdamW", "PRESETS", "PairedViews", "ProjectionHead",
+    "RandomUnitMasking", "UperNetSegmenter", "ViT", "ViTClassifier", "__version__", "get_mask_generator",
     "layer_decay_scales", "list_presets", "load_encoder", "lookup_accuracy", "momentum_at",
     "normalize_images", "patch_info_nce", "pretrain_optimizer", "warmup_cosine",
 ]

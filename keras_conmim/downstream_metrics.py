@@ -49,20 +49,20 @@ def box_iou(a, b):
 
 
 def _average_precision(detections, truths, threshold, crowds=None):
-    """detections: list of (image, score, box); truths: {image: boxes};
-    crowds: {image: crowd boxes} (a detection that matches no truth box but
+    """detections: list of (image, score, row) in falling score order;
+    truths: {image: IoU matrix [rows, truth objects]}; crowds: {image: overlap
+    matrix [rows, crowd regions]} (a detection that matches no truth but
     covers a crowd region is ignored, as COCO evaluation does)."""
-    total = sum(len(b) for b in truths.values())
+    total = sum(m.shape[1] for m in truths.values())
     if total == 0:
         return None
-    detections = sorted(detections, key=lambda d: -d[1])
-    used = {image: np.zeros(len(b), bool) for image, b in truths.items()}
+    used = {image: np.zeros(m.shape[1], bool) for image, m in truths.items()}
     hits = np.zeros(len(detections))
     counted = np.ones(len(detections), bool)
-    for i, (image, _, box) in enumerate(detections):
+    for i, (image, _, row) in enumerate(detections):
         gt = truths.get(image)
-        if gt is not None and len(gt):
-            ious = box_iou(box, gt)[0]
+        if gt is not None and gt.shape[1]:
+            ious = gt[row].copy()
             ious[used[image]] = -1
             best = int(np.argmax(ious))
             if ious[best] >= threshold:
@@ -70,7 +70,7 @@ def _average_precision(detections, truths, threshold, crowds=None):
                 hits[i] = 1
                 continue
         crowd = None if crowds is None else crowds.get(image)
-        if crowd is not None and len(crowd) and crowd_overlap(box, crowd).max() >= threshold:
+        if crowd is not None and crowd.shape[1] and crowd[row].max() >= threshold:
             counted[i] = False
     hits = hits[counted]
     tp = np.cumsum(hits)
@@ -83,6 +83,31 @@ def _average_precision(detections, truths, threshold, crowds=None):
         above = np.nonzero(recall >= r)[0]
         ap += precision[above[0]] if len(above) else 0.0
     return ap / 101
+
+
+def _coco_ap(pred_scores, pred_classes, true_classes, iou, crowd_classes=None, crowd_iou=None):
+    """`{"map", "ap50"}` from per-image matrices: `iou(i, dets, truths)` ->
+    `[len(dets), len(truths)]` for image i's detection / truth indices, and
+    `crowd_iou(i, dets, crowds)` the same against its crowd regions."""
+    classes = sorted({int(c) for row in true_classes for c in np.asarray(row) if c >= 0})
+    if not classes:
+        raise ValueError("no ground-truth objects: mAP is undefined")
+    per_class = []  # [class][threshold]; a class without truth objects has no AP
+    for k in classes:
+        truths, crowds, detections = {}, ({} if crowd_iou is not None else None), []
+        for i, (ss, cs) in enumerate(zip(pred_scores, pred_classes)):
+            dets = np.nonzero(np.asarray(cs) == k)[0]
+            gts = np.nonzero(np.asarray(true_classes[i]) == k)[0]
+            truths[i] = iou(i, dets, gts)
+            if crowds is not None:
+                crowds[i] = crowd_iou(i, dets, np.nonzero(np.asarray(crowd_classes[i]) == k)[0])
+            detections += [(i, float(ss[d]), row) for row, d in enumerate(dets)]
+        detections.sort(key=lambda d: -d[1])  # stable: image order, then row order
+        aps = [_average_precision(detections, truths, t, crowds) for t in COCO_IOU_THRESHOLDS]
+        if aps[0] is not None:
+            per_class.append(aps)
+    per_threshold = np.mean(per_class, axis=0)
+    return {"map": float(np.mean(per_threshold)), "ap50": float(per_threshold[0])}
 
 
 def crowd_overlap(box, crowd):
@@ -110,21 +135,59 @@ def coco_map(pred_boxes, pred_scores, pred_classes, true_boxes, true_classes,
     Returns `{"map": float, "ap50": float}` (0..1); equal to pycocotools'
     `COCOeval` bbox AP / AP50 (tests/test_data_formats.py checks it).
     """
-    classes = sorted({int(c) for row in true_classes for c in np.asarray(row) if c >= 0})
-    if not classes:
-        raise ValueError("no ground-truth boxes: mAP is undefined")
-    per_class = []  # [class][threshold]; a class without truth boxes has no AP
-    for k in classes:
-        truths = {i: np.asarray(b)[np.asarray(c) == k]
-                  for i, (b, c) in enumerate(zip(true_boxes, true_classes))}
-        crowds = None if crowd_boxes is None else {
-            i: np.asarray(b)[np.asarray(c) == k]
-            for i, (b, c) in enumerate(zip(crowd_boxes, crowd_classes))}
-        detections = [(i, float(s), np.asarray(b))
-                      for i, (bs, ss, cs) in enumerate(zip(pred_boxes, pred_scores, pred_classes))
-                      for b, s, c in zip(bs, ss, cs) if int(c) == k]
-        aps = [_average_precision(detections, truths, t, crowds) for t in COCO_IOU_THRESHOLDS]
-        if aps[0] is not None:
-            per_class.append(aps)
-    per_threshold = np.mean(per_class, axis=0)
-    return {"map": float(np.mean(per_threshold)), "ap50": float(per_threshold[0])}
+    def iou(i, dets, gts):
+        return box_iou(np.asarray(pred_boxes[i])[dets], np.asarray(true_boxes[i])[gts])
+
+    def crowd_iou(i, dets, crowd):
+        boxes = np.asarray(crowd_boxes[i])[crowd]
+        return np.array([crowd_overlap(b, boxes) for b in np.asarray(pred_boxes[i])[dets]]
+                        ).reshape(len(dets), len(crowd))
+
+    return _coco_ap(pred_scores, pred_classes, true_classes, iou, crowd_classes,
+                    None if crowd_boxes is None else crowd_iou)
+
+
+def mask_iou(a, b, crowd=False):
+    """IoU matrix `[len(a), len(b)]` of binary masks `[k, H, W]`; with
+    `crowd`, COCO's overlap with crowd regions: intersection over the area
+    of the `a` mask."""
+    a, b = np.asarray(a), np.asarray(b)
+    a = a.reshape(len(a), int(np.prod(a.shape[1:]))).astype(np.float64)
+    b = b.reshape(len(b), int(np.prod(b.shape[1:]))).astype(np.float64)
+    inter = a @ b.T
+    area_a, area_b = a.sum(1), b.sum(1)
+    union = area_a[:, None] if crowd else area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def instance_masks(instances, rows):
+    """Binary masks `[rows, H, W]` of one image's instance map (g + 1 = the
+    object in row g)."""
+    instances = np.asarray(instances)
+    return instances[None] == (np.arange(rows) + 1)[:, None, None]
+
+
+def coco_mask_map(pred_masks, pred_scores, pred_classes, true_instances, true_classes,
+                  crowd_masks=None, crowd_classes=None):
+    """COCO mask mAP@[.5:.95] and AP50 (pycocotools' `segm` evaluation).
+
+    Args (one entry per image; rows with class < 0 are ignored):
+        pred_masks: `[n, D, H, W]` binary; pred_scores / pred_classes: `[n, D]`.
+        true_instances: `[n, H, W]` instance maps (0 none, g + 1 the object in
+            row g of `true_classes` `[n, G]`; other values, such as 255, belong
+            to no object).
+        crowd_masks, crowd_classes: optional `[n, C, H, W]` / `[n, C]` crowd
+            regions (a detection of the class that matches no object but whose
+            own area lies in the region by at least the threshold is ignored).
+    Returns `{"map", "ap50"}` (0..1), equal to `COCOeval(iouType="segm")`
+    (tests/test_instance.py checks it)."""
+    def iou(i, dets, gts):
+        truth = instance_masks(true_instances[i], len(true_classes[i]))[gts]
+        return mask_iou(np.asarray(pred_masks[i])[dets], truth)
+
+    def crowd_iou(i, dets, crowd):
+        return mask_iou(np.asarray(pred_masks[i])[dets], np.asarray(crowd_masks[i])[crowd],
+                        crowd=True)
+
+    return _coco_ap(pred_scores, pred_classes, true_classes, iou, crowd_classes,
+                    None if crowd_masks is None else crowd_iou)

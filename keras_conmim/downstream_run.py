@@ -17,7 +17,7 @@ from keras_conmim.errors import ConfigError, DataError
 from keras_conmim.presets import DOWNSTREAM, PRESETS
 from keras_conmim.run_config import describe, resolve
 
-TASKS = ("segment", "detect")
+TASKS = ("segment", "detect", "instance")
 # Pre-trained encoders start from their weights; the others start from random ones.
 INITS = ("pretrained", "random", "resnet18")
 
@@ -159,12 +159,14 @@ def dense_splits(task, spec, test_spec, size, channels, seed=0, caps=None):
             found = dense.read_dense(spec, size, channels)
         except (ValueError, OSError, ImportError) as e:
             raise DataError(f"{flag} {spec}: {e}") from None
-        if task == "segment" and not found.has_masks:
+        if task in ("segment", "instance") and not found.has_masks:
             raise DataError(f"{flag} {spec}: no masks to segment (its annotations have no "
                             "segmentation); recipes/detect.py trains on its boxes")
-        if task == "detect" and not found.has_boxes:
-            raise DataError(f"{flag} {spec}: masks: data has no boxes; detection reads "
-                            "coco: files (recipes/make_canvases.py shows the layout)")
+        if task in ("detect", "instance") and not found.has_boxes:
+            raise DataError(f"{flag} {spec}: masks: data has no boxes"
+                            + (" or objects" if task == "instance" else "")
+                            + f"; {'instance segmentation' if task == 'instance' else 'detection'}"
+                            " reads coco: files (recipes/make_canvases.py shows the layout)")
         return found
 
     caps = caps or {}
@@ -194,12 +196,16 @@ def dense_splits(task, spec, test_spec, size, channels, seed=0, caps=None):
 
 
 def targets_of(canvases, task, index=None, label_key="labels"):
-    """What the task's model trains on: masks `[n, S, S, 1]` (segment) or
+    """What the task's model trains on: masks `[n, S, S, 1]` (segment),
     `{"boxes", label_key}` (detect, yxyx pixels, padding -1; KerasHub's
-    detectors read "labels", Keras-CV's "classes")."""
+    detectors read "labels", Keras-CV's "classes"), or `{"boxes", "classes",
+    "instances"}` (instance: `keras_conmim.InstanceSegmenter`'s targets)."""
     index = slice(None) if index is None else index
     if task == "segment":
         return canvases["masks"][index][..., None]
+    if task == "instance":
+        return {"boxes": canvases["boxes"][index], "classes": canvases["classes"][index],
+                "instances": canvases["instances"][index]}
     return {"boxes": canvases["boxes"][index], label_key: canvases["classes"][index]}
 
 
@@ -216,13 +222,17 @@ def flip_batch(images, target, task, flip_rows):
         return images, target
     width = images.shape[2]
     boxes = target["boxes"].copy()
-    label_key = next(k for k in target if k != "boxes")
+    label_key = next(k for k in target if k not in ("boxes", "instances"))
     valid = target[label_key] >= 0
     rows = flip_rows[:, None] & valid
     x0 = boxes[..., 1].copy()
     boxes[..., 1] = np.where(rows, width - boxes[..., 3], boxes[..., 1])
     boxes[..., 3] = np.where(rows, width - x0, boxes[..., 3])
-    return images, {"boxes": boxes, label_key: target[label_key]}
+    flipped = {"boxes": boxes, label_key: target[label_key]}
+    if "instances" in target:
+        flipped["instances"] = target["instances"].copy()
+        flipped["instances"][flip_rows] = flipped["instances"][flip_rows, :, ::-1]
+    return images, flipped
 
 
 def batch_at(canvases, task, recipe, seed, step, label_key="labels"):
@@ -280,12 +290,27 @@ def _draw_boxes(canvas, boxes, classes, colours, scores=None, min_score=0.3):
     return out
 
 
+def _draw_instances(canvas, masks, boxes, classes, colours, scores=None, min_score=0.3):
+    """Each object's mask blended in its own colour, its box in its class's."""
+    out = canvas.astype(np.float32)
+    own = np.random.default_rng(5).integers(80, 256, (len(masks), 3))
+    shown = [k for k in range(len(masks)) if classes[k] >= 0
+             and (scores is None or scores[k] >= min_score)]
+    for k in shown:
+        m = np.asarray(masks[k]).astype(bool)
+        out[m] = 0.4 * out[m] + 0.6 * own[k]
+    keep = np.array([k in shown for k in range(len(masks))])
+    return _draw_boxes(out.astype(np.uint8), boxes, np.where(keep, classes, -1), colours)
+
+
 def picture_grid(images, truth, prediction, task, num_classes, scale=3):
     """A uint8 RGB picture: one row per canvas, `[image | truth | prediction]`.
     segment: `truth` / `prediction` are class masks `[n, S, S]` (0 =
     background) coloured per class; detect: dicts with `boxes` (yxyx
     pixels), `classes` (-1 = none) and, for the prediction, `scores` (boxes
-    under 0.3 are not drawn), drawn on the canvas in the class colour."""
+    under 0.3 are not drawn), drawn on the canvas in the class colour;
+    instance: the same dicts with `instances` maps (truth) / `masks`
+    `[n, D, S, S]` (prediction), each object's mask in its own colour."""
     colours = _palette(num_classes)
     rgb = _rgb(images)
     rows = []
@@ -295,6 +320,13 @@ def picture_grid(images, truth, prediction, task, num_classes, scale=3):
             shown = colours[np.clip(truth[i], 0, num_classes)]
             shown[ignored] = 128
             cells = [rgb[i], shown, colours[np.clip(prediction[i], 0, num_classes)]]
+        elif task == "instance":
+            rows_g = len(truth["classes"][i])
+            truth_masks = [truth["instances"][i] == g + 1 for g in range(rows_g)]
+            cells = [rgb[i], _draw_instances(rgb[i], truth_masks, truth["boxes"][i],
+                                             truth["classes"][i], colours),
+                     _draw_instances(rgb[i], prediction["masks"][i], prediction["boxes"][i],
+                                     prediction["classes"][i], colours, prediction["scores"][i])]
         else:
             cells = [rgb[i], _draw_boxes(rgb[i], truth["boxes"][i], truth["classes"][i], colours),
                      _draw_boxes(rgb[i], prediction["boxes"][i], prediction["classes"][i],

@@ -150,12 +150,15 @@ def export_task_model(model, task, path, batch_size=None):
     TensorFlow backend only (jax2tf cannot trace KerasHub's anchor generator:
     load its `.keras` file there), and its serving function takes a fixed
     batch (default 1), because KerasHub's non-maximum suppression sizes its
-    outputs by the static batch size. Written to a temporary folder renamed
-    into place. Returns `path`."""
+    outputs by the static batch size. For `task="instance"`
+    (`keras_conmim.InstanceSegmenter`): `boxes`, `classes`, `scores`,
+    `num_detections` as a detector's and `masks` (uint8 `[B, K, H, W]`, 1 on
+    the object), on JAX or TensorFlow, any batch size. Written to a temporary
+    folder renamed into place. Returns `path`."""
     from keras import ops
 
-    if task not in ("segment", "detect"):
-        raise ValueError(f"task must be 'segment' or 'detect', received {task!r}.")
+    if task not in ("segment", "detect", "instance"):
+        raise ValueError(f"task must be 'segment', 'detect' or 'instance', received {task!r}.")
     backend = keras.backend.backend()
     if backend not in ("jax", "tensorflow"):
         raise ValueError(f"SavedModel export runs on the jax or tensorflow backend, not {backend}: "
@@ -174,6 +177,11 @@ def export_task_model(model, task, path, batch_size=None):
         def serve(images):
             logits = model(ops.cast(images, "float32"), training=False)
             return {"masks": ops.cast(ops.argmax(logits, axis=-1), "int32")}
+    elif task == "instance":
+        def serve(images):
+            out = model.detections(model(ops.cast(images, "float32"), training=False))
+            return {"boxes": out["boxes"], "classes": out["classes"], "scores": out["scores"],
+                    "masks": out["masks"], "num_detections": out["num_detections"]}
     else:
         def serve(images):
             x = ops.cast(images, "float32")

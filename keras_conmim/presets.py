@@ -125,6 +125,7 @@ DOWNSTREAM_RECIPE = dict(steps=1000, batch_size=32, lr=1e-3, backbone_lr_scale=0
                          weight_decay=0.05, clip_norm=1.0, drop_path=0.1, flip=0.5,
                          canvas_size=48, max_items=2)
 DOWNSTREAM = {"segment": DOWNSTREAM_RECIPE, "detect": DOWNSTREAM_RECIPE,
+              "instance": DOWNSTREAM_RECIPE,
               "scratch": dict(backbone_lr_scale=1.0, layer_decay=1.0, drop_path=0.0)}
 
 # The calibration setting (docs/benchmarks.md) (the release's model and loss on

@@ -1,4 +1,5 @@
-"""The run engine of recipes/segment.py and recipes/detect.py: flags, the
+"""The run engine of recipes/segment.py, recipes/detect.py and
+recipes/instance_segment.py: flags, the
 resolved recipe printed with each value's source, one run per --output
 folder (config.json, checkpoints, exact resume, log.csv, results.json,
 predictions.png, model.keras), validation and test scores, and the
@@ -23,7 +24,8 @@ CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
 DEFAULT_CANVASES = {"train_canvases": 2000, "val_canvases": 300, "test_canvases": 500}
 # Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
 # jax2tf cannot trace KerasHub's anchor generator.
-EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",)}
+EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",),
+                   "instance": ("jax", "tensorflow")}
 
 
 def parser(task, description, heads):
@@ -64,7 +66,7 @@ def parser(task, description, heads):
                    help="test canvases in predictions.png (0: none)")
     p.add_argument("--export", choices=("none", "saved_model"), default="none",
                    help="saved_model: also write <output>/serving, a SavedModel that takes uint8 "
-                   "images (segment: TensorFlow or JAX backend; detect: TensorFlow)")
+                   "images (segment, instance: TensorFlow or JAX backend; detect: TensorFlow)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if --output holds a stopped run of these settings")
     p.add_argument("--seed", type=int, default=0)
@@ -93,8 +95,8 @@ def round_steps(steps, every):
 
 
 def main(task, module, argv=None):
-    """Run one downstream training: `module` is recipes/segment.py or
-    recipes/detect.py. Returns the results dict."""
+    """Run one downstream training: `module` is recipes/segment.py,
+    recipes/detect.py or recipes/instance_segment.py. Returns the results dict."""
     p = parser(task, module.__doc__.splitlines()[0], module.HEADS)
     args = check(task, p.parse_args(argv))
     cli.use_backend(args.backend)
@@ -189,10 +191,10 @@ def main(task, module, argv=None):
             print(f"resumed from {path}: {first_step} of {recipe.steps} steps done", flush=True)
         write_text_atomic(os.path.join(output, run_folder.CONFIG), run_folder.record(
             settings, sources, saved, "resume" if saved else "start", first_step,
-            extra={"command": command_of(task, argv)}))
+            extra={"command": command_of(module, argv)}))
         print(f"{task} with {args.head} from {args.init}: backend={args.backend} "
-              f"images train={len(train)} val={len(val)} "
-              f"test={len(test)} ({recipe.canvas_size} px, {num_classes} classes) "
+              f"images train={len(train['images'])} val={len(val['images'])} "
+              f"test={len(test['images'])} ({recipe.canvas_size} px, {num_classes} classes) "
               f"steps={recipe.steps} batch={recipe.batch_size}", flush=True)
         t0 = time.perf_counter()
         if first_step < recipe.steps:
@@ -216,8 +218,8 @@ def main(task, module, argv=None):
         result = dict(task=task, head=args.head, init=args.init, backend=args.backend,
                       val=module.score(val_pred, val, num_classes),
                       test=module.score(test_pred, test, num_classes),
-                      train_canvases=len(train), val_canvases=len(val),
-                      test_canvases=len(test), steps=recipe.steps, **about,
+                      train_canvases=len(train["images"]), val_canvases=len(val["images"]),
+                      test_canvases=len(test["images"]), steps=recipe.steps, **about,
                       resumed_at_step=first_step,
                       train_images_per_second=(round(trained * recipe.batch_size / seconds, 2)
                                                if trained else None),
@@ -225,7 +227,7 @@ def main(task, module, argv=None):
         if args.grid:
             n = min(args.grid, len(test["images"]))
             truth = (test["masks"][:n] if task == "segment" else
-                     {"boxes": test["boxes"][:n], "classes": test["classes"][:n]})
+                     {k: test[k][:n] for k in ("boxes", "classes", "instances")})
             shown = (test_pred[:n] if task == "segment" else
                      {k: v[:n] for k, v in test_pred.items()})
             grid = picture_grid(test["images"][:n], truth, shown, task, num_classes)
@@ -241,7 +243,7 @@ def main(task, module, argv=None):
             export_task_model(model, task, os.path.join(output, "serving"))
             result["serving"] = os.path.join(output, "serving")
         result.update(recipe=recipe.as_dict(), recipe_sources=sources,
-                      command=command_of(task, argv))
+                      command=command_of(module, argv))
         write_text_atomic(os.path.join(output, run_folder.RESULTS), json.dumps(result, indent=2))
     print(f"done: {module.result_line(result)}; run folder {output}", flush=True)
     return result
@@ -258,8 +260,9 @@ def describe_data(about):
     return lines
 
 
-def command_of(task, argv):
-    return [f"recipes/{task}.py", *(sys.argv[1:] if argv is None else argv)]
+def command_of(module, argv):
+    return [f"recipes/{os.path.basename(module.__file__)}",
+            *(sys.argv[1:] if argv is None else argv)]
 
 
 def write_picture(output, grid, title):

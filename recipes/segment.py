@@ -8,6 +8,7 @@ images (--data coco:... / masks:..., docs/data.md). Prints mIoU
     python recipes/segment.py --init random --output runs/segment_random
     python recipes/segment.py --init resnet18 --output runs/segment_resnet
     python recipes/segment.py --head segformer --steps 2000 --train-canvases 5000
+    python recipes/segment.py --head upernet                        # the paper's head
     python recipes/segment.py --data coco:train.json --test-data coco:val.json --image-size 64
     python recipes/segment.py --data masks:IMAGES:MASKS     # index PNGs: 0 background, 255 ignore
 
@@ -20,8 +21,10 @@ SavedModel that takes uint8 images and returns class masks.
 Backbone: keras_conmim.kerashub.ViTPyramidBackbone (ViTDet's simple pyramid;
 the encoder runs at the canvas size with resampled position tables), or
 KerasHub's ResNetBackbone as ResNet-18. Heads: KerasHub's
-DeepLabV3ImageSegmenter (ASPP on P4, decoder on P2) or
-SegFormerImageSegmenter (ViT only: four levels with learned projections).
+DeepLabV3ImageSegmenter (ASPP on P4, decoder on P2),
+SegFormerImageSegmenter (ViT only: four levels with learned projections), or
+keras_conmim.UperNetSegmenter (the paper's head: pyramid pooling on P4, FPN
+and fusion over P2-P4).
 Recipe: keras_conmim.presets.DOWNSTREAM (AdamW, warmup + cosine, heads at
 --lr, the encoder at --backbone-lr-scale of it with --layer-decay, drop
 path; random init and ResNet train every weight at --lr).
@@ -35,7 +38,7 @@ if __name__ == "__main__":
     recipe_main.choose_backend()
 import downstream  # noqa: E402
 
-HEADS = ("deeplabv3", "segformer")
+HEADS = ("deeplabv3", "segformer", "upernet")
 
 
 def check_head(head, init, recipe):
@@ -63,6 +66,16 @@ def build(head, encoder, image_shape, num_classes, recipe):
 
     from keras_conmim.kerashub import ViTPyramidBackbone
 
+    if head == "upernet":
+        from keras_conmim.upernet import UperNetSegmenter
+
+        if encoder is None:
+            backbone, vit = resnet18(image_shape), None
+        else:
+            backbone = ViTPyramidBackbone(encoder, image_shape=image_shape, min_level=2,
+                                          max_level=4)
+            vit = backbone.encoder
+        return UperNetSegmenter(backbone, num_classes=num_classes + 1), vit
     if head == "segformer":
         d = encoder.hidden_dim
         backbone = ViTPyramidBackbone(encoder, image_shape=image_shape, level_naming="mit",

@@ -27,7 +27,9 @@ def make_canvases(images, labels, count, canvas_size=64, max_items=3, threshold=
         `masks` int32 `[count, S, S]`, 0 = background, k + 1 = class k;
         `boxes` float32 `[count, max_items, 4]` as `(y0, x0, y1, x1)` pixels
             (`yxyx`, exclusive end), padding rows -1;
-        `classes` int32 `[count, max_items]`, padding -1.
+        `classes` int32 `[count, max_items]`, padding -1;
+        `instances` uint8 `[count, S, S]`, 0 = no item, g + 1 = the item in
+            row g of `boxes` / `classes` (instance segmentation's truth).
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -37,13 +39,14 @@ def make_canvases(images, labels, count, canvas_size=64, max_items=3, threshold=
     n, h, w, c = images.shape
     if canvas_size < max(h, w):
         raise ValueError(f"canvas_size {canvas_size} is smaller than the items ({h} x {w}).")
-    if max_items < 1:
-        raise ValueError(f"max_items must be >= 1, received {max_items}.")
+    if not 1 <= max_items < 255:
+        raise ValueError(f"max_items must be in 1..254, received {max_items}.")
     rng = np.random.default_rng(seed)
     out_images = np.zeros((count, canvas_size, canvas_size, c), np.uint8)
     masks = np.zeros((count, canvas_size, canvas_size), np.int32)
     boxes = np.full((count, max_items, 4), -1.0, np.float32)
     classes = np.full((count, max_items), -1, np.int32)
+    instances = np.zeros((count, canvas_size, canvas_size), np.uint8)
     for i in range(count):
         occupied = np.zeros((canvas_size, canvas_size), bool)
         slot = 0
@@ -68,7 +71,9 @@ def make_canvases(images, labels, count, canvas_size=64, max_items=3, threshold=
             occupied[region] = True
             out_images[i][region] = np.where(crop_mask[..., None], crop, out_images[i][region])
             masks[i][region] = np.where(crop_mask, int(labels[k]) + 1, masks[i][region])
+            instances[i][region] = np.where(crop_mask, slot + 1, instances[i][region])
             boxes[i, slot] = (top, left, top + ch, left + cw)
             classes[i, slot] = int(labels[k])
             slot += 1
-    return {"images": out_images, "masks": masks, "boxes": boxes, "classes": classes}
+    return {"images": out_images, "masks": masks, "boxes": boxes, "classes": classes,
+            "instances": instances}

@@ -11,7 +11,8 @@ Every set is a `DenseSet`: a dict of numpy arrays at one square size S (the
 recipe's canvas size), the same keys as `data.canvas.make_canvases` returns —
 `images` uint8 `[n, S, S, C]`, `masks` int32 `[n, S, S]` (0 background, k + 1
 class k, 255 ignore), `boxes` float32 `[n, G, 4]` yxyx pixels and `classes`
-int32 `[n, G]` (padding -1) — plus `crowd_boxes` / `crowd_classes` (regions
+int32 `[n, G]` (padding -1), `instances` int32 `[n, S, S]` (0 no object, g + 1
+the object in row g, 255 ignore; all 0 for `masks:` sets) — plus `crowd_boxes` / `crowd_classes` (regions
 COCO evaluation ignores), and attributes `class_names`, `skipped` (`{what:
 count}`), `notes` (what was converted, in words) and `has_boxes` /
 `has_masks`. Images of another size are letterboxed (scaled to fit, padded
@@ -109,6 +110,8 @@ def _pack(items, class_names, skipped, notes, has_boxes, has_masks, source):
     arrays = {
         "images": np.stack([it["image"] for it in items]),
         "masks": np.stack([it["mask"] for it in items]).astype(np.int32),
+        "instances": np.stack([it.get("instances", np.zeros_like(it["mask"]))
+                               for it in items]).astype(np.int32),
         "boxes": np.full((n, most, 4), -1.0, np.float32),
         "classes": np.full((n, most), -1, np.int32),
         "crowd_boxes": np.full((n, most_crowd, 4), -1.0, np.float32),
@@ -228,6 +231,7 @@ def read_coco(annotations, image_dir=None, size=64, channels=1):
                       "right; boxes and masks moved with them)")
         image, scale = letterbox(_channels(native, channels), size)
         semantic = np.zeros((h, w), np.int32)
+        instances = np.zeros((h, w), np.int32)  # g + 1: the object in row g
         crowd_pixels = np.zeros((h, w), bool)
         boxes, classes, crowd, crowd_classes = [], [], [], []
         # large objects first, so a small one on top of a large one stays visible
@@ -258,8 +262,11 @@ def read_coco(annotations, image_dir=None, size=64, channels=1):
             classes.append(k)
             if pixels is not None:
                 semantic[pixels] = k + 1
+                instances[pixels] = len(boxes)
         semantic[crowd_pixels & (semantic == 0)] = IGNORE
+        instances[crowd_pixels & (instances == 0)] = IGNORE
         items.append(dict(image=image, mask=letterbox_mask(semantic, size),
+                          instances=letterbox_mask(instances, size),
                           boxes=np.reshape(boxes, (-1, 4)), classes=classes,
                           crowd=np.reshape(crowd, (-1, 4)), crowd_classes=crowd_classes))
     return _pack(items, [str(c.get("name", c["id"])) for c in categories],
