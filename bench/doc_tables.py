@@ -152,12 +152,16 @@ def targets():
 
 def downstream():
     """bench/downstream_benchmark.py: every row with a result."""
-    from downstream_benchmark import METRIC, ROWS, read, row_name
+    from downstream_benchmark import AP50, METRIC, ROWS, read, row_name
 
     out = []
-    # segmentation first, the main heads (DeepLabV3, RetinaNet) first, then by budget, start, seed
-    for row in sorted(ROWS, key=lambda r: (r[0] == "detect", r[1] in ("segformer", "yolov8"),
-                                           r[3], list(DOWNSTREAM_STARTS).index(r[2]), r[4])):
+    # segmentation, detection, instances; the main heads (DeepLabV3, RetinaNet) first, then
+    # by budget, start, seed
+    tasks = ("segment", "detect", "instance")
+    for row in sorted(ROWS, key=lambda r: (tasks.index(r[0]),
+                                           r[1] in ("segformer", "upernet", "yolov8"),
+                                           r[1], r[3], list(DOWNSTREAM_STARTS).index(r[2]),
+                                           r[4])):
         r = read(row)
         if r is None:
             continue
@@ -166,7 +170,7 @@ def downstream():
         out.append([task, head, DOWNSTREAM_STARTS[start], canvases, r["recipe"]["canvas_size"],
                     seed, r["steps"],
                     f"{r['val'][key]:.2f}", f"{r['test'][key]:.2f}",
-                    f"{r['test']['ap50']:.2f}" if task == "detect" else "-",
+                    f"{r['test'][AP50[task]]:.2f}" if task in AP50 else "-",
                     f"`{row_name(*row)}`"])
     # No speed column: rows may share the CPU with other work; speed is
     # bench/downstream_speed.py's table, measured alone.
@@ -187,7 +191,7 @@ def downstream_share():
     out = []
     for a, b in (("pretrained", "random"), ("pretrained", "pixel"), ("pixel", "random")):
         for task, head, canvases, px, per_seed, mean in differences(a, b):
-            metric = "mIoU" if task == "segment" else "box mAP"
+            metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}[task]
             out.append([f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",
                         f"{task} ({head}, {metric})", canvases, px,
                         ", ".join(f"{d:+.2f}" for d in per_seed.values()),

@@ -1,6 +1,7 @@
-"""Does pre-training pay downstream? Segmentation (mIoU) and box detection
-(COCO mAP@[.5:.95], AP50) on Fashion-MNIST canvases, each row one run of
-recipes/segment.py or recipes/detect.py at the same labelled budget and the
+"""Does pre-training pay downstream? Segmentation (mIoU), box detection
+(COCO mAP@[.5:.95], AP50) and instance segmentation (COCO mask mAP@[.5:.95],
+AP50) on Fashion-MNIST canvases, each row one run of recipes/segment.py,
+recipes/detect.py or recipes/instance_segment.py at the same labelled budget and the
 same number of optimizer steps: the shipped ConMIM backbone, the same ViT at
 random init, the SimMIM-style pixel-regression backbone (when its file is
 there), and a KerasHub ResNet-18 from scratch.
@@ -73,8 +74,19 @@ ROWS = [
     ("segment", "deeplabv3", "random", 500, 2, []),
     ("segment", "deeplabv3", "resnet18", 5000, 0, []),
     ("detect", "retinanet", "resnet18", 5000, 0, []),
+    ("instance", "yolact", "pretrained", 500, 0, []),
+    ("instance", "yolact", "random", 500, 0, []),
+    ("instance", "yolact", "resnet18", 500, 0, []),
+    ("segment", "upernet", "pretrained", 500, 0, []),
+    ("instance", "yolact", "pretrained", 5000, 0, []),
+    ("segment", "upernet", "pretrained", 5000, 0, []),
+    ("instance", "yolact", "random", 5000, 0, []),
+    ("instance", "yolact", "resnet18", 5000, 0, []),
+    ("segment", "segformer", "pretrained", 5000, 0, []),
 ]
-METRIC = {"segment": "miou", "detect": "map"}  # the results.json score each task is read by
+METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
+AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one
+RECIPE = {"segment": "segment.py", "detect": "detect.py", "instance": "instance_segment.py"}
 COMMON = ["--data", DATA, "--val-canvases", "300", "--test-canvases", "1000"]
 
 
@@ -95,7 +107,7 @@ def row_name(task, head, start, canvases, seed, extra):
 
 def command(row, backend):
     task, head, start, canvases, seed, extra = row
-    return [f"recipes/{task}.py", "--backend", backend, "--head", head, *STARTS[start],
+    return [f"recipes/{RECIPE[task]}", "--backend", backend, "--head", head, *STARTS[start],
             "--train-canvases", str(canvases), *COMMON, "--seed", str(seed), *extra,
             "--output", os.path.relpath(os.path.join(OUT, row_name(*row)), ROOT)]
 
@@ -145,12 +157,13 @@ def report():
             owed.append(row_name(*row))
             continue
         key = METRIC[task]
-        ap50 = f"{r['test']['ap50']:9.2f}" if task == "detect" else f"{'-':>9}"
+        ap50 = f"{r['test'][AP50[task]]:9.2f}" if task in AP50 else f"{'-':>9}"
         lines.append(f"{task:<8} {head:<10} {start:<11} {canvases:>8}  {r['recipe']['canvas_size']:>2}  "
                      f"{seed:>4}  {r['steps']:>5}  "
                      f"{r['val'][key]:6.2f}   {r['test'][key]:6.2f}   {ap50}  {r['backend']}")
     lines.append("segment: mIoU % (10 classes + background); detect: box mAP@[.5:.95] % and AP50 "
-                 f"%; test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
+                 "%; instance: mask mAP@[.5:.95] % and mask AP50 %; "
+                 f"test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
                  "items, val = 300 of held-out training items")
     for a, b in (("pretrained", "random"), ("pretrained", "pixel")):
         for task, head, canvases, px, per_seed, mean in differences(a, b):

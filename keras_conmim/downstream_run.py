@@ -69,11 +69,12 @@ class DownstreamRecipe:
 RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(DownstreamRecipe))
 
 
-def resolve_recipe(task, init, preset=None, flags=None, from_file=None):
+def resolve_recipe(task, init, preset=None, flags=None, from_file=None, head_recipe=None):
     """`(DownstreamRecipe, sources, text)` for `task` from `init`: the
     preset's `"downstream"` recipe (the small-image one when the preset has
-    none), with its `"scratch"` changes for a start without pre-training,
-    < `from_file` < `flags` (None values ignored)."""
+    none), with its `"scratch"` changes for a start without pre-training and
+    `head_recipe` (`{"values": {...}, "why": text}`: what the head needs, such
+    as YOLOv8's canvas size), < `from_file` < `flags` (None values ignored)."""
     if task not in TASKS:
         raise ConfigError(f"task {task!r}: choose one of {', '.join(TASKS)}")
     if init not in INITS:
@@ -82,6 +83,8 @@ def resolve_recipe(task, init, preset=None, flags=None, from_file=None):
     recipe = dict(table[task])
     if init != "pretrained":
         recipe.update(table["scratch"])
+    head_values = dict((head_recipe or {}).get("values", {}))
+    recipe.update(head_values)
     flags = {k: v for k, v in (flags or {}).items() if k in RECIPE_KEYS and v is not None}
     from_file = {k: v for k, v in (from_file or {}).items() if k in RECIPE_KEYS}
     values, sources = resolve(RECIPE_KEYS, recipe, from_file, flags)
@@ -89,6 +92,9 @@ def resolve_recipe(task, init, preset=None, flags=None, from_file=None):
         for key in table["scratch"]:
             if sources[key] == "preset":
                 sources[key] = f"scratch recipe (no pre-training; pre-trained: {table[task][key]})"
+    for key in head_values:
+        if sources[key] == "preset":
+            sources[key] = f"head ({head_recipe['why']}; preset: {table[task][key]})"
     title = (f"{task} recipe ({preset or 'no preset matches the encoder: small-image values'}, "
              f"{init} start):")
     return DownstreamRecipe(**values), sources, describe(title, values, sources, RECIPE_KEYS)

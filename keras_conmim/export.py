@@ -153,7 +153,8 @@ def export_task_model(model, task, path, batch_size=None):
     outputs by the static batch size. For `task="instance"`
     (`keras_conmim.InstanceSegmenter`): `boxes`, `classes`, `scores`,
     `num_detections` as a detector's and `masks` (uint8 `[B, K, H, W]`, 1 on
-    the object), on JAX or TensorFlow, any batch size. Written to a temporary
+    the object), on the TensorFlow backend (JAX's top-k lowers to an op
+    TensorFlow's XLA cannot read back), any batch size. Written to a temporary
     folder renamed into place. Returns `path`."""
     from keras import ops
 
@@ -169,6 +170,10 @@ def export_task_model(model, task, path, batch_size=None):
                              "(jax2tf cannot trace its anchor generator): load its .keras file "
                              "with KERAS_BACKEND=tensorflow and export there.")
         batch_size = batch_size or 1
+    if task == "instance" and backend != "tensorflow":
+        raise ValueError("An instance segmenter's SavedModel export runs on the tensorflow "
+                         "backend (JAX's top-k lowers to an op TensorFlow cannot load): load its "
+                         ".keras file with KERAS_BACKEND=tensorflow and export there.")
     if os.path.exists(path):
         raise ValueError(f"{path} exists; pass a new directory.")
     shape = tuple(model.inputs[0].shape[1:])

@@ -100,6 +100,15 @@ def pairwise_iou(a, b):
     return inter / ops.maximum(area_a + area_b - inter, 1e-7)
 
 
+def box_mask(boxes, side):
+    """bool `[..., side, side]`: the pixels of a `side` x `side` grid whose
+    centres lie in each yxyx box `[..., 4]` (in that grid's pixels)."""
+    centre = ops.arange(side, dtype="float32") + 0.5
+    in_y = (centre >= boxes[..., 0:1]) & (centre < boxes[..., 2:3])
+    in_x = (centre >= boxes[..., 1:2]) & (centre < boxes[..., 3:4])
+    return in_y[..., :, None] & in_x[..., None, :]
+
+
 def fast_nms(boxes, scores, classes, iou_threshold):
     """YOLACT's Fast NMS: `keep` bool `[B, T]` for boxes sorted by falling
     score: box i is dropped when a box j < i of its class overlaps it by more
@@ -110,6 +119,34 @@ def fast_nms(boxes, scores, classes, iou_threshold):
     before = ops.cast(np.triu(np.ones((t, t), bool), 1), iou.dtype)  # [j, i]: j < i
     worst = ops.max(iou * same * before[None], axis=1)
     return ops.logical_and(worst <= iou_threshold, scores > 0)
+
+
+def _check_backbone(backbone, levels, prototype_level):
+    """(its pyramid_outputs, its input shape), or ValueError naming the fix."""
+    if list(levels) != sorted(set(levels)) or prototype_level > levels[0]:
+        raise ValueError(f"levels {levels} must rise, from at least prototype_level "
+                         f"{prototype_level}.")
+    pyramid = getattr(backbone, "pyramid_outputs", None) or {}
+    missing = [f"P{n}" for n in range(prototype_level, levels[-1] + 1) if f"P{n}" not in pyramid]
+    if missing:
+        raise ValueError(f"the backbone has no {', '.join(missing)} in its pyramid_outputs "
+                         f"({', '.join(pyramid) or 'none'}); build it with those levels "
+                         "(ViTPyramidBackbone(min_level=..., max_level=...)).")
+    h, w, c = backbone.input_shape[1:]
+    if h != w or h is None or h % 2 ** levels[-1]:
+        raise ValueError(f"the backbone's input {h} x {w} must be square and a multiple of "
+                         f"{2 ** levels[-1]} (the stride of P{levels[-1]}).")
+    return pyramid, (h, w, c)
+
+
+def _tower(name, width, depth):
+    """`depth` x (3x3 conv, GroupNorm, ReLU) layers."""
+    blocks = []
+    for i in range(depth):
+        blocks += [keras.layers.Conv2D(width, 3, padding="same", name=f"{name}_conv{i}"),
+                   keras.layers.GroupNormalization(min(8, width // 8), name=f"{name}_norm{i}"),
+                   keras.layers.Activation("relu", name=f"{name}_relu{i}")]
+    return blocks
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -138,47 +175,25 @@ class InstanceSegmenter(keras.Model):
                  box_weight=2.0, mask_weight=2.0, pre_nms=100, max_detections=20,
                  iou_threshold=0.5, confidence_threshold=0.05, **kwargs):
         levels = tuple(int(n) for n in levels)
-        if list(levels) != sorted(set(levels)) or prototype_level > levels[0]:
-            raise ValueError(f"levels {levels} must rise, from at least prototype_level "
-                             f"{prototype_level}.")
         all_levels = list(range(prototype_level, levels[-1] + 1))
-        names = [f"P{n}" for n in all_levels]
-        pyramid = getattr(backbone, "pyramid_outputs", None) or {}
-        missing = [n for n in names if n not in pyramid]
-        if missing:
-            raise ValueError(f"the backbone has no {', '.join(missing)} in its pyramid_outputs "
-                             f"({', '.join(pyramid) or 'none'}); build it with those levels "
-                             "(ViTPyramidBackbone(min_level=..., max_level=...)).")
-        h, w, c = backbone.input_shape[1:]
-        if h != w or h is None or h % 2 ** levels[-1]:
-            raise ValueError(f"the backbone's input {h} x {w} must be square and a multiple of "
-                             f"{2 ** levels[-1]} (the stride of P{levels[-1]}).")
+        pyramid, (h, w, c) = _check_backbone(backbone, levels, prototype_level)
         # === Layers === (kept as attributes after the functional graph exists:
         # torch modules cannot be set before Module.__init__)
-        feature_extractor = keras.Model(backbone.inputs, {n: pyramid[n] for n in names},
-                                             name="pyramid")
+        feature_extractor = keras.Model(
+            backbone.inputs, {f"P{n}": pyramid[f"P{n}"] for n in all_levels}, name="pyramid")
         laterals = [keras.layers.Conv2D(width, 1, name=f"lateral_p{n}") for n in all_levels]
         smooth = [keras.layers.Conv2D(width, 3, padding="same", name=f"fpn_p{n}")
-                       for n in all_levels]
-
-        def tower(name):
-            blocks = []
-            for i in range(head_depth):
-                blocks += [keras.layers.Conv2D(width, 3, padding="same", name=f"{name}_conv{i}"),
-                           keras.layers.GroupNormalization(min(8, width // 8),
-                                                           name=f"{name}_norm{i}"),
-                           keras.layers.Activation("relu", name=f"{name}_relu{i}")]
-            return blocks
-
-        class_tower, box_tower = tower("class_tower"), tower("box_tower")
+                  for n in all_levels]
+        class_tower = _tower("class_tower", width, head_depth)
+        box_tower = _tower("box_tower", width, head_depth)
         prior = -math.log((1 - _PRIOR) / _PRIOR)
         class_out = keras.layers.Conv2D(
             num_classes, 3, padding="same", name="class_logits",
             bias_initializer=keras.initializers.Constant(prior))
         box_out = keras.layers.Conv2D(4, 3, padding="same", name="box_distances")
         coef_out = keras.layers.Conv2D(num_prototypes, 3, padding="same",
-                                            name="mask_coefficients")
-        proto_layers = tower("prototype") + [
+                                       name="mask_coefficients")
+        proto_layers = _tower("prototype", width, head_depth) + [
             keras.layers.UpSampling2D(2, interpolation="bilinear", name="prototype_up"),
             keras.layers.Conv2D(width, 3, padding="same", activation="relu",
                                 name="prototype_conv"),
@@ -224,11 +239,13 @@ class InstanceSegmenter(keras.Model):
         self.num_classes = int(num_classes)
         self.levels = levels
         self.prototype_level = int(prototype_level)
-        self.width, self.num_prototypes, self.head_depth = int(width), int(num_prototypes), int(head_depth)
+        self.width, self.num_prototypes = int(width), int(num_prototypes)
+        self.head_depth = int(head_depth)
         self.center_radius, self.max_positives = float(center_radius), int(max_positives)
         self.box_weight, self.mask_weight = float(box_weight), float(mask_weight)
         self.pre_nms, self.max_detections = int(pre_nms), int(max_detections)
-        self.iou_threshold, self.confidence_threshold = float(iou_threshold), float(confidence_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.confidence_threshold = float(confidence_threshold)
         self.image_size = int(h)
         self._centres, self._strides, self._level_index = _locations(h, levels)
 
@@ -318,11 +335,7 @@ class InstanceSegmenter(keras.Model):
         take = ops.one_hot(slot_obj, num_objects)  # [B, M, G]
         target = ops.einsum("bmg,bhwg->bmhw", take, masks)
         slot_box = ops.einsum("bmg,bgk->bmk", take, boxes) / factor  # prototype pixels
-        centre = ops.arange(hp, dtype="float32") + 0.5
-        in_y = (centre[None, None, :] >= slot_box[..., 0:1]) & (centre[None, None, :] < slot_box[..., 2:3])
-        in_x = (centre[None, None, :] >= slot_box[..., 1:2]) & (centre[None, None, :] < slot_box[..., 3:4])
-        crop = ops.cast(in_y[..., :, None] & in_x[..., None, :], "float32")
-        crop = crop * (1 - ignore[..., 0])[:, None]
+        crop = ops.cast(box_mask(slot_box, hp), "float32") * (1 - ignore[..., 0])[:, None]
         bce = ops.binary_crossentropy(target, logits, from_logits=True)
         per_slot = ops.sum(bce * crop, axis=(2, 3)) / ops.maximum(ops.sum(crop, axis=(2, 3)), 1.0)
         return ops.sum(per_slot * slot_pos) / ops.maximum(ops.sum(slot_pos), 1.0)
@@ -356,10 +369,7 @@ class InstanceSegmenter(keras.Model):
         masks = ops.sigmoid(ops.image.resize(ops.einsum("bhwk,bdk->bhwd", protos, coef),
                                              (size, size), interpolation="bilinear"))
         masks = ops.transpose(masks, (0, 3, 1, 2))  # [B, D, H, W]
-        centre = ops.arange(size, dtype="float32") + 0.5
-        in_y = (centre[None, None] >= boxes[..., 0:1]) & (centre[None, None] < boxes[..., 2:3])
-        in_x = (centre[None, None] >= boxes[..., 1:2]) & (centre[None, None] < boxes[..., 3:4])
-        inside = in_y[..., :, None] & in_x[..., None, :] & valid[..., None, None]
+        inside = box_mask(boxes, size) & valid[..., None, None]
         masks = ops.cast((masks > 0.5) & inside, "uint8")
         return {"boxes": boxes, "scores": ops.where(valid, score, -1.0),
                 "classes": ops.cast(labels, "int32"), "masks": masks,

@@ -25,16 +25,17 @@ DEFAULT_CANVASES = {"train_canvases": 2000, "val_canvases": 300, "test_canvases"
 # Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
 # jax2tf cannot trace KerasHub's anchor generator.
 EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",),
-                   "instance": ("jax", "tensorflow")}
+                   "instance": ("tensorflow",)}
 
 
-def parser(task, description, heads):
+def parser(task, description, heads, default_help=None):
     p = argparse.ArgumentParser(description=description)
     cli.add_encoder(p, scratch=False)
     p.add_argument("--init", choices=INITS, default="pretrained",
                    help="pretrained: --encoder's weights; random: the same ViT at random init; "
                    "resnet18: a KerasHub ResNet-18 from scratch (the convolutional baseline)")
-    p.add_argument("--head", choices=heads, default=heads[0])
+    p.add_argument("--head", choices=heads, default=None,
+                   help=f"default: {default_help}" if default_help else None)
     cli.add_backend(p)
     cli.add_data(p, specs=cli.DENSE_SPECS)
     p.add_argument("--config", default=None,
@@ -66,7 +67,7 @@ def parser(task, description, heads):
                    help="test canvases in predictions.png (0: none)")
     p.add_argument("--export", choices=("none", "saved_model"), default="none",
                    help="saved_model: also write <output>/serving, a SavedModel that takes uint8 "
-                   "images (segment, instance: TensorFlow or JAX backend; detect: TensorFlow)")
+                   "images (segment: TensorFlow or JAX backend; detect, instance: TensorFlow)")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if --output holds a stopped run of these settings")
     p.add_argument("--seed", type=int, default=0)
@@ -97,8 +98,11 @@ def round_steps(steps, every):
 def main(task, module, argv=None):
     """Run one downstream training: `module` is recipes/segment.py,
     recipes/detect.py or recipes/instance_segment.py. Returns the results dict."""
-    p = parser(task, module.__doc__.splitlines()[0], module.HEADS)
+    p = parser(task, module.__doc__.splitlines()[0], module.HEADS,
+               getattr(module, "DEFAULT_HEAD_HELP", module.HEADS[0]))
     args = check(task, p.parse_args(argv))
+    args.head = args.head or (module.default_head(args.init) if hasattr(module, "default_head")
+                              else module.HEADS[0])
     cli.use_backend(args.backend)
     import keras
     import numpy as np
@@ -122,7 +126,8 @@ def main(task, module, argv=None):
     # `backend` in the file is recipe_main's (it chose the backend before Keras loaded)
     from_file = read_config_file(args.config, (*RECIPE_KEYS, "backend")) if args.config else {}
     recipe, sources, text = resolve_recipe(
-        task, args.init, preset, {k: getattr(args, k) for k in RECIPE_KEYS}, from_file)
+        task, args.init, preset, {k: getattr(args, k) for k in RECIPE_KEYS}, from_file,
+        getattr(module, "HEAD_RECIPE", {}).get(args.head))
     module.check_head(args.head, args.init, recipe)
     h, w, c = encoder.image_shape
     if is_dense_spec(args.data):

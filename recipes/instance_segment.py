@@ -8,13 +8,13 @@ and box mAP@[.5:.95] and AP50 on validation and test canvases.
     python recipes/instance_segment.py                              # on the shipped backbone
     python recipes/instance_segment.py --init random --output runs/instance_random
     python recipes/instance_segment.py --init resnet18 --output runs/instance_resnet
-    python recipes/instance_segment.py --data coco:train.json --test-data coco:val.json --image-size 64
+    python recipes/instance_segment.py --data coco:train.json --test-data coco:val.json
     python recipes/instance_segment.py --backend tensorflow --export saved_model
 
 One run per --output folder (default runs/instance), with the files of
 recipes/segment.py; predictions.png shows each object's mask in its own
-colour with its box in its class colour. --export saved_model (JAX or
-TensorFlow backend) writes a SavedModel that takes uint8 images and returns
+colour with its box in its class colour. --export saved_model (TensorFlow
+backend) writes a SavedModel that takes uint8 images and returns
 boxes, classes, scores, masks (uint8 [B, K, H, W]) and their count.
 
 Head ("yolact"): YOLACT's prototype masks and per-object coefficients on an

@@ -84,17 +84,17 @@ def run_recipe(recipe, encoder, output, *extra, check=True):
     return done
 
 
-@pytest.mark.parametrize("recipe,extra", [
-    ("segment.py", []), ("detect.py", []),
-    ("detect.py", ["--head", "yolov8"]), ("segment.py", ["--init", "resnet18"])])
-def test_downstream_recipes_run(tmp_path, recipe, extra):
+@pytest.mark.parametrize("recipe,extra,every_backend", [
+    ("segment.py", [], True), ("detect.py", ["--head", "retinanet"], True),
+    ("detect.py", [], False), ("segment.py", ["--init", "resnet18"], False)])
+def test_downstream_recipes_run(tmp_path, recipe, extra, every_backend):
     """A run folder holds the run: config.json (values and sources),
     results.json (validation and test scores), predictions.png, model.keras,
     no checkpoints left; a SavedModel that takes uint8 images and equals the
     Keras model (JAX / TensorFlow). A second run in the folder moves the
     first aside."""
     pytest.importorskip("keras_hub")
-    if extra and BACKEND_ENV != "jax":
+    if not every_backend and BACKEND_ENV != "jax":
         pytest.skip("other heads and starts: one backend is enough (the model code is KerasHub's)")
     import json
 
@@ -103,7 +103,7 @@ def test_downstream_recipes_run(tmp_path, recipe, extra):
     encoder = save_atomic(tiny_vit(), os.path.join(tmp_path, "vit.keras"))
     out = tmp_path / "run"
     can_export = BACKEND_ENV == "tensorflow" or (BACKEND_ENV == "jax" and recipe == "segment.py")
-    export = ["--export", "saved_model"] if can_export and not extra else []
+    export = ["--export", "saved_model"] if can_export and every_backend else []
     done = run_recipe(recipe, encoder, out, *extra, *export)
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("done: ") and "test" in last, last
@@ -117,7 +117,7 @@ def test_downstream_recipes_run(tmp_path, recipe, extra):
         {"miou", "pixel_accuracy"} if recipe == "segment.py" else {"map", "ap50"})
     if export:
         check_serving(recipe, out)
-    if extra or BACKEND_ENV != "torch":
+    if not every_backend or BACKEND_ENV != "torch":
         return  # the run folder's bookkeeping is the same on every backend
     again = run_recipe(recipe, encoder, out)
     assert "moved to" in again.stdout and os.listdir(out / "previous_runs")
@@ -248,3 +248,23 @@ def test_downstream_recipe_sources_and_bad_values():
     for bad in ({"canvas_size": 40}, {"layer_decay": 0.0}, {"steps": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             resolve_recipe("segment", "pretrained", None, bad)
+
+
+def test_detect_defaults_to_the_working_head_at_a_size_it_reads():
+    """No --head: YOLOv8 (RetinaNet under --init resnet18), at 64 px unless a
+    flag or file sets the canvas; the printed source says why."""
+    import detect
+
+    from keras_conmim.downstream_run import resolve_recipe
+
+    assert detect.default_head("pretrained") == "yolov8" == detect.default_head("random")
+    assert detect.default_head("resnet18") == "retinanet"
+    need = detect.HEAD_RECIPE["yolov8"]
+    recipe, sources, text = resolve_recipe("detect", "pretrained", "vit_mini_p4_28", {}, {}, need)
+    assert recipe.canvas_size == 64 and sources["canvas_size"].startswith("head (yolov8")
+    assert "multiple of 32" in text
+    recipe, sources, _ = resolve_recipe("detect", "pretrained", None, {"canvas_size": 96}, {}, need)
+    assert recipe.canvas_size == 96 and sources["canvas_size"] == "flag"
+    recipe, _, _ = resolve_recipe("detect", "pretrained", None, {}, {}, detect.HEAD_RECIPE.get(
+        "retinanet"))
+    assert recipe.canvas_size == 48

@@ -223,6 +223,31 @@ def _pyramid(tmp_path):
                        atol=1e-5)
 
 
+@case("InstanceSegmenter")
+def _instance(tmp_path):
+    pytest.importorskip("keras_hub")
+    import keras_conmim as kc
+    from keras_conmim.kerashub import ViTPyramidBackbone
+
+    backbone = ViTPyramidBackbone(tiny_vit(), image_shape=(16, 16, 1), min_level=2, max_level=4)
+    images = np.repeat(np.repeat(IMAGES_F, 2, 1), 2, 2)
+    check_serializable(kc.InstanceSegmenter(backbone, 3, width=8, num_prototypes=4), images,
+                       {"classes": (2, 5, 3), "boxes": (2, 5, 4), "coefficients": (2, 5, 4),
+                        "prototypes": (2, 8, 8, 4)}, tmp_path, atol=1e-5)
+
+
+@case("UperNetSegmenter")
+def _upernet(tmp_path):
+    pytest.importorskip("keras_hub")
+    import keras_conmim as kc
+    from keras_conmim.kerashub import ViTPyramidBackbone
+
+    backbone = ViTPyramidBackbone(tiny_vit(), image_shape=(16, 16, 1), min_level=2, max_level=4)
+    images = np.repeat(np.repeat(IMAGES_F, 2, 1), 2, 2)
+    check_serializable(kc.UperNetSegmenter(backbone, 3, width=8), images, (2, 16, 16, 3),
+                       tmp_path, atol=1e-5)
+
+
 @case("ViTPyramidImageClassifier")
 def _hub_classifier(tmp_path):
     pytest.importorskip("keras_hub")
