@@ -70,6 +70,15 @@ def test_coco_file_reads_back_the_canvases(tmp_path):
     np.testing.assert_array_equal(dense["masks"][outside], data["masks"][outside])
     region = dense["masks"][first["image_id"] - 1, y + 1:y + h - 1, x + 1:x + w - 1]
     assert (region == first["category_id"] - 10).all()  # class k -> k + 1 in a mask
+    # one instance per annotation: row g's pixels are g + 1, within its box, of its class
+    for i in range(6):
+        for g in np.nonzero(dense["classes"][i] >= 0)[0]:
+            mine = dense["instances"][i] == g + 1
+            y0, x0, y1, x1 = dense["boxes"][i, g]
+            ys, xs = np.nonzero(mine)
+            assert len(ys) and ys.min() >= y0 and ys.max() < y1 and xs.min() >= x0 and xs.max() < x1
+            assert (dense["masks"][i][mine] == dense["classes"][i, g] + 1).all()
+        assert ((dense["instances"][i] > 0) == (dense["masks"][i] > 0)).all()
     # the mask folder the same writer made reads to the same masks
     folder = read_dense(f"masks:{tmp_path}/images:{tmp_path}/masks", 40, 1)
     np.testing.assert_array_equal(folder["masks"], data["masks"])
@@ -119,6 +128,7 @@ def test_crowd_regions_and_bad_annotations_are_counted(tmp_path):
     image = crowd["image_id"] - 1
     assert (dense["crowd_classes"][image] == crowd["category_id"] - 11).any()
     assert (dense["masks"][image] == 255).any()  # crowd pixels are ignored, not trained on
+    assert ((dense["instances"][image] == 255) == (dense["masks"][image] == 255)).all()
     clipped = dense["boxes"][coco["annotations"][3]["image_id"] - 1]
     assert (clipped <= 40).all()
 

@@ -69,6 +69,11 @@ def test_detect_and_segment_on_a_coco_file(tmp_path, canvas_files):
         return  # the same reader and loop on every backend: masks once
     result = segment.main([*spec, *DOWNSTREAM, "--output", str(tmp_path / "seg")])
     assert set(result["test"]) == {"miou", "pixel_accuracy"}
+    import instance_segment
+
+    result = instance_segment.main([*spec, *DOWNSTREAM, "--output", str(tmp_path / "inst")])
+    assert set(result["test"]) == {"mask_map", "mask_ap50", "box_map", "box_ap50"}
+    assert result["skipped"]["missing image"] == 1 and result["test_canvases"] == 8
 
 
 def test_segment_on_a_mask_folder_with_a_held_out_test_share(tmp_path, canvas_files):
@@ -97,6 +102,11 @@ def test_a_spec_that_does_not_fit_the_task_is_one_line(tmp_path, canvas_files):
               str(tmp_path / "x"), *DOWNSTREAM]
     with pytest.raises(DataError, match="masks: data has no boxes"):
         detect.main(["--data", f"masks:{root}/train/images:{root}/train/masks", *common])
+    import instance_segment
+
+    with pytest.raises(DataError, match="masks: data has no boxes or objects; instance"):
+        instance_segment.main(["--data", f"masks:{root}/train/images:{root}/train/masks",
+                               *common])
     with pytest.raises(DataError, match="--data foo:x: use one of default .* coco:ANNOTATIONS"):
         detect.main(["--data", "foo:x", *common])
     with pytest.raises(DataError, match="annotation file not found"):
