@@ -152,6 +152,10 @@ def main(task, module, argv=None):
                                        args.test_canvases, seed=args.seed)
         num_classes = int(max(s.labels.max() for s in items)) + 1
         about = dict(class_names=list(items[0].class_names or range(num_classes)))
+    if recipe.batch_size > len(train["images"]):
+        raise ConfigError(f"batch_size {recipe.batch_size} is larger than the "
+                          f"{len(train['images'])} training images: pass --batch-size "
+                          f"{len(train['images'])} or less, or more --train-canvases")
     print(text, flush=True)
     for line in describe_data(about):
         print(line, flush=True)

@@ -228,6 +228,13 @@ def test_batches_resume_exactly_and_flip_boxes_with_masks():
                 ys, xs = np.nonzero(mask[y0:y1, x0:x1] == label + 1)
                 assert ys.min() == 0 and xs.min() == 0
                 assert ys.max() == y1 - y0 - 1 and xs.max() == x1 - x0 - 1
+        _, objects = batch_at(canvases, "instance", recipe, 3, step)
+        np.testing.assert_array_equal(objects["boxes"], target["boxes"])
+        for inst, boxes, labels in zip(objects["instances"], objects["boxes"], objects["classes"]):
+            for g, (box, label) in enumerate(zip(boxes, labels)):
+                if label >= 0:  # the flipped object is still the tight box's pixels
+                    ys, xs = np.nonzero(inst == g + 1)
+                    assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) == tuple(box)
     plain = DownstreamRecipe(batch_size=5, flip=0.0, canvas_size=32)
     assert any(not np.array_equal(batch_at(canvases, "detect", recipe, 3, step)[0],
                                   batch_at(canvases, "detect", plain, 3, step)[0])

@@ -194,7 +194,8 @@ def test_fit_resizes_another_image_size_on_purpose_and_says_so_once():
 @jax_only
 def test_downstream_recipes_refuse_bad_settings_before_any_file(tmp_path):
     """A bad recipe value, a head that cannot take the start, an export the
-    backend cannot write, a bad --data: one line each, no run folder made."""
+    backend cannot write, a bad --data, a batch larger than the training set:
+    one line each, no run folder made."""
     out = tmp_path / "run"
     one_line(recipe("segment", "--canvas-size", "40", "--output", str(out)),
              "canvas_size=40", "multiple of 16")
@@ -204,4 +205,7 @@ def test_downstream_recipes_refuse_bad_settings_before_any_file(tmp_path):
              "--export saved_model", "--backend tensorflow")
     one_line(recipe("segment", "--data", "idx:/no/such/folder", "--output", str(out)),
              "--data idx:/no/such/folder")
+    # a batch larger than the training set would train at another size than recorded
+    one_line(recipe("instance_segment", "--train-canvases", "16", "--batch-size", "64",
+                    "--output", str(out)), "batch_size 64", "16 training images")
     assert not out.exists()
