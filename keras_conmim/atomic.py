@@ -11,7 +11,24 @@ import shutil
 import keras
 
 from keras_conmim.distribute import this_host_only
+from keras_conmim.errors import StorageError
 from keras_conmim.version import __version__
+
+
+def make_parent(path):
+    """Make the folder `path` will go in; a `StorageError` that names the
+    file and the fix when it cannot be made. Returns the folder."""
+    directory = os.path.dirname(os.path.abspath(path))
+    _make_folder(directory, path)
+    return directory
+
+
+def _make_folder(directory, path):
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot write {path}: its folder {directory} cannot be made "
+                           f"({e.strerror or e}); pass a path in a writable folder") from None
 
 
 @contextlib.contextmanager
@@ -21,7 +38,7 @@ def _renamed_into_place(path, tmp_name):
     removed otherwise: a crash mid-write leaves the previous file (or none),
     never a partial one."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    _make_folder(directory, path)
     tmp = os.path.join(directory, tmp_name)
     try:
         yield tmp
@@ -62,7 +79,7 @@ def save_preset(model, preset_dir):
     if os.path.exists(preset_dir):
         raise FileExistsError(f"{preset_dir} exists: pass a new folder (nothing is overwritten).")
     parent = os.path.dirname(os.path.abspath(preset_dir))
-    os.makedirs(parent, exist_ok=True)
+    _make_folder(parent, preset_dir)
     tmp = os.path.join(parent, f".{os.path.basename(preset_dir)}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -14,11 +14,12 @@ ONNX has no op for.
 """
 
 import os
+import shutil
 
 import keras
 
 from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.atomic import save_atomic
+from keras_conmim.atomic import make_parent, save_atomic
 from keras_conmim.views import normalize_images
 from keras_conmim.vit import ViT
 
@@ -81,7 +82,13 @@ def export_encoder(encoder, path, format="keras", mean=None, std=None, pooling="
         raise ValueError(f"{path} exists; pass a new directory.")
     h, w, c = encoder.image_shape
     spec = keras.InputSpec(shape=(None, h, w, c), dtype="float32")
-    model.export(path, format="tf_saved_model", input_signature=[spec], verbose=False)
+    make_parent(path)
+    tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"  # renamed into place when whole
+    try:
+        model.export(tmp, format="tf_saved_model", input_signature=[spec], verbose=False)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -101,8 +108,7 @@ def _export_onnx(model, image_shape, path):
 
     h, w, c = image_shape
     spec = keras.InputSpec(shape=(None, h, w, c), dtype="float32")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    directory = make_parent(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp")
     try:
         model.export(tmp, format="onnx", input_signature=[spec], verbose=False)
@@ -204,6 +210,7 @@ def export_task_model(model, task, path, batch_size=None):
     archive.add_endpoint("serve", serve,
                          input_signature=[keras.InputSpec(shape=(batch_size, *shape),
                                                           dtype="uint8")])
+    make_parent(path)
     tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"
     archive.write_out(tmp, verbose=False)
     os.replace(tmp, path)

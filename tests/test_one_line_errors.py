@@ -209,3 +209,12 @@ def test_downstream_recipes_refuse_bad_settings_before_any_file(tmp_path):
     one_line(recipe("instance_segment", "--train-canvases", "16", "--batch-size", "64",
                     "--output", str(out)), "batch_size 64", "16 training images")
     assert not out.exists()
+
+
+@jax_only
+def test_an_export_into_a_folder_that_cannot_be_made_is_one_line(tmp_path):
+    """The atomic writers name the file and the fix when its folder cannot be
+    made (here: under /proc), for every format."""
+    for fmt, name in (("keras", "enc.keras"), ("tf_saved_model", "serving")):
+        one_line(recipe("export", "--format", fmt, "--output", f"/proc/keras_conmim/{name}"),
+                 f"cannot write /proc/keras_conmim/{name}", "writable folder")
