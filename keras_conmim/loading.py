@@ -64,6 +64,12 @@ def load_encoder(path, which="teacher"):
                     f"{path}: no such file, folder or preset with weights. Pass a .keras file "
                     "written by keras_conmim (recipes/pretrain.py writes teacher_encoder.keras), a "
                     f"preset folder, or one of: {', '.join(WEIGHTS)}.")
+        if path.endswith((".pth", ".pt", ".bin")):  # a torch zip: Keras' error would not say so
+            raise ValueError(
+                f"{path} is a PyTorch checkpoint, not a .keras file: convert it once with "
+                f"keras_conmim.convert.from_torch({path!r}) (the release's ConMIM checkpoints; "
+                "no pickle code runs), save the encoder with encoder.save('encoder.keras'), "
+                "and pass that file.")
         if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
             raise ValueError(f"{path} is not a .keras file: it is no zip archive (corrupt, "
                              "truncated, or another format). Pass a .keras file written by "

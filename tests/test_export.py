@@ -106,6 +106,13 @@ def test_load_encoder_finds_the_vit_in_every_file(tmp_path):
         f.write(b"not a zip archive")
     with pytest.raises(ValueError, match="is not a .keras file: it is no zip archive"):
         load_encoder(corrupt)
+    import zipfile
+
+    checkpoint = os.path.join(tmp_path, "conmim.pth")  # torch.save writes a zip archive too
+    with zipfile.ZipFile(checkpoint, "w") as f:
+        f.writestr("archive/data.pkl", b"")
+    with pytest.raises(ValueError, match=r"PyTorch checkpoint.*convert\.from_torch"):
+        load_encoder(checkpoint)
 
 
 def test_export_recipe_checks_the_written_file(tmp_path):
