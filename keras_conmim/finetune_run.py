@@ -305,14 +305,15 @@ def make_batches(source, num_classes, recipe, seed=0, first_step=0, steps_per_ep
         return (tf.data.Dataset.counter(start=first_step)
                 .map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4))
 
-    rng = np.random.default_rng(seed + first_step)
     steps = steps_per_epoch or source.steps_per_epoch(recipe.batch_size)
 
     def batch(step):
-        """Without TensorFlow: global step `step`'s batch, augmented here."""
+        """Without TensorFlow: global step `step`'s batch, augmented here (the
+        mixing branch drawn by (seed, step), so a resumed run draws the same)."""
         images, labels = images_of(step)
         x = keras.ops.convert_to_tensor(images.astype("float32"))
         y = keras.ops.one_hot(keras.ops.convert_to_tensor(labels), num_classes)
+        rng = np.random.default_rng((seed, 5, int(step)))
         return augment_and_mix(x, y, lambda branches: branches[rng.integers(len(branches))]())
 
     return StepBatches(batch, first_step, steps)
