@@ -178,6 +178,33 @@ def downstream():
                       "val", "test", "test AP50", "run folder"], out)
 
 
+def downstream_summary():
+    """bench/downstream_benchmark.py, one line per setting: each start's test
+    score (seed 0's, or the mean over seeds with their number)."""
+    from downstream_benchmark import METRIC, ROWS, read
+
+    tasks = ("segment", "detect", "instance")
+    scores = {}
+    for row in ROWS:
+        r = read(row)
+        if r is not None:
+            task, head, start, canvases, _, _ = row
+            key = (task, head, canvases, r["recipe"]["canvas_size"])
+            scores.setdefault(key, {}).setdefault(start, []).append(r["test"][METRIC[task]])
+    metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}
+    out = []
+    for key in sorted(scores, key=lambda k: (tasks.index(k[0]), k[1] in ("segformer", "upernet",
+                                                                          "yolov8"), k[1], k[2:])):
+        cells = []
+        for start in DOWNSTREAM_STARTS:
+            got = scores[key].get(start)
+            cells.append("-" if not got else f"{sum(got) / len(got):.2f}"
+                         + (f" ({len(got)} seeds)" if len(got) > 1 else ""))
+        out.append([f"{key[0]} ({metric[key[0]]})", key[1], key[2], key[3], *cells])
+    return _markdown(["task (test %)", "head", "train canvases", "canvas px",
+                      *DOWNSTREAM_STARTS.values()], out)
+
+
 DOWNSTREAM_STARTS = {"pretrained": "ConMIM (shipped backbone)",
                      "pixel": "pixel regression (SimMIM)", "random": "same ViT, random init",
                      "resnet18": "ResNet-18 (KerasHub), scratch"}
@@ -216,6 +243,7 @@ def downstream_speed():
 TABLES = {"targets": targets, "short_run": short_run, "attention": attention,
           "release_gap": release_gap, "profile": profile, "precision": precision,
           "downstream": downstream, "downstream_share": downstream_share,
+          "downstream_summary": downstream_summary,
           "downstream_speed": downstream_speed}
 
 
