@@ -325,6 +325,9 @@ def check_resume(config, resume):
               "resuming without checking its settings", flush=True)
         return True, None
     problems = run.resume_problems(saved, config, RESUMABLE_CHANGES + RECOVERY_CHANGES)
+    if isinstance(saved.get("lr"), (int, float)) and config["lr"] > saved["lr"]:
+        problems.append(f"lr: a resume may lower the learning rate to climb out of a NaN, not "
+                        f"raise it (this run's {saved['lr']}, this command's {config['lr']})")
     if problems:
         raise ResumeError(
             f"{output} holds a run made with other settings, which a resume would "

@@ -173,6 +173,9 @@ def test_resume_refuses_changed_settings_and_no_resume_moves_the_run_aside(tmp_p
     assert "epochs: this run was sized for 1 epoch" in refused.stderr
     assert "mask_unit: the run has 2, this command 1" in refused.stderr
     assert "--no-resume" in refused.stderr and "another --output" in refused.stderr
+    # the learning rate may go down (to climb out of a NaN), never up
+    higher = _recipe(out, "--epochs", "1", "--lr", "0.5")
+    assert higher.returncode == 2 and "lr: a resume may lower the learning rate" in higher.stderr
     with open(out / "config.json") as f:
         assert f.read() == ran
 
