@@ -323,8 +323,9 @@ def nan_error(error, config, argv, output, rolled_back, last):
     if last:
         text += ("\nGo on from that checkpoint with a lower learning rate (the schedule keeps "
                  f"its shape; --clip-norm 1.0 may be added the same way):\n  "
-                 f"{go_on_command(argv, config['lr'] / 10)}\nor let the run do it by itself: "
-                 "add --on-nan rollback.")
+                 f"{go_on_command(argv, config['lr'] / 10)}")
+        if config["on_nan"] != "rollback":  # never advise what the command already does
+            text += "\nor let the run do it by itself: add --on-nan rollback."
     else:
         text += (f"\nNo checkpoint was written before the NaN: start over with a lower --lr and "
                  f"--no-resume (this run is moved to {os.path.join(output, run.PREVIOUS)}/, "

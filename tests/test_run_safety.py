@@ -434,3 +434,21 @@ def test_on_nan_rollback_finishes_a_run_with_an_injected_nan_batch(tmp_path, nan
     # at most --max-rollbacks times (0: none; the policy is a count, any backend)
     with pytest.raises(cb.NonFiniteLossError, match="rolled back 0 time.*--max-rollbacks 0"):
         _in_process(tmp_path / "other", "--on-nan", "rollback", "--max-rollbacks", "0")
+
+
+def test_the_nan_message_never_advises_what_the_command_already_does():
+    """With --on-nan rollback given (and spent), the message offers the command
+    with a lower lr, not 'add --on-nan rollback'; without it, both."""
+    if BACKEND != "jax":
+        pytest.skip("message text: the backend does not matter")
+    from recipes import pretrain
+
+    error = cb.NonFiniteLossError("The loss became NaN at step 7.")
+    base = {"lr": 1e-3, "max_rollbacks": 3, "output": "runs/x"}
+    spent = pretrain.nan_error(error, {**base, "on_nan": "rollback"},
+                               ["--on-nan", "rollback"], "runs/x", 3, "ckpt-00000004.keras")
+    assert "rolled back 3 time(s)" in str(spent) and "--lr 0.0001" in str(spent)
+    assert "add --on-nan rollback" not in str(spent)
+    stopped = pretrain.nan_error(error, {**base, "on_nan": "stop"}, [], "runs/x", 0,
+                                 "ckpt-00000004.keras")
+    assert "add --on-nan rollback" in str(stopped)
