@@ -148,6 +148,11 @@ def make_splits(items, recipe, train_canvases, val_canvases, test_canvases, seed
             canvases(test_items.images, test_items.labels, test_canvases, 2))
 
 
+# The tasks that read objects, what a masks: set lacks for them, and their name.
+NEEDS_OBJECTS = {"detect": ("boxes", "detection"),
+                 "instance": ("boxes or objects", "instance segmentation")}
+
+
 def dense_splits(task, spec, test_spec, size, channels, seed=0, caps=None):
     """`(train, val, test, about)` `data.dense.DenseSet`s from `coco:` /
     `masks:` specs at `size`: the test set is `test_spec`, else
@@ -168,11 +173,10 @@ def dense_splits(task, spec, test_spec, size, channels, seed=0, caps=None):
         if task in ("segment", "instance") and not found.has_masks:
             raise DataError(f"{flag} {spec}: no masks to segment (its annotations have no "
                             "segmentation); recipes/detect.py trains on its boxes")
-        if task in ("detect", "instance") and not found.has_boxes:
-            raise DataError(f"{flag} {spec}: masks: data has no boxes"
-                            + (" or objects" if task == "instance" else "")
-                            + f"; {'instance segmentation' if task == 'instance' else 'detection'}"
-                            " reads coco: files (recipes/make_canvases.py shows the layout)")
+        if task in NEEDS_OBJECTS and not found.has_boxes:
+            lacks, name = NEEDS_OBJECTS[task]
+            raise DataError(f"{flag} {spec}: masks: data has no {lacks}; {name} reads coco: "
+                            "files (recipes/make_canvases.py shows the layout)")
         return found
 
     caps = caps or {}

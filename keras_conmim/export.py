@@ -82,10 +82,17 @@ def export_encoder(encoder, path, format="keras", mean=None, std=None, pooling="
         raise ValueError(f"{path} exists; pass a new directory.")
     h, w, c = encoder.image_shape
     spec = keras.InputSpec(shape=(None, h, w, c), dtype="float32")
+    return _write_saved_model(path, lambda tmp: model.export(
+        tmp, format="tf_saved_model", input_signature=[spec], verbose=False))
+
+
+def _write_saved_model(path, write):
+    """`write(folder)` a SavedModel into a temporary folder beside `path`,
+    renamed onto `path` when whole (removed if it fails). Returns `path`."""
     make_parent(path)
-    tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"  # renamed into place when whole
+    tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"
     try:
-        model.export(tmp, format="tf_saved_model", input_signature=[spec], verbose=False)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,8 +217,4 @@ def export_task_model(model, task, path, batch_size=None):
     archive.add_endpoint("serve", serve,
                          input_signature=[keras.InputSpec(shape=(batch_size, *shape),
                                                           dtype="uint8")])
-    make_parent(path)
-    tmp = f"{path.rstrip(os.sep)}.{os.getpid()}.partial"
-    archive.write_out(tmp, verbose=False)
-    os.replace(tmp, path)
-    return path
+    return _write_saved_model(path, lambda tmp: archive.write_out(tmp, verbose=False))

@@ -47,9 +47,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.downstream_metrics import IGNORE
+from keras_conmim.layers import PACKAGE, config_with_layers
 
-IGNORE = 255  # as keras_conmim.downstream_metrics.IGNORE (kept here: the core imports no metrics)
 _PRIOR = 0.01  # initial class probability (RetinaNet's focal-loss prior)
 
 
@@ -75,15 +75,20 @@ def level_bounds(levels):
     return np.array([0.0, *upper, np.inf], np.float32)
 
 
-def box_giou(a, b):
-    """Generalised IoU of yxyx boxes of the same shape `[..., 4]` -> `[...]`."""
-    area_a = ops.maximum(a[..., 2] - a[..., 0], 0) * ops.maximum(a[..., 3] - a[..., 1], 0)
-    area_b = ops.maximum(b[..., 2] - b[..., 0], 0) * ops.maximum(b[..., 3] - b[..., 1], 0)
+def _iou_and_union(a, b):
+    """(IoU, union) of yxyx boxes `[..., 4]` broadcast against each other."""
     lo = ops.maximum(a[..., :2], b[..., :2])
     hi = ops.minimum(a[..., 2:], b[..., 2:])
     inter = ops.prod(ops.maximum(hi - lo, 0), axis=-1)
+    area_a = ops.prod(ops.maximum(a[..., 2:] - a[..., :2], 0), axis=-1)
+    area_b = ops.prod(ops.maximum(b[..., 2:] - b[..., :2], 0), axis=-1)
     union = area_a + area_b - inter
-    iou = inter / ops.maximum(union, 1e-7)
+    return inter / ops.maximum(union, 1e-7), union
+
+
+def box_giou(a, b):
+    """Generalised IoU of yxyx boxes of the same shape `[..., 4]` -> `[...]`."""
+    iou, union = _iou_and_union(a, b)
     hull = ops.prod(ops.maximum(ops.maximum(a[..., 2:], b[..., 2:])
                                 - ops.minimum(a[..., :2], b[..., :2]), 0), axis=-1)
     return iou - (hull - union) / ops.maximum(hull, 1e-7)
@@ -91,13 +96,7 @@ def box_giou(a, b):
 
 def pairwise_iou(a, b):
     """IoU `[..., N, M]` of yxyx boxes `[..., N, 4]` and `[..., M, 4]`."""
-    a, b = a[..., :, None, :], b[..., None, :, :]
-    lo = ops.maximum(a[..., :2], b[..., :2])
-    hi = ops.minimum(a[..., 2:], b[..., 2:])
-    inter = ops.prod(ops.maximum(hi - lo, 0), axis=-1)
-    area_a = ops.prod(ops.maximum(a[..., 2:] - a[..., :2], 0), axis=-1)
-    area_b = ops.prod(ops.maximum(b[..., 2:] - b[..., :2], 0), axis=-1)
-    return inter / ops.maximum(area_a + area_b - inter, 1e-7)
+    return _iou_and_union(a[..., :, None, :], b[..., None, :, :])[0]
 
 
 def box_mask(boxes, side):
@@ -289,11 +288,10 @@ class InstanceSegmenter(keras.Model):
         positive, which = self.assign(boxes, classes)
         pos = ops.cast(positive, "float32")
         count = ops.maximum(ops.sum(pos), 1.0)
-        num_objects = classes.shape[1]
-        take = ops.one_hot(which, num_objects)  # [B, N, G]
-        target_box = ops.einsum("bng,bgk->bnk", take, boxes)
-        target_class = ops.einsum("bng,bg->bn", take, ops.cast(classes, "float32"))
-        onehot = ops.one_hot(ops.cast(target_class, "int32"), self.num_classes) * pos[..., None]
+        target_box = ops.take_along_axis(boxes, which[..., None], axis=1)  # [B, N, 4]
+        # a location no object claims may point at a padding row (-1): zeroed by `pos`
+        target_class = ops.maximum(ops.take_along_axis(classes, which, axis=1), 0)
+        onehot = ops.one_hot(target_class, self.num_classes) * pos[..., None]
 
         logits = ops.cast(y_pred["classes"], "float32")
         p = ops.sigmoid(logits)
@@ -334,7 +332,7 @@ class InstanceSegmenter(keras.Model):
             ignore = ops.average_pool(ignore, factor, factor)
         take = ops.one_hot(slot_obj, num_objects)  # [B, M, G]
         target = ops.einsum("bmg,bhwg->bmhw", take, masks)
-        slot_box = ops.einsum("bmg,bgk->bmk", take, boxes) / factor  # prototype pixels
+        slot_box = ops.take_along_axis(boxes, slot_obj[..., None], axis=1) / factor  # proto px
         crop = ops.cast(box_mask(slot_box, hp), "float32") * (1 - ignore[..., 0])[:, None]
         bce = ops.binary_crossentropy(target, logits, from_logits=True)
         per_slot = ops.sum(bce * crop, axis=(2, 3)) / ops.maximum(ops.sum(crop, axis=(2, 3)), 1.0)
@@ -396,6 +394,4 @@ class InstanceSegmenter(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**config_with_layers(config, ("backbone",)))

@@ -13,7 +13,7 @@ every backend.
 
 import keras
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.layers import PACKAGE, config_with_layers
 
 POOL_BINS = (1, 2, 3, 6)  # the paper's pyramid pooling scales
 
@@ -113,6 +113,4 @@ class UperNetSegmenter(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**config_with_layers(config, ("backbone",)))

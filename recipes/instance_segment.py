@@ -93,16 +93,16 @@ def crowd_regions(canvases):
 
 
 def score(pred, canvases, num_classes):
-    from keras_conmim.downstream_metrics import coco_map, coco_mask_map
+    """Mask mAP / AP50 and, as recipes/detect.py scores them, box mAP / AP50 (%)."""
+    import detect
+    from keras_conmim.downstream_metrics import coco_mask_map
 
     masks = coco_mask_map(pred["masks"], pred["scores"], pred["classes"], canvases["instances"],
                           canvases["classes"], crowd_regions(canvases),
                           canvases.get("crowd_classes"))
-    boxes = coco_map(pred["boxes"], pred["scores"], pred["classes"], canvases["boxes"],
-                     canvases["classes"], canvases.get("crowd_boxes"),
-                     canvases.get("crowd_classes"))
+    boxes = detect.score(pred, canvases, num_classes)
     return dict(mask_map=round(100 * masks["map"], 2), mask_ap50=round(100 * masks["ap50"], 2),
-                box_map=round(100 * boxes["map"], 2), box_ap50=round(100 * boxes["ap50"], 2))
+                box_map=boxes["map"], box_ap50=boxes["ap50"])
 
 
 def result_line(r):
