@@ -82,7 +82,7 @@ def check(task, args):
     if args.grid < 0:
         raise ConfigError("--grid must be >= 0")
     if args.export == "saved_model" and args.backend not in EXPORT_BACKENDS[task]:
-        raise ConfigError(f"--export saved_model of a {task} model needs --backend "
+        raise ConfigError(f"--export saved_model ({task}) needs --backend "
                           f"{' or '.join(EXPORT_BACKENDS[task])} (Keras exports SavedModels "
                           "from those); or train here and export model.keras later with "
                           "keras_conmim.export.export_task_model on one of them")
