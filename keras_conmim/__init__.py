@@ -17,17 +17,19 @@ Modules, from the bottom up (docs/design.md draws the graph):
 - the pre-training model: `conmim`;
 - dense task heads on any pyramid backbone: `instance` (`InstanceSegmenter`,
   boxes and a mask per object), `upernet` (`UperNetSegmenter`);
-- loading any of them: `loading`;
+- loading any file of them by registered name: `loading` (below `vit`: it
+  imports no model class);
 - runs (what the recipes stand on): `run_config`, `pretrain_config`,
   `finetune_run`, `downstream_run`, `cli`;
 - adapters with optional dependencies, imported by name only:
   `keras_conmim.kerashub` (KerasHub), `keras_conmim.kerascv` (Keras-CV),
-  `keras_conmim.pyramid`.
+  `keras_conmim.pyramid`; their classes' registered names are known from
+  `import keras_conmim` on (`adapters`), so their `.keras` files load.
 """
 
 from keras_conmim.version import __version__
 
-from keras_conmim import data, errors, presets
+from keras_conmim import adapters, data, errors, presets
 from keras_conmim import (
     atomic, callbacks, classifier, convert, distribute, downstream_metrics, evaluation, export,
     finetune_budget, instance, layers, loading, losses, masking, optimizers, projector, resize,

@@ -1,8 +1,10 @@
 """Loading what the package writes: preset folders (ours and KerasHub's),
 `.keras` files of any of the package's models, and the presets that carry
-weights. Sits above the classes it loads (`ViT`, `ConMIM`); KerasHub is
-imported only for a KerasHub preset folder. `ViT.from_preset` calls up into
-this module (the one upward arrow of the package, commented there)."""
+weights. Imports no model class: what a file holds is found by its
+registered name (`keras.saving.get_registered_object`, as KerasHub finds a
+preset's class), every class being registered once `keras_conmim` is
+imported, so `ViT.from_preset` imports this module as any other. KerasHub
+is imported only for a KerasHub preset folder."""
 
 import json
 import os
@@ -10,10 +12,16 @@ import zipfile
 
 import keras
 
+from keras_conmim.adapters import adapter_class
 from keras_conmim.atomic import PRESET_CONFIG, PRESET_WEIGHTS
-from keras_conmim.conmim import ConMIM
+from keras_conmim.layers import PACKAGE
 from keras_conmim.presets import PRESETS, WEIGHTS, weights_path
-from keras_conmim.vit import ViT
+
+
+def registered(name):
+    """The class registered as `keras_conmim>name` (None before the module
+    that defines it is imported; `import keras_conmim` imports them all)."""
+    return keras.saving.get_registered_object(f"{PACKAGE}>{name}")
 
 
 def load_preset(preset_dir):
@@ -35,7 +43,7 @@ def load_preset(preset_dir):
     import keras_hub  # optional: only a KerasHub preset folder needs it
 
     if "Pyramid" in registered:
-        import keras_conmim.kerashub  # noqa: F401  (registers the backbone; needs keras_hub)
+        adapter_class("ViTPyramidBackbone")  # imports the adapter (needs keras_hub)
     return keras_hub.models.Backbone.from_preset(preset_dir)
 
 
@@ -75,14 +83,15 @@ def load_encoder(path, which="teacher"):
                              "truncated, or another format). Pass a .keras file written by "
                              "keras_conmim, a preset folder, or a preset with weights.")
         model = keras.saving.load_model(path)
-    if isinstance(model, ConMIM):
+    vit, conmim = registered("ViT"), registered("ConMIM")
+    if conmim is not None and isinstance(model, conmim):
         if which == "teacher" and model.objective == "pixel":
             raise ValueError(f"{path} holds a pixel-objective ConMIM, whose teacher is never "
                              "trained: pass which='student'.")
         return model.teacher_encoder if which == "teacher" else model.encoder
-    if isinstance(model, ViT):
+    if vit is not None and isinstance(model, vit):
         return model
     encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, ViT):
+    if vit is not None and isinstance(encoder, vit):
         return encoder
     raise ValueError(f"{path} holds a {type(model).__name__}, which has no ViT encoder.")

@@ -16,6 +16,7 @@ from keras_conmim.layers import (
     sincos_position_embedding,
     trunc_normal,
 )
+from keras_conmim.loading import load_encoder
 from keras_conmim.presets import POOLINGS, PRESETS, WEIGHTS, get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")
@@ -324,12 +325,6 @@ class ViT(keras.Model):
         if not is_path and (name in PRESETS or not load_weights or name not in WEIGHTS):
             # the architecture alone (an unknown name: get_preset says so)
             return cls(**{**get_preset(name)["config"], **kwargs})
-        # The package's one upward arrow: a file may hold any of the package's
-        # models (a ConMIM checkpoint, a classifier, a KerasHub preset
-        # folder), so the loader sits above them all and the encoder reaches
-        # up to it only when asked to load one.
-        from keras_conmim.loading import load_encoder  # upward: see above
-
         encoder = load_encoder(name)  # a file or folder: its config, and its weights if asked
         if load_weights and not kwargs and encoder.name == "vit" and type(encoder) is cls:
             return encoder

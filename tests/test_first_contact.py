@@ -122,3 +122,38 @@ def test_a_built_wheel_carries_the_shipped_weights(tmp_path):
             f"m = kc.ViT.from_preset({SHIPPED!r})\n"
             "print(m.count_params())\n")
     assert int(fresh(code, elsewhere).split()[-1]) == kc.ViT.from_preset(SHIPPED).count_params()
+
+
+def test_a_downstream_model_file_loads_after_a_bare_import(tmp_path):
+    """A finished downstream run's model.keras (a KerasHub task on the
+    package's `ViTPyramidBackbone`) loads with `keras.saving.load_model` after
+    `import keras_conmim` alone: the adapter's registered name is known
+    before `keras_conmim.kerashub` is imported (`keras_conmim.adapters`)."""
+    pytest.importorskip("keras_hub")
+    import keras_hub
+    import numpy as np
+
+    from conftest import tiny_vit
+    from keras_conmim.kerashub import ViTPyramidBackbone
+
+    backbone = ViTPyramidBackbone(tiny_vit(), image_shape=(16, 16, 1), max_level=4)
+    model = keras_hub.models.DeepLabV3ImageSegmenter(  # as recipes/segment.py builds it
+        backbone=keras_hub.models.DeepLabV3Backbone(
+            image_encoder=backbone, spatial_pyramid_pooling_key="P4", upsampling_size=4,
+            dilation_rates=[1, 2], low_level_feature_key="P2", image_shape=(16, 16, 1)),
+        num_classes=3)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 16, 16, 1)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", keras.ops.convert_to_numpy(model(x)))
+    out = fresh(f"""
+import sys, keras, numpy as np
+import keras_conmim
+assert "keras_conmim.kerashub" not in sys.modules
+m = keras.saving.load_model({path!r})
+y = keras.ops.convert_to_numpy(m(np.load("x.npy")))
+print(type(m.backbone.image_encoder).__name__, float(np.abs(y - np.load("y.npy")).max()))
+""", tmp_path)
+    name, diff = out.split()[-2:]
+    assert name == "ViTPyramidBackbone" and float(diff) < 1e-5, out
