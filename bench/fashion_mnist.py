@@ -216,9 +216,8 @@ def main(argv=None):
                  *(["--min-steps", "0"] if args.quick else []), *start,
                  *args.finetune_flags.split(), "--data", args.data, "--epochs", str(epochs),
                  *([] if labels == "all" else ["--labels-per-class", labels]),
-                 "--output", os.path.join(work, "classifier.keras"),
-                 # a cell stopped mid-run continues from its last epoch
-                 "--checkpoint-dir", log[:-len(".log")] + ".checkpoints",
+                 # each cell's run folder: a cell stopped mid-run continues from its last epoch
+                 "--output", log[:-len(".log")],
                  *([] if args.resume else ["--no-resume"])], log)
             entry["finetune"][key] = {"epochs": epochs, "labels": labels, "top1": result["top1"],
                                       "recipe": result["recipe"],

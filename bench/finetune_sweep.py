@@ -199,14 +199,14 @@ def main(argv=None):
                     work = os.path.join(args.out, k.replace("|", "_").replace("/", "-"))
                     cmd = ["recipes/finetune.py", "--backend", args.backend, "--data", args.data,
                            *start, *labels, "--epochs", str(cell[1]), "--seed", str(seed),
-                           *quick, *shlex.split(ARMS[arm]), "--output", work + ".keras",
+                           *quick, *shlex.split(ARMS[arm]), "--output", work,
                            "--no-resume"]
                     result, seconds = run_for_results(cmd, work + ".log")
                     report["results"][k] = result["top1"]
                     report["commands"][k] = " ".join(["python", *cmd])
                     print(f"{k}: {report['results'][k]:.2f}% ({seconds:.0f} s)", flush=True)
-                    if os.path.exists(work + ".keras"):
-                        os.remove(work + ".keras")  # the number is what is kept
+                    if os.path.exists(os.path.join(work, "classifier.keras")):
+                        os.remove(os.path.join(work, "classifier.keras"))  # the number is kept
                     write_text_atomic(path, json.dumps(report, indent=2))
     write_text_atomic(path, json.dumps(report, indent=2))  # a resume that ran nothing
     # still records what it checked (encoder_sha256 on a file made before it)

@@ -7,7 +7,7 @@ set it from `--backend` before importing the package).
 
 Modules, from the bottom up (docs/design.md draws the graph):
 
-- leaves, standard library or numpy: `presets`, `errors`, `run_folder`, `finetune_budget`,
+- leaves, standard library or numpy: `presets`, `errors`, `finetune_budget`,
   `downstream_metrics`, `data.geometry`;
 - layers and ops: `distribute`, `layers`, `losses`, `masking`, `views`,
   `projector`, `optimizers`, `train_step`, `atomic` (writes that never leave
@@ -19,7 +19,8 @@ Modules, from the bottom up (docs/design.md draws the graph):
   boxes and a mask per object), `upernet` (`UperNetSegmenter`);
 - loading any file of them by registered name: `loading` (below `vit`: it
   imports no model class);
-- runs (what the recipes stand on): `run_config`, `pretrain_config`,
+- runs (what the recipes stand on): `runs` (the engine: `runs.Run`, the
+  run folder `runs.folder`), `run_config`, `pretrain_config`,
   `finetune_run`, `downstream_run`, `cli`;
 - adapters with optional dependencies, imported by name only:
   `keras_conmim.kerashub` (KerasHub), `keras_conmim.kerascv` (Keras-CV),
@@ -33,7 +34,7 @@ from keras_conmim import adapters, data, errors, presets
 from keras_conmim import (
     atomic, callbacks, classifier, convert, distribute, downstream_metrics, evaluation, export,
     finetune_budget, instance, layers, loading, losses, masking, optimizers, projector, resize,
-    run_folder, train_step, upernet, views, vit,
+    runs, train_step, upernet, views, vit,
 )
 from keras_conmim.classifier import ViTClassifier
 from keras_conmim.conmim import ConMIM

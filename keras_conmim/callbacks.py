@@ -2,6 +2,7 @@
 scalars, and a picture of what the model is given."""
 
 import os
+import re
 import time
 import warnings
 
@@ -12,12 +13,13 @@ from keras_conmim.atomic import save_atomic
 from keras_conmim.data.images import resize_image
 from keras_conmim.distribute import this_host_only
 from keras_conmim.errors import NonFiniteLossError, ResumeError
-from keras_conmim.run_folder import CHECKPOINT_PATTERN
 
 __all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "RollbackCount", "TrainingScalars",
            "ViewGrid",
            "checkpoint_step", "list_checkpoints", "load_latest_checkpoint", "nonfinite_variables",
            "restore_latest_checkpoint", "resume_from_checkpoint"]
+
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")  # ckpt-<step>.keras
 
 
 def _sync(model):

@@ -19,7 +19,7 @@ class ResumeError(ConfigError):
 
 
 class RunInUseError(ConMIMError, RuntimeError):
-    """A run folder that another live run holds (`run_folder.hold`)."""
+    """A run folder that another live run holds (`runs.folder.hold`)."""
 
 
 class StorageError(ConMIMError, OSError):

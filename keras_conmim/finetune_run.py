@@ -12,74 +12,97 @@ batch). Errors are `ConfigError` / `ResumeError` / `DataError`.
 
 import dataclasses
 import json
-import os
 
 import keras
 import numpy as np
 
-from keras_conmim import data, run_folder
+from keras_conmim import data
+from keras_conmim.runs import folder as run_folder
 from keras_conmim.atomic import write_text_atomic
-from keras_conmim.callbacks import list_checkpoints
 from keras_conmim.cli import encoder_path
 from keras_conmim.data.geometry import (
-    check_geometry, eval_center_crop, eval_load_size, train_geometry,
+    CROPS, check_geometry, eval_center_crop, eval_load_size, train_geometry,
 )
 from keras_conmim.data.step_batches import StepBatches
-from keras_conmim.errors import ConfigError, DataError, ResumeError
+from keras_conmim.errors import ConfigError, DataError
 from keras_conmim.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
 from keras_conmim.presets import POOLINGS, PRESETS
 from keras_conmim.run_config import describe, resolve
 
 
+def _field(default, help=None, **meta):
+    return dataclasses.field(default=default, metadata=dict(meta, help=help))
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneRecipe:
     """The values a fine-tuning (or from-scratch) run trains with, resolved
-    once (`resolve_recipe`). The defaults switch every augmentation off;
-    the presets' recipes (`PRESETS[name]["finetune"]` / `["scratch"]`) set
-    them all."""
+    once (`resolve_recipe`); recipes/finetune.py's recipe flags are made from
+    these fields (`run_config.add_recipe_flags`). The defaults switch every
+    augmentation off; the presets' recipes (`PRESETS[name]["finetune"]` /
+    `["scratch"]`) set them all."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.05
-    layer_decay: float = 1.0
-    drop_path: float = 0.0
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    randaugment_ops: int = 0
-    randaugment_factor: float = 0.0
-    random_erasing: float = 0.0
-    crop: str = "none"
-    crop_padding: int = 0
-    crop_scale_min: float = 1.0
-    flip: float = 0.0
-    pooling: str = "mean"
+    epochs: int = _field(10)
+    batch_size: int = _field(64)
+    lr: float = _field(1e-3)
+    min_lr: float = _field(1e-6)
+    warmup_epochs: float = _field(0.0)
+    weight_decay: float = _field(0.05)
+    layer_decay: float = _field(1.0, "layer-wise lr decay of the encoder, in (0, 1] (1: off)")
+    drop_path: float = _field(0.0)
+    label_smoothing: float = _field(0.0)
+    mixup: float = _field(0.0, "MixUp alpha (0: off)")
+    cutmix: float = _field(0.0, "CutMix factor (0: off)")
+    randaugment_ops: int = _field(0, "0: off")
+    randaugment_factor: float = _field(0.0)
+    random_erasing: float = _field(
+        0.0, "probability of erasing a random rectangle of each image (0: off)")
+    crop: str = _field("none", "train-time crop: pad (a random window of the image zero-padded "
+                       "by --crop-padding px), resized (random resized crop, area "
+                       "--crop-scale-min to 1), none; auto: the release's rule, pad at 32 px "
+                       "or less, else resized (then test images are center-cropped at 0.875)",
+                       choices=CROPS)
+    crop_padding: int = _field(0, "pixels, for --crop pad")
+    crop_scale_min: float = _field(1.0, "smallest crop area, for --crop resized")
+    flip: float = _field(0.0, "horizontal flip probability at train time (0: off)")
+    pooling: str = _field("mean", "what the head sees: mean of the patch tokens (the release), "
+                          "the CLS token, the patch tokens flattened in grid order (keeps where "
+                          "each patch is), or the mean and the flattened tokens concatenated",
+                          choices=POOLINGS)
 
     def __post_init__(self):
-        errors = [f"{k}={getattr(self, k)!r}: must be an integer >= 1"
-                  for k in ("epochs", "batch_size") if not getattr(self, k) >= 1]
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            errors.append(f"lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
-        if not 0 < self.layer_decay <= 1:
-            errors.append(f"layer_decay={self.layer_decay}: must be in (0, 1]")
-        for k in ("random_erasing", "drop_path", "label_smoothing"):
-            if not 0 <= getattr(self, k) <= 1:
-                errors.append(f"{k}={getattr(self, k)}: must be in [0, 1]")
-        for k in ("warmup_epochs", "weight_decay", "mixup", "cutmix", "randaugment_ops",
-                  "randaugment_factor"):
-            if getattr(self, k) < 0:
-                errors.append(f"{k}={getattr(self, k)}: must be >= 0")
-        try:
-            check_geometry(self.crop, self.crop_padding, self.crop_scale_min, self.flip)
-        except ValueError as e:
-            errors.append(str(e))
-        if self.pooling not in POOLINGS:
-            errors.append(f"pooling={self.pooling!r}: choose one of {', '.join(POOLINGS)}")
+        errors = self.field_errors(self.as_dict())
         if errors:
             raise ConfigError("invalid fine-tuning recipe:\n  " + "\n  ".join(errors))
+
+    @staticmethod
+    def field_errors(values):
+        """What is wrong with `values` (any subset of the fields): one line each."""
+        v = values
+        errors = [f"{k}={v[k]!r}: must be an integer >= 1"
+                  for k in ("epochs", "batch_size") if k in v and not v[k] >= 1]
+        if "lr" in v and not v["lr"] > 0:
+            errors.append(f"lr={v['lr']}: must be > 0")
+        if "min_lr" in v and not 0 <= v["min_lr"] <= v.get("lr", float("inf")):
+            errors.append(f"lr={v.get('lr')}, min_lr={v['min_lr']}: need 0 <= min_lr <= lr")
+        if "layer_decay" in v and not 0 < v["layer_decay"] <= 1:
+            errors.append(f"layer_decay={v['layer_decay']}: must be in (0, 1]")
+        errors += [f"{k}={v[k]}: must be in [0, 1]" for k in
+                   ("random_erasing", "drop_path", "label_smoothing") if k in v
+                   and not 0 <= v[k] <= 1]
+        errors += [f"{k}={v[k]}: must be >= 0" for k in
+                   ("warmup_epochs", "weight_decay", "mixup", "cutmix", "randaugment_ops",
+                    "randaugment_factor") if k in v and v[k] < 0]
+        geometry = {k: v[f"crop_{k}" if k in ("padding", "scale_min") else k]
+                    for k in ("crop", "padding", "scale_min", "flip")
+                    if (f"crop_{k}" if k in ("padding", "scale_min") else k) in v}
+        try:
+            check_geometry(**geometry)
+        except ValueError as e:
+            errors.append(str(e))
+        if "pooling" in v and v["pooling"] not in POOLINGS:
+            errors.append(f"pooling={v['pooling']!r}: choose one of {', '.join(POOLINGS)}")
+        return errors
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -145,7 +168,6 @@ def resolve_recipe(preset, from_scratch=False, flags=None, from_file=None, num_l
 # file without them was made with.
 ADDED_SINCE = {"random_erasing": 0.0, "crop": "none", "crop_padding": 0, "crop_scale_min": 1.0,
                "flip": 0.0, "pooling": "mean", "test_data": None}
-LEGACY_RUN_FILE = "run.json"  # the run file before config.json: {"settings", "head"}
 
 
 def run_settings(args, recipe):
@@ -159,59 +181,62 @@ def run_settings(args, recipe):
     return settings
 
 
-def _saved_settings(folder):
-    """The run file beside the checkpoints in `folder` (config.json, or an
-    older version's run.json, read into the same form), or None."""
-    saved = run_folder.read_config(folder)
-    if saved is not None:
-        return saved
-    path = os.path.join(folder, LEGACY_RUN_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        legacy = json.load(f)
-    return {**ADDED_SINCE, **legacy.get("settings", {}), "head": legacy.get("head")}
+def older_run_problems(saved, settings):
+    """The run engine's extra resume rule (`runs.Run(problems=...)`): a run
+    file written before a setting existed was made with its `ADDED_SINCE`
+    value, so it resumes only where this command has that value."""
+    missing = {k: v for k, v in ADDED_SINCE.items() if k not in saved}
+    return run_folder.resume_problems(missing, settings, mutable=())
 
 
-def check_resume(folder, settings, no_resume=False):
-    """The run file of the checkpoints in `folder` when this run resumes them,
-    else None (no checkpoint, or `no_resume`: they are removed). A run file
-    made with other settings is a ResumeError naming each difference
-    (`run_folder.resume_problems`, the check the pre-training recipe uses)."""
-    if not list_checkpoints(folder):
-        return None
-    if no_resume:
-        remove_checkpoints(folder)
-        return None
-    saved = _saved_settings(folder)
-    if saved is None:
-        saved = dict(ADDED_SINCE)  # checkpoints without a run file: compare what can be
-    problems = run_folder.resume_problems(saved, settings, mutable=())
-    if problems:
-        raise ResumeError(f"{folder} holds checkpoints of another run:\n  "
-                          + "\n  ".join(problems) + "\nPass --no-resume to start over, or "
-                          "another --checkpoint-dir.")
-    return saved
+def build_classifier(args, encoder, recipe, train, class_names, resumed=None):
+    """`(ViTClassifier, head)`: the encoder with the recipe's drop path, a
+    head for `class_names` started as `args.head_init` says (LP-FT fits a
+    linear probe on the frozen features of `train`; "small" is the release's
+    x0.001), and the line describing that start (a resumed run's from its
+    config.json: its checkpoint holds the head)."""
+    from keras_conmim import finetune_budget
+    from keras_conmim.classifier import ViTClassifier, finetune_encoder
+
+    encoder = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
+    model = ViTClassifier(encoder, len(class_names), pooling=recipe.pooling,
+                          class_names=class_names)
+    head_init = args.head_init if args.head_init != "auto" else finetune_budget.head_init(
+        not args.from_scratch, len(train), len(class_names), recipe.pooling)
+    if resumed is not None:
+        return model, resumed.get("head")
+    if head_init != "probe":
+        return model, "initialised x0.001 (the release's)"
+    accuracy, weight_decay = model.init_head_from_probe(
+        train.images, train.labels, weight_decay=args.probe_weight_decay, seed=args.seed)
+    how = "by cross-validation" if args.probe_weight_decay == "cv" else "<- flag"
+    return model, (f"linear probe on the frozen features of the {len(train)} labelled images "
+                   f"(LP-FT, weight decay {weight_decay:g} {how}), train accuracy "
+                   f"{100 * accuracy:.2f}%")
 
 
-def remove_checkpoints(folder):
-    """Delete this recipe's files in `folder` (checkpoints, its run file),
-    then the folder if that left it empty; nothing else in it is touched."""
-    for path in [*list_checkpoints(folder), os.path.join(folder, run_folder.CONFIG),
-                 os.path.join(folder, LEGACY_RUN_FILE)]:
-        if os.path.exists(path):
-            os.remove(path)
-    if os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
+def compile_classifier(model, recipe, total_steps, steps_per_epoch, jit_compile="auto"):
+    """The release's fine-tuning optimizer (AdamW with layer-wise lr decay,
+    warm-up + cosine over `total_steps`) and label-smoothed cross-entropy."""
+    from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales, warmup_cosine
+    from keras_conmim.train_step import jit_compile_for
+
+    schedule = warmup_cosine(recipe.lr, total_steps, recipe.warmup_epochs * steps_per_epoch,
+                             recipe.min_lr)
+    optimizer = LayerDecayAdamW(
+        lr_scales=layer_decay_scales(model.encoder, recipe.layer_decay), learning_rate=schedule,
+        weight_decay=recipe.weight_decay, beta_1=0.9, beta_2=0.999)
+    optimizer.exclude_from_weight_decay(var_list=model.no_weight_decay_variables())
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(
+                      from_logits=True, label_smoothing=recipe.label_smoothing),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                  jit_compile=jit_compile_for(jit_compile))
 
 
-def write_run_file(folder, settings, sources, head, saved=None, step=0):
-    """The run's settings, where the recipe values came from, its head line
-    and the history of starts and resumes, beside its checkpoints
-    (`run_folder.record`, the format of the pre-training run's config.json)."""
-    os.makedirs(folder, exist_ok=True)
-    write_text_atomic(os.path.join(folder, run_folder.CONFIG), run_folder.record(
-        settings, sources, saved, "resume" if saved else "start", step, extra={"head": head}))
+def test_top1(model, test):
+    logits = model.predict(test.images.astype("float32"), batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(logits, 1) == test.labels))
 
 
 def load_splits(spec, image_shape, resize="crop", crop="none", test_spec=None, seed=0):
@@ -319,9 +344,6 @@ def make_batches(source, num_classes, recipe, seed=0, first_step=0, steps_per_ep
     return StepBatches(batch, first_step, steps)
 
 
-def write_results(path, result, recipe, sources, command):
-    """--results-json: the run's `result` with its resolved recipe, each
-    value's source and the command (what benchmarks read)."""
-    result.update(recipe=recipe.as_dict(), recipe_sources=sources, epochs=recipe.epochs,
-                  command=command)
+def write_results(path, result):
+    """--results-json: a copy of the run's results.json where a script wants it."""
     write_text_atomic(path, json.dumps(result, indent=2))

@@ -15,7 +15,7 @@ models through it too.
 import math
 import os
 
-from keras_conmim import run_folder
+from keras_conmim.runs import folder as run_folder
 from keras_conmim.conmim import MODEL_RECIPE_KEYS, ConMIM
 from keras_conmim.data.geometry import INTERPOLATIONS
 from keras_conmim.errors import ConfigError, ResumeError

@@ -130,3 +130,35 @@ def coerce(value, kind, nullable=False):
             raise ValueError("must be an integer")
         return int(number)
     return number
+
+
+def add_recipe_flags(parser, recipe_class, title=None):
+    """One flag per field of the typed recipe `recipe_class` (a dataclass):
+    `--batch-size` for `batch_size`, its type from the field's annotation,
+    its help and choices from the field's metadata (`help`, `choices`,
+    `aliases`), default None (the preset's value, or a --config file's,
+    applies unless the flag is given). The recipe's own validation runs
+    when the resolved values become a recipe; `check_recipe_flags` runs it
+    on the flags alone, at parse time. Returns the group."""
+    import dataclasses
+
+    group = parser.add_argument_group(title or "recipe (default: the preset's; each value "
+                                      "printed with its source)")
+    kinds = {"int": int, "float": float, "str": str, int: int, float: float, str: str}
+    for f in dataclasses.fields(recipe_class):
+        meta = f.metadata
+        names = [f"--{f.name.replace('_', '-')}", *meta.get("aliases", ())]
+        group.add_argument(*names, dest=f.name, type=kinds[f.type], default=None,
+                           choices=meta.get("choices"), help=meta.get("help"))
+    return group
+
+
+def check_recipe_flags(args, recipe_class, parser):
+    """Each recipe flag given on its own, through the recipe's validation
+    (`recipe_class.field_errors`): `parser.error` names the flag."""
+    import dataclasses
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(recipe_class)
+             if getattr(args, f.name, None) is not None}
+    for error in recipe_class.field_errors(given):
+        parser.error(error)

@@ -1,10 +1,11 @@
-"""The run engine of recipes/segment.py, recipes/detect.py and
-recipes/instance_segment.py: flags, the
-resolved recipe printed with each value's source, one run per --output
-folder (config.json, checkpoints, exact resume, log.csv, results.json,
-predictions.png, model.keras), validation and test scores, and the
-SavedModel export. The task modules bring their heads (`build`) and their
-scoring (`predict`, `score`)."""
+"""What recipes/segment.py, recipes/detect.py and recipes/instance_segment.py
+share: their flags, the resolved recipe printed with each value's source,
+the data (canvases or coco: / masks: sets), validation and test scores,
+predictions.png and the SavedModel export. The run itself (one run per
+--output folder, config.json, checkpoints, exact resume, log.csv,
+results.json, model.keras) is the package's engine, `keras_conmim.runs.Run`.
+The task modules bring their heads (`build`) and their scoring (`predict`,
+`score`)."""
 
 import argparse
 import json
@@ -13,10 +14,11 @@ import platform
 import sys
 import time
 
-from keras_conmim import cli, run_folder
+from keras_conmim import cli
+from keras_conmim.runs import Run, grid
 from keras_conmim.downstream_run import INITS, RECIPE_KEYS
 from keras_conmim.data.dense import is_dense_spec
-from keras_conmim.errors import ConfigError, DataError, ResumeError
+from keras_conmim.errors import ConfigError, DataError
 
 # Flags that may change when a run resumes: where files go, how it runs.
 MUTABLE = ("backend", "output", "export", "grid")  # --checkpoint-every sets fit's epoch: fixed
@@ -89,10 +91,34 @@ def check(task, args):
     return args
 
 
-def round_steps(steps, every):
-    """The largest divisor of `steps` <= `every`: fit's epoch length, so
-    checkpoints fall on a grid that ends exactly at the last step."""
-    return max(d for d in range(1, min(steps, every) + 1) if steps % d == 0)
+def load_data(task, args, recipe, channels):
+    """`(train, val, test, num_classes, about)`: coco: / masks: sets, or
+    canvases made from the items of default / idx: data."""
+    from keras_conmim import data
+    from keras_conmim.downstream_run import dense_splits, make_splits
+
+    if is_dense_spec(args.data):
+        train, val, test, about = dense_splits(
+            task, args.data, args.test_data, recipe.canvas_size, channels, args.seed,
+            {k: getattr(args, k) for k in CANVAS_FLAGS})
+        return train, val, test, len(train.class_names), about
+    if args.data != "default" and not args.data.startswith("idx:"):
+        raise DataError(f"--data {args.data}: use one of {cli.DENSE_SPECS}")
+    if args.test_data:
+        raise ConfigError(f"--test-data goes with coco: / masks: data; --data {args.data} "
+                          "makes its test canvases from its own test items")
+    for name, default in DEFAULT_CANVASES.items():
+        setattr(args, name, getattr(args, name) or default)
+    try:
+        items = data.load_splits(args.data, image_size=args.item_size,
+                                 channels="rgb" if channels == 3 else "gray")
+    except (ValueError, OSError) as e:
+        raise DataError(f"--data {args.data}: {e}") from None
+    train, val, test = make_splits(items, recipe, args.train_canvases, args.val_canvases,
+                                   args.test_canvases, seed=args.seed)
+    num_classes = int(max(s.labels.max() for s in items)) + 1
+    return train, val, test, num_classes, dict(
+        class_names=list(items[0].class_names or range(num_classes)))
 
 
 def main(task, module, argv=None):
@@ -105,157 +131,107 @@ def main(task, module, argv=None):
                               else module.HEADS[0])
     cli.use_backend(args.backend)
     import keras
-    import numpy as np
 
-    from keras_conmim import data
-    from keras_conmim.atomic import save_atomic, write_text_atomic
-    from keras_conmim.callbacks import Checkpointer, list_checkpoints, resume_from_checkpoint
-    from keras_conmim.classifier import finetune_encoder
-    from keras_conmim.downstream_run import (
-        canvas_batches, dense_splits, make_splits, optimizer_for, picture_grid, resolve_recipe,
-    )
+    from keras_conmim.downstream_run import resolve_recipe
     from keras_conmim.finetune_run import preset_for
     from keras_conmim.run_config import read_config_file
 
     # --- everything that can be wrong is checked before a file is written
-    args.from_scratch = args.init == "random"
-    args.preset = None
+    args.from_scratch, args.preset = args.init == "random", None
     keras.utils.set_random_seed(args.seed)  # a random start's weights come from --seed
     encoder = cli.load_start(args)  # random / resnet18: the architecture, shape and channels
-    preset = preset_for(encoder.get_config())
     # `backend` in the file is recipe_main's (it chose the backend before Keras loaded)
     from_file = read_config_file(args.config, (*RECIPE_KEYS, "backend")) if args.config else {}
     recipe, sources, text = resolve_recipe(
-        task, args.init, preset, {k: getattr(args, k) for k in RECIPE_KEYS}, from_file,
+        task, args.init, preset_for(encoder.get_config()),
+        {k: getattr(args, k) for k in RECIPE_KEYS}, from_file,
         getattr(module, "HEAD_RECIPE", {}).get(args.head))
     module.check_head(args.head, args.init, recipe)
     h, w, c = encoder.image_shape
-    if is_dense_spec(args.data):
-        train, val, test, about = dense_splits(
-            task, args.data, args.test_data, recipe.canvas_size, c, args.seed,
-            {k: getattr(args, k) for k in CANVAS_FLAGS})
-        num_classes = len(train.class_names)
-    else:
-        if args.data != "default" and not args.data.startswith("idx:"):
-            raise DataError(f"--data {args.data}: use one of {cli.DENSE_SPECS}")
-        if args.test_data:
-            raise ConfigError(f"--test-data goes with coco: / masks: data; --data {args.data} "
-                              "makes its test canvases from its own test items")
-        for name, default in DEFAULT_CANVASES.items():
-            setattr(args, name, getattr(args, name) or default)
-        try:
-            items = data.load_splits(args.data, image_size=(h, w),
-                                     channels="rgb" if c == 3 else "gray")
-        except (ValueError, OSError) as e:
-            raise DataError(f"--data {args.data}: {e}") from None
-        train, val, test = make_splits(items, recipe, args.train_canvases, args.val_canvases,
-                                       args.test_canvases, seed=args.seed)
-        num_classes = int(max(s.labels.max() for s in items)) + 1
-        about = dict(class_names=list(items[0].class_names or range(num_classes)))
+    args.item_size, args.command = (h, w), command_of(module, argv)
+    train, val, test, num_classes, about = load_data(task, args, recipe, c)
     if recipe.batch_size > len(train["images"]):
         raise ConfigError(f"batch_size {recipe.batch_size} is larger than the "
                           f"{len(train['images'])} training images: pass --batch-size "
                           f"{len(train['images'])} or less, or more --train-canvases")
-    print(text, flush=True)
-    for line in describe_data(about):
-        print(line, flush=True)
-    image_shape = (recipe.canvas_size, recipe.canvas_size, c)
+    print("\n".join([text, *describe_data(about)]), flush=True)
     settings = dict(task=task, head=args.head, init=args.init,
                     encoder=None if args.init == "resnet18" else cli.encoder_path(args.encoder),
                     data=args.data, test_data=args.test_data, seed=args.seed,
-                    num_classes=num_classes,
-                    checkpoint_every=args.checkpoint_every,
+                    num_classes=num_classes, checkpoint_every=args.checkpoint_every,
                     **{k: getattr(args, k) for k in CANVAS_FLAGS}, **recipe.as_dict())
-    output = args.output
-    ckpt_dir = os.path.join(output, run_folder.CHECKPOINTS)
-
-    with run_folder.hold(output):
-        saved = None
-        if run_folder.has_checkpoints(output) and not args.no_resume:
-            saved = run_folder.read_config(output) or {}
-            problems = run_folder.resume_problems(saved, settings, MUTABLE)
-            if problems:
-                raise ResumeError(f"{output} holds a stopped run with other settings:\n  "
-                                  + "\n  ".join(problems) + "\nPass --no-resume to move it "
-                                  "aside and start over, or another --output.")
-        else:
-            moved = run_folder.move_aside(output)
-            if moved:
-                print(f"{output} held an earlier run: moved to {moved}", flush=True)
-
-        keras.utils.set_random_seed(args.seed)
-        if args.init == "resnet18":
-            start = None
-        else:
-            start = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
-        model, tuned_encoder = module.build(args.head, start, image_shape, num_classes, recipe)
-        model.compile(optimizer=optimizer_for(recipe, model, tuned_encoder),
-                      **module.compile_args(keras, args.head))
-        every = round_steps(recipe.steps, args.checkpoint_every)
-        first_step = 0
-        if saved is not None:
-            path, first_step = resume_from_checkpoint(
-                model, ckpt_dir, sample=np.zeros((1, *image_shape), "uint8"),
-                moved_to=os.path.join(output, run_folder.PREVIOUS))
-            print(f"resumed from {path}: {first_step} of {recipe.steps} steps done", flush=True)
-        write_text_atomic(os.path.join(output, run_folder.CONFIG), run_folder.record(
-            settings, sources, saved, "resume" if saved else "start", first_step,
-            extra={"command": command_of(module, argv)}))
-        print(f"{task} with {args.head} from {args.init}: backend={args.backend} "
-              f"images train={len(train['images'])} val={len(val['images'])} "
-              f"test={len(test['images'])} ({recipe.canvas_size} px, {num_classes} classes) "
-              f"steps={recipe.steps} batch={recipe.batch_size}", flush=True)
-        t0 = time.perf_counter()
-        if first_step < recipe.steps:
-            # keras.Model.fit itself: KerasHub's PipelineModel.fit turns any x that is
-            # not a tf.data / grain dataset into one (a PyDataset included) to run its
-            # preprocessor, which these models do not have.
-            keras.Model.fit(model, canvas_batches(train, task, recipe, seed=args.seed,
-                                                  first_step=first_step, steps_per_epoch=every,
-                                                  label_key=getattr(module, "LABEL_KEYS", {})
-                                                  .get(args.head, "labels")),
-                            steps_per_epoch=every, epochs=recipe.steps // every,
-                            initial_epoch=first_step // every, verbose=2,
-                            callbacks=[Checkpointer(ckpt_dir, keep=2),
-                                       keras.callbacks.CSVLogger(
-                                           os.path.join(output, "log.csv"), append=True)])
-        seconds = time.perf_counter() - t0
-        trained = recipe.steps - first_step
-
-        val_pred = module.predict(model, val["images"])
-        test_pred = module.predict(model, test["images"])
-        result = dict(task=task, head=args.head, init=args.init, backend=args.backend,
-                      val=module.score(val_pred, val, num_classes),
-                      test=module.score(test_pred, test, num_classes),
-                      train_canvases=len(train["images"]), val_canvases=len(val["images"]),
-                      test_canvases=len(test["images"]), steps=recipe.steps, **about,
-                      resumed_at_step=first_step,
-                      train_images_per_second=(round(trained * recipe.batch_size / seconds, 2)
-                                               if trained else None),
-                      machine=f"{platform.machine()}, {os.cpu_count()} cores")
-        if args.grid:
-            n = min(args.grid, len(test["images"]))
-            truth = (test["masks"][:n] if task == "segment" else
-                     {k: test[k][:n] for k in ("boxes", "classes", "instances")})
-            shown = (test_pred[:n] if task == "segment" else
-                     {k: v[:n] for k, v in test_pred.items()})
-            grid = picture_grid(test["images"][:n], truth, shown, task, num_classes)
-            write_picture(output, grid, f"{task} {args.init}: canvas | truth | prediction")
-        save_atomic(model, os.path.join(output, "model.keras"))
-        for path in list_checkpoints(ckpt_dir):  # the run is whole in model.keras
-            os.remove(path)
-        if os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
-            os.rmdir(ckpt_dir)
-        if args.export == "saved_model":
-            from keras_conmim.export import export_task_model
-
-            export_task_model(model, task, os.path.join(output, "serving"))
-            result["serving"] = os.path.join(output, "serving")
-        result.update(recipe=recipe.as_dict(), recipe_sources=sources,
-                      command=command_of(module, argv))
-        write_text_atomic(os.path.join(output, run_folder.RESULTS), json.dumps(result, indent=2))
-    print(f"done: {module.result_line(result)}; run folder {output}", flush=True)
+    with Run(args.output, settings, sources, mutable=MUTABLE, no_resume=args.no_resume,
+             log=lambda line: print(line, flush=True)) as run:
+        result = train_and_score(run, task, module, args, recipe, encoder,
+                                 (train, val, test), num_classes, about)
+        result.update(recipe=recipe.as_dict(), recipe_sources=sources, command=args.command)
+        run.finish({"model.keras": run.model}, result)
+    print(f"done: {module.result_line(result)}; run folder {args.output}", flush=True)
     return result
+
+
+def train_and_score(run, task, module, args, recipe, encoder, splits, num_classes, about):
+    """Build the task model, train it in `run` from where the run stands,
+    score validation and test, draw predictions.png, export if asked.
+    Returns the results dict (the model is `run.model`)."""
+    import keras
+    import numpy as np
+
+    from keras_conmim.classifier import finetune_encoder
+    from keras_conmim.downstream_run import canvas_batches, optimizer_for
+
+    train, val, test = splits
+    image_shape = (recipe.canvas_size, recipe.canvas_size, encoder.image_shape[-1])
+    keras.utils.set_random_seed(args.seed)
+    start = None if args.init == "resnet18" else finetune_encoder(
+        encoder, drop_path_rate=recipe.drop_path)
+    model, tuned_encoder = module.build(args.head, start, image_shape, num_classes, recipe)
+    model.compile(optimizer=optimizer_for(recipe, model, tuned_encoder),
+                  **module.compile_args(keras, args.head))
+    run.model = model
+    first_step = run.start(model, sample=np.zeros((1, *image_shape), "uint8"),
+                           extra={"command": args.command})
+    print(f"{task} with {args.head} from {args.init}: backend={args.backend} "
+          f"images train={len(train['images'])} val={len(val['images'])} "
+          f"test={len(test['images'])} ({recipe.canvas_size} px, {num_classes} classes) "
+          f"steps={recipe.steps} batch={recipe.batch_size}", flush=True)
+    every = grid(recipe.steps, args.checkpoint_every)
+    t0 = time.perf_counter()
+    run.fit(model, canvas_batches(train, task, recipe, seed=args.seed, first_step=first_step,
+                                  steps_per_epoch=every,
+                                  label_key=getattr(module, "LABEL_KEYS", {})
+                                  .get(args.head, "labels")),
+            recipe.steps, every, first_step)
+    seconds, trained = time.perf_counter() - t0, recipe.steps - first_step
+    test_pred = module.predict(model, test["images"])
+    result = dict(task=task, head=args.head, init=args.init, backend=args.backend,
+                  val=module.score(module.predict(model, val["images"]), val, num_classes),
+                  test=module.score(test_pred, test, num_classes),
+                  train_canvases=len(train["images"]), val_canvases=len(val["images"]),
+                  test_canvases=len(test["images"]), steps=recipe.steps, **about,
+                  resumed_at_step=first_step,
+                  train_images_per_second=(round(trained * recipe.batch_size / seconds, 2)
+                                           if trained else None),
+                  machine=f"{platform.machine()}, {os.cpu_count()} cores")
+    if args.grid:
+        draw_predictions(args, task, test, test_pred, num_classes)
+    if args.export == "saved_model":
+        from keras_conmim.export import export_task_model
+
+        export_task_model(model, task, os.path.join(args.output, "serving"))
+        result["serving"] = os.path.join(args.output, "serving")
+    return result
+
+
+def draw_predictions(args, task, test, test_pred, num_classes):
+    from keras_conmim.downstream_run import picture_grid
+
+    n = min(args.grid, len(test["images"]))
+    truth = (test["masks"][:n] if task == "segment" else
+             {k: test[k][:n] for k in ("boxes", "classes", "instances")})
+    shown = test_pred[:n] if task == "segment" else {k: v[:n] for k, v in test_pred.items()}
+    grid_image = picture_grid(test["images"][:n], truth, shown, task, num_classes)
+    write_picture(args.output, grid_image, f"{task} {args.init}: canvas | truth | prediction")
 
 
 def describe_data(about):

@@ -35,7 +35,8 @@ import keras  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
 from keras_conmim import callbacks as cb  # noqa: E402
-from keras_conmim import cli, distribute, run_folder as run  # noqa: E402
+from keras_conmim import cli, distribute  # noqa: E402
+from keras_conmim.runs import folder as run  # noqa: E402
 from keras_conmim.atomic import save_atomic, write_text_atomic  # noqa: E402
 from keras_conmim.data import parse_data_spec  # noqa: E402
 from keras_conmim.errors import ConfigError, DataError, ResumeError, StorageError  # noqa: E402

@@ -89,9 +89,9 @@ def test_rows_run_the_right_recipes_and_fill_the_tables(tmp_path, capsys):
     assert "--from-scratch" in probes[4] and "--raw-pixels" in probes[5]
     # each cell checkpoints in its own folder, and a fresh run starts every cell over
     assert all("--no-resume" in c for c in finetune)
-    folders = [_flag(c, "--checkpoint-dir") for c in finetune]
+    folders = [_flag(c, "--output") for c in finetune]
     assert len(set(folders)) == len(folders)
-    assert folders[0] == os.path.join(str(tmp_path), "conmim", "finetune_F5_10.checkpoints")
+    assert folders[0] == os.path.join(str(tmp_path), "conmim", "finetune_F5_10")
 
     with open(os.path.join(tmp_path, "results.json")) as f:
         report = json.load(f)

@@ -76,7 +76,7 @@ def test_finetune_recipe_runs(tmp_path):
     encoder = tiny_vit(image_shape=(28, 28, 1))
     path = os.path.join(tmp_path, "enc.keras")
     encoder.save(path)
-    out = os.path.join(tmp_path, "cls.keras")
+    out = os.path.join(tmp_path, "cls")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--backend",
          keras.backend.backend(), "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
@@ -98,7 +98,11 @@ def test_finetune_recipe_runs(tmp_path):
     assert re.search(r'pooling +"mean"   <- flag\n', result.stdout), result.stdout
     assert "weight decay 0.0001 <- flag" in result.stdout
     assert re.search(r"randaugment_ops +2\n", result.stdout), result.stdout  # on: not scaled off
-    assert os.path.isfile(out)
+    assert os.path.isfile(os.path.join(out, "classifier.keras"))
+    with open(os.path.join(out, "results.json")) as f:  # the run folder's own copy
+        assert json.load(f) == written
+    assert sorted(os.listdir(out)) == ["classifier.keras", "config.json", "log.csv",
+                                       "results.json"]
     if keras.backend.backend() != "torch":
         return  # flag checks: the backend does not matter (each command imports Keras)
     missing = subprocess.run(
@@ -119,13 +123,13 @@ def test_finetune_recipe_from_scratch_with_a_preset(tmp_path, capsys):
     # branch that bench/fashion_mnist.py's scratch rows use.
     from recipes import finetune
 
-    out = os.path.join(tmp_path, "scratch.keras")
+    out = os.path.join(tmp_path, "scratch")
     finetune.main(["--backend", keras.backend.backend(), "--from-scratch", "--preset",
                    "vit_mini_p4_28", "--encoder", "missing.keras", "--epochs", "1",
                    "--steps-per-epoch", "1", "--min-steps", "0", "--batch-size", "8",
                    "--output", out])
     assert "fine-tuning from random init" in capsys.readouterr().out
-    model = keras.saving.load_model(out)
+    model = keras.saving.load_model(os.path.join(out, "classifier.keras"))
     assert tuple(model(np.zeros((2, 28, 28, 1), "float32")).shape) == (2, 10)
 
 
@@ -136,8 +140,12 @@ class _Killed(Exception):
 def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, capsys):
     # A run killed right after its epoch-2 checkpoint, run again, ends with
     # the weights of the run that was never stopped (augmentation off: the
-    # random draws are the one thing a resumed run does not repeat).
+    # random draws are the one thing a resumed run does not repeat). The run
+    # folder keeps the engine's promises: --no-resume moves the run aside
+    # (nothing deleted), a folder in use is refused naming its holder.
     from keras_conmim import callbacks
+    from keras_conmim.errors import ResumeError, RunInUseError
+    from keras_conmim.runs import folder as run_folder
     from recipes import finetune
 
     encoder = tiny_vit(image_shape=(28, 28, 1))
@@ -145,16 +153,16 @@ def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, caps
     encoder.save(path)
 
     def run(name, *extra):
-        out = os.path.join(tmp_path, f"{name}.keras")
+        out = os.path.join(tmp_path, name)
         finetune.main(["--backend", keras.backend.backend(), "--encoder", path, "--epochs", "3",
                        "--steps-per-epoch", "2", "--batch-size", "8", "--min-steps", "0",
                        "--warmup-epochs", "1", "--head-init", "small", "--drop-path", "0",
                        "--mixup", "0", "--cutmix", "0", "--randaugment-ops", "0",
                        "--output", out, *extra])
-        return out
+        return os.path.join(out, "classifier.keras")
 
     whole = keras.saving.load_model(run("whole"))
-    assert not os.path.exists(os.path.join(tmp_path, "whole.checkpoints"))  # removed when done
+    assert not os.path.exists(os.path.join(tmp_path, "whole", "checkpoints"))  # whole in the file
 
     save = callbacks.Checkpointer.on_epoch_end
 
@@ -166,24 +174,39 @@ def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, caps
     with pytest.raises(_Killed):
         run("resumed")
     monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", save)
-    folder = os.path.join(tmp_path, "resumed.checkpoints")
+    folder = os.path.join(tmp_path, "resumed", "checkpoints")
     assert [os.path.basename(p) for p in callbacks.list_checkpoints(folder)] == [
         "ckpt-00000002.keras", "ckpt-00000004.keras"]
-    assert not os.path.exists(os.path.join(tmp_path, "resumed.keras"))
+    assert not os.path.exists(os.path.join(tmp_path, "resumed", "classifier.keras"))
 
-    from keras_conmim.errors import ResumeError
-
-    with pytest.raises(ResumeError, match="(?s)holds checkpoints of another run.*lr.*--no-resume"):
+    with pytest.raises(ResumeError, match="(?s)holds a stopped run with other settings.*lr.*"
+                       "--no-resume"):
         run("resumed", "--lr", "0.5")
+    with run_folder.hold(os.path.join(tmp_path, "resumed")):
+        with pytest.raises(RunInUseError, match=f"in use by another run: process {os.getpid()} on host"):
+            run("resumed")
     capsys.readouterr()
-    with open(os.path.join(folder, "notes.txt"), "w") as f:
-        f.write("a user's file")  # a shared folder: only the recipe's own files go
     resumed = keras.saving.load_model(run("resumed"))
-    assert "ckpt-00000004.keras: 2 of 3 epochs done" in capsys.readouterr().out
+    assert "ckpt-00000004.keras at step 4" in capsys.readouterr().out
     for a, b in zip(whole.weights, resumed.weights):
         np.testing.assert_allclose(to_numpy(b), to_numpy(a), atol=1e-5, err_msg=a.path)
     assert int(to_numpy(resumed.optimizer.iterations)) == 6
-    assert os.listdir(folder) == ["notes.txt"]
+    history = json.load(open(os.path.join(tmp_path, "resumed", "config.json")))["history"]
+    assert [(h["event"], h["step"]) for h in history] == [("start", 0), ("resume", 4)]
+
+    # --no-resume over a stopped run and over a finished one: both kept
+    with pytest.raises(_Killed):
+        monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", save_then_die)
+        run("twice")
+    monkeypatch.setattr(callbacks.Checkpointer, "on_epoch_end", save)
+    run("twice", "--no-resume")
+    run("twice", "--no-resume")
+    previous = os.path.join(tmp_path, "twice", "previous_runs")
+    kept = [sorted(os.listdir(os.path.join(previous, d))) for d in sorted(os.listdir(previous))]
+    assert kept == [["checkpoints", "config.json", "log.csv"],
+                    ["classifier.keras", "config.json", "log.csv", "results.json"]], kept
+    assert len(os.listdir(os.path.join(previous, sorted(os.listdir(previous))[0],
+                                       "checkpoints"))) == 2
 
 
 def test_finetune_batches_without_tensorflow_follow_the_global_step(monkeypatch):
@@ -233,36 +256,43 @@ def test_random_erasing_fills_one_rectangle_per_image(tensorflow):
         assert rows.size == box and 0.01 * 784 <= box <= 0.4 * 784, box
 
 
-def test_a_run_file_from_before_random_erasing_resumes_with_it_off(tmp_path):
-    import json
+def _stopped_run(folder, settings):
+    """A run folder holding a checkpoint and the run file `settings`."""
+    from keras_conmim.runs import folder as run_folder
 
+    os.makedirs(os.path.join(folder, "checkpoints"))
+    open(os.path.join(folder, "checkpoints", "ckpt-00000002.keras"), "w").close()
+    with open(os.path.join(folder, run_folder.CONFIG), "w") as f:
+        f.write(run_folder.record(settings, {}, None, "start", 0, extra={"head": "h"}))
+
+
+def _resumes(folder, settings):
+    """The run file the engine resumes with these settings (ResumeError if not)."""
+    from keras_conmim.finetune_run import older_run_problems
+    from keras_conmim.runs import Run
+
+    with Run(folder, settings, problems=older_run_problems, log=lambda s: None) as run:
+        assert run.resuming
+        return run.saved
+
+
+def test_a_run_file_from_before_random_erasing_resumes_with_it_off(tmp_path):
+    from keras_conmim.errors import ResumeError
     from recipes import finetune
 
-    folder = os.path.join(tmp_path, "run.checkpoints")
-    os.makedirs(folder)
-    open(os.path.join(folder, "ckpt-00000002.keras"), "w").close()
+    folder = os.path.join(tmp_path, "run")
     encoder = os.path.join(tmp_path, "enc.keras")
     open(encoder, "w").close()
-    argv = ["--encoder", encoder, "--checkpoint-dir", folder, "--output",
-            os.path.join(tmp_path, "run.keras")]
-    from keras_conmim.errors import ResumeError
-
+    argv = ["--encoder", encoder, "--output", folder]
     args = finetune.parse_args(argv)
     settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
     assert settings["random_erasing"] == 0.0
-    old = {k: v for k, v in settings.items() if k != "random_erasing"}
-    with open(os.path.join(folder, finetune.LEGACY_RUN_FILE), "w") as f:
-        json.dump({"settings": old, "head": "h"}, f)
-    assert finetune.check_resume(folder, settings)["head"] == "h"
+    _stopped_run(folder, {k: v for k, v in settings.items() if k != "random_erasing"})
+    assert _resumes(folder, settings)["head"] == "h"
     args = finetune.parse_args([*argv, "--random-erasing", "0.25"])
     settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
     with pytest.raises(ResumeError, match="random_erasing: the run has 0.0, this command 0.25"):
-        finetune.check_resume(folder, settings)
-    # the run file of today's format: the same check, the same message
-    finetune.write_run_file(folder, old | {"random_erasing": 0.0}, {}, "h")
-    os.remove(os.path.join(folder, finetune.LEGACY_RUN_FILE))
-    with pytest.raises(ResumeError, match="random_erasing: the run has 0.0, this command 0.25"):
-        finetune.check_resume(folder, settings)
+        _resumes(folder, settings)
 
 
 def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
@@ -270,6 +300,7 @@ def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
     # (seed, step) alone: the tf.data and the no-TensorFlow paths give the same
     # pixels, and a resumed run crops as the stopped one would have.
     from keras_conmim.data import geometry, load_default
+    from keras_conmim.finetune_run import GEOMETRY_STREAM
     from recipes import finetune
 
     source = load_default("train", image_size=(28, 28), channels="gray")
@@ -279,7 +310,7 @@ def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
     x, y = batches[1] if not tensorflow else list(batches.take(2))[1]
     idx = source.batch_indices(16, 2, 6)
     expected = geometry.train_geometry(
-        source.batch(idx), np.random.default_rng((2, finetune.GEOMETRY_STREAM, 6)), "pad", 4)
+        source.batch(idx), np.random.default_rng((2, GEOMETRY_STREAM, 6)), "pad", 4)
     np.testing.assert_array_equal(to_numpy(x), expected.astype("float32"))
     np.testing.assert_array_equal(np.argmax(to_numpy(y), 1), source.labels[idx])
     assert not np.array_equal(expected, source.batch(idx))
@@ -292,8 +323,8 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
 
     encoder = os.path.join(tmp_path, "enc.keras")
     open(encoder, "w").close()
-    argv = ["--encoder", encoder, "--output", os.path.join(tmp_path, "run.keras")]
-    from keras_conmim.errors import ResumeError
+    argv = ["--encoder", encoder]
+    from keras_conmim.errors import ConfigError, ResumeError
 
     args = finetune.parse_args(argv)
     recipe, _, text = finetune.recipe_of(args, "vit_mini_p4_28")  # the recipe as written
@@ -309,24 +340,23 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
                          (["--crop-scale-min", "0"], "crop scale min 0.0")):
         with pytest.raises(SystemExit):
             finetune.parse_args([*argv, *bad])
+        with pytest.raises(ConfigError, match=message):  # the recipe's own check
+            finetune.FinetuneRecipe(**{**finetune.FinetuneRecipe().as_dict(),
+                                       bad[0][2:].replace("-", "_"): float(bad[1])})
     # A run file written before the geometry existed was made without it: it
     # resumes where the geometry is off (as a short run scales it), and says
     # so otherwise.
-    folder = os.path.join(tmp_path, "run.checkpoints")
-    os.makedirs(folder)
-    open(os.path.join(folder, "ckpt-00000002.keras"), "w").close()
-    args = finetune.parse_args([*argv, "--checkpoint-dir", folder, "--pooling", "mean"])
+    folder = os.path.join(tmp_path, "run")
+    args = finetune.parse_args([*argv, "--output", folder, "--pooling", "mean"])
     settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
-    old = {k: v for k, v in settings.items() if k not in finetune.ADDED_SINCE}
-    with open(os.path.join(folder, finetune.LEGACY_RUN_FILE), "w") as f:
-        json.dump({"settings": old, "head": "h"}, f)
-    assert finetune.check_resume(folder, settings)["head"] == "h"
-    args = finetune.parse_args([*argv, "--checkpoint-dir", folder])
+    _stopped_run(folder, {k: v for k, v in settings.items() if k not in finetune.ADDED_SINCE})
+    assert _resumes(folder, settings)["head"] == "h"
+    args = finetune.parse_args([*argv, "--output", folder])
     settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28")[0])
     with pytest.raises(ResumeError, match="(?s)crop: the run has 'none', this command 'auto'.*"
                        "flip: the run has 0.0, this command 0.5.*"
                        "pooling: the run has 'mean', this command 'flatten'"):
-        finetune.check_resume(folder, settings)
+        _resumes(folder, settings)
 
 
 def test_test_images_above_32_px_are_center_cropped_as_the_release_evaluates():

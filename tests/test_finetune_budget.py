@@ -160,7 +160,7 @@ def test_label_subset_is_class_balanced_seeded_and_reproducible():
 def test_finetune_recipe_on_a_labelled_subset(tmp_path, capsys):
     from recipes import finetune
 
-    out = os.path.join(tmp_path, "cls.keras")
+    out = os.path.join(tmp_path, "cls")
     argv = ["--backend", "torch", "--from-scratch", "--preset", "vit_mini_p4_28",
             "--labels-per-class", "8", "--epochs", "1", "--output", out]
     finetune.main([*argv, "--min-steps", "3"])

@@ -110,14 +110,14 @@ def test_finetune_encoder_that_is_no_vit_or_unsafe_is_one_line(tmp_path):
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     dense.save(tmp_path / "dense.keras")
     one_line(recipe("finetune", "--encoder", str(tmp_path / "dense.keras"), "--output",
-                    str(tmp_path / "c.keras")),
+                    str(tmp_path / "c")),
              f"--encoder {tmp_path / 'dense.keras'}", "has no ViT encoder")
     lam = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
     lam.save(tmp_path / "lambda.keras")
     done = recipe("finetune", "--encoder", str(tmp_path / "lambda.keras"), "--output",
-                  str(tmp_path / "c.keras"))
+                  str(tmp_path / "c"))
     one_line(done, f"--encoder {tmp_path / 'lambda.keras'}")
-    assert not os.path.exists(tmp_path / "c.keras")
+    assert not os.path.exists(tmp_path / "c")
 
 
 @jax_only

@@ -137,7 +137,7 @@ def test_finetune_and_probe_on_class_folders(tmp_path):
     data = ["--data", f"dir:{tmp_path}/train", "--test-data", f"dir:{tmp_path}/test"]
     top1 = finetune.main(["--from-scratch", "--preset", "vit_tiny_p4_32", *data, "--backend",
                           BACKEND, "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "6",
-                          "--min-steps", "0", "--output", str(tmp_path / "clf.keras"),
+                          "--min-steps", "0", "--output", str(tmp_path / "clf"),
                           "--results-json", str(tmp_path / "ft.json")])
     assert 0 <= top1 <= 1
     result = json.loads((tmp_path / "ft.json").read_text())
@@ -146,7 +146,7 @@ def test_finetune_and_probe_on_class_folders(tmp_path):
 
     import keras_conmim  # noqa: F401  (registers the classifier)
 
-    model = keras.saving.load_model(str(tmp_path / "clf.keras"))
+    model = keras.saving.load_model(str(tmp_path / "clf" / "classifier.keras"))
     assert model.class_names == ("circle", "square", "stripes")
     if BACKEND != "torch":
         return

@@ -288,7 +288,7 @@ def test_conmim_refuses_float_and_channels_first_images():
 def test_a_held_folder_refuses_a_second_run_and_a_dead_runs_lock_is_taken_over(tmp_path):
     import socket
 
-    from keras_conmim import run_folder
+    from keras_conmim.runs import folder as run_folder
     from keras_conmim.errors import RunInUseError
 
     folder = str(tmp_path / "run")
@@ -326,7 +326,7 @@ def test_a_held_folder_refuses_a_second_run_and_a_dead_runs_lock_is_taken_over(t
 def test_two_runs_into_one_folder_the_second_is_refused_the_first_finishes(tmp_path):
     import time
 
-    from keras_conmim import run_folder
+    from keras_conmim.runs import folder as run_folder
 
     out = tmp_path / "run"
     env = dict(os.environ, KERAS_BACKEND="jax")

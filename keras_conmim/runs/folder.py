@@ -2,7 +2,8 @@
 and `config.json` as the record of what ran (with every start and resume),
 the one run-file format of every recipe (pre-training writes it in its
 --output, fine-tuning beside its checkpoints), and the one resume check
-(`resume_problems`). Standard library only.
+(`resume_problems`). Below the run engine (`runs.engine.Run`), which keeps
+these promises for every run kind.
 
 The promise: two runs never mix in one folder. A run that starts fresh in a
 folder that holds another run's files moves them into
@@ -13,8 +14,8 @@ with the same settings (`resume_problems`).
 import datetime
 import json
 import os
-import re
 
+from keras_conmim.callbacks import CHECKPOINT_PATTERN
 from keras_conmim.errors import ConfigError, RunInUseError
 
 CONFIG = "config.json"
@@ -26,8 +27,9 @@ RESULTS = "results.json"  # the finished run's result, for scripts
 RUN_FILES = (CONFIG, RESULTS, "log.csv", CHECKPOINTS, "tensorboard", "views", "conmim.keras",
              "teacher_encoder.keras", "student_encoder.keras",
              # the downstream recipes' (recipes/segment.py, recipes/detect.py)
-             "model.keras", "predictions.png", "serving")
-CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.keras$")
+             "model.keras", "predictions.png", "serving",
+             # recipes/finetune.py's
+             "classifier.keras")
 
 
 def has_checkpoints(output):
