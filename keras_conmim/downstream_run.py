@@ -38,7 +38,9 @@ class DownstreamRecipe:
     clip_norm: float = 1.0
     drop_path: float = 0.1
     flip: float = 0.5
-    canvas_size: int = 48
+    canvas_size: int = dataclasses.field(default=48, metadata=dict(
+        aliases=("--image-size",), help="the square input size: canvases are made at it, "
+        "images of coco: / masks: data letterboxed to it"))
     max_items: int = 2
 
     def __post_init__(self):
@@ -346,3 +348,107 @@ def picture_grid(images, truth, prediction, task, num_classes, scale=3):
         rows.append(np.full((2, rows[-1].shape[1], 3), 128, np.uint8))
     grid = np.concatenate(rows[:-1], axis=0)
     return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
+DEFAULT_CANVASES = {"train_canvases": 2000, "val_canvases": 300, "test_canvases": 500}
+
+
+def task_data(task, spec, test_spec, recipe, item_size, channels, counts, seed=0):
+    """`(train, val, test, num_classes, about)` for `--data spec`: coco: /
+    masks: sets (`dense_splits`; `counts` caps them), or canvases made from
+    the items of `default` / `idx:` data (`make_splits`; `counts` fills in
+    from `DEFAULT_CANVASES`, in place, so the run records what it made)."""
+    from keras_conmim import data
+    from keras_conmim.data.dense import is_dense_spec
+
+    if is_dense_spec(spec):
+        train, val, test, about = dense_splits(task, spec, test_spec, recipe.canvas_size,
+                                               channels, seed, counts)
+        check_batch(recipe, train)
+        return train, val, test, len(train.class_names), about
+    if spec != "default" and not spec.startswith("idx:"):
+        from keras_conmim.cli import DENSE_SPECS
+
+        raise DataError(f"--data {spec}: use one of {DENSE_SPECS}")
+    if test_spec:
+        raise ConfigError(f"--test-data goes with coco: / masks: data; --data {spec} makes "
+                          "its test canvases from its own test items")
+    for name, default in DEFAULT_CANVASES.items():
+        counts[name] = counts.get(name) or default
+    try:
+        items = data.load_splits(spec, image_size=item_size,
+                                 channels="rgb" if channels == 3 else "gray")
+    except (ValueError, OSError) as e:
+        raise DataError(f"--data {spec}: {e}") from None
+    train, val, test = make_splits(items, recipe, counts["train_canvases"],
+                                   counts["val_canvases"], counts["test_canvases"], seed=seed)
+    check_batch(recipe, train)
+    num_classes = int(max(s.labels.max() for s in items)) + 1
+    return train, val, test, num_classes, dict(
+        class_names=list(items[0].class_names or range(num_classes)))
+
+
+def check_batch(recipe, train):
+    """A batch larger than the training set: ConfigError naming both ways out."""
+    if recipe.batch_size > len(train["images"]):
+        raise ConfigError(f"batch_size {recipe.batch_size} is larger than the "
+                          f"{len(train['images'])} training images: pass --batch-size "
+                          f"{len(train['images'])} or less, or more --train-canvases")
+
+
+def describe_data(about):
+    """The lines a run prints about its data: classes, test images, notes, skips."""
+    names = about["class_names"]
+    lines = [f"classes ({len(names)}): {', '.join(map(str, names))}"]
+    if "test_from" in about:
+        lines.append(f"test images: {about['test_from']}")
+    lines += [f"images: {note}" for note in about.get("notes", ())]
+    lines += [f"skipped or fixed: {count} {reason}"
+              for reason, count in about.get("skipped", {}).items()]
+    return lines
+
+
+def write_predictions(folder, task, test, prediction, num_classes, count, title):
+    """predictions.png in the run folder (the first `count` test images:
+    canvas | truth | prediction), and the same image in its TensorBoard log
+    when TensorFlow is installed."""
+    import os
+
+    import keras
+
+    n = min(count, len(test["images"]))
+    truth = (test["masks"][:n] if task == "segment" else
+             {k: test[k][:n] for k in ("boxes", "classes", "instances")})
+    shown = prediction[:n] if task == "segment" else {k: v[:n] for k, v in prediction.items()}
+    grid = picture_grid(test["images"][:n], truth, shown, task, num_classes)
+    keras.utils.save_img(os.path.join(folder, "predictions.png"), grid, scale=False)
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    with tf.summary.create_file_writer(os.path.join(folder, "tensorboard")).as_default():
+        tf.summary.image(title, grid[None], step=0)
+
+
+# Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
+# jax2tf cannot trace KerasHub's anchor generator.
+EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",),
+                   "instance": ("tensorflow",)}
+
+
+def check_flags(task, args, positive):
+    """ConfigError for the downstream flags that cannot work together,
+    before anything loads (`positive`: the flags that must be >= 1)."""
+    from keras_conmim import cli
+
+    if args.init != "resnet18":
+        cli.check_encoder(args)
+    cli.check_at_least_one(args, positive)
+    if args.grid < 0:
+        raise ConfigError("--grid must be >= 0")
+    if args.export == "saved_model" and args.backend not in EXPORT_BACKENDS[task]:
+        raise ConfigError(f"--export saved_model ({task}) needs --backend "
+                          f"{' or '.join(EXPORT_BACKENDS[task])} (Keras exports SavedModels "
+                          "from those); or train here and export model.keras later with "
+                          "keras_conmim.export.export_task_model on one of them")
+    return args
