@@ -143,12 +143,13 @@ class Checkpointer(keras.callbacks.Callback):
     (which can only belong to another run).
     """
 
-    def __init__(self, directory, keep=3, every_n_steps=None):
+    def __init__(self, directory, keep=3, every_n_steps=None, keep_first=False):
         super().__init__()
         if keep < 1:
             raise ValueError(f"keep must be >= 1, received {keep}.")
         self.directory = directory
         self.keep = keep
+        self.keep_first = keep_first  # never rotate out ckpt-00000000, the run's initial state
         self.every_n_steps = every_n_steps
         self.last_path = None
         self._last_loss = None
@@ -174,7 +175,8 @@ class Checkpointer(keras.callbacks.Callback):
         path = os.path.join(self.directory, f"ckpt-{step:08d}.keras")
         save_atomic(self.model, path)
         self.last_path = path
-        ours = [p for p in list_checkpoints(self.directory) if checkpoint_step(p) <= step]
+        ours = [p for p in list_checkpoints(self.directory) if checkpoint_step(p) <= step
+                and not (self.keep_first and checkpoint_step(p) == 0 and step > 0)]
         for old in ours[: -self.keep]:
             os.remove(old)
         return path

@@ -2,8 +2,8 @@
 starts from and its scaling to the run (`resolve_recipe`, through
 `run_config`, the resolver every recipe uses; the result is a typed
 `FinetuneRecipe`), the run's bookkeeping for exact resume (`run_settings`,
-`check_resume`, the run file `config.json` beside the checkpoints, in
-`run_folder`'s one format), the splits at the model's size (`load_splits`)
+`older_run_problems`, the engine's extra resume rule for run files written
+before a setting existed), the splits at the model's size (`load_splits`)
 and the augmented batches (`make_batches`: the release's crop + flip on
 uint8, then RandAugment, random erasing and MixUp / CutMix as Keras
 preprocessing layers, in tf.data when TensorFlow is installed, else per

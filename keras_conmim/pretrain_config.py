@@ -4,9 +4,9 @@ Every option with its type, default and help (`OPTIONS`), the merge
 defaults < the preset's recipe < `--config` file < flags (`resolve_config`,
 through `run_config`, the one resolver every recipe uses), type coercion and
 range checks that fail before the model is built, any data is read or any
-file is written (`validate`, `view_errors`), the resume check against the
-run folder's `config.json` (`check_resume`, through `run_folder`), and
-`build_model`: `ConMIM.from_preset` and `pretrain_optimizer` with the
+file is written (`validate`, `view_errors`), which settings a resume may
+change (`RESUMABLE_CHANGES`, `RECOVERY_CHANGES`; the check itself is the run
+engine's, `runs.Run`), and `build_model`: `ConMIM.from_preset` and `pretrain_optimizer` with the
 resolved values. Errors are `ConfigError` / `ResumeError`; only
 `recipes/pretrain.py` turns them into an exit. The benchmarks build their
 models through it too.
@@ -308,36 +308,6 @@ def build_model(config, steps_per_epoch):
     model.compile(optimizer=pretrain_optimizer(config, steps_per_epoch),
                   jit_compile=jit_compile_for(config.get("jit_compile", "auto")))
     return model
-
-
-def check_resume(config, resume):
-    """Whether this run resumes the one in --output (it has checkpoints and
-    --no-resume was not given), checked before the model is built: the run there
-    must have been made with these settings, else ResumeError naming each
-    difference and the ways out. Returns (resuming, saved config or None)."""
-    run = run_folder
-    output = config["output"]
-    if not (resume and run.has_checkpoints(output)):
-        return False, None
-    saved = run.read_config(output)
-    if saved is None:
-        print(f"warning: {output} has checkpoints but no config.json (an older version's run): "
-              "resuming without checking its settings", flush=True)
-        return True, None
-    problems = run.resume_problems(saved, config, RESUMABLE_CHANGES + RECOVERY_CHANGES)
-    if isinstance(saved.get("lr"), (int, float)) and config["lr"] > saved["lr"]:
-        problems.append(f"lr: a resume may lower the learning rate to climb out of a NaN, not "
-                        f"raise it (this run's {saved['lr']}, this command's {config['lr']})")
-    if problems:
-        raise ResumeError(
-            f"{output} holds a run made with other settings, which a resume would "
-            "silently ignore:\n  " + "\n  ".join(problems) + "\nA resume may change only "
-            f"where files go and how often ({', '.join(RESUMABLE_CHANGES)}) and, to climb out "
-            f"of a NaN, {', '.join(RECOVERY_CHANGES)}. Resume it with its own "
-            f"settings ({os.path.join(output, run.CONFIG)} lists them), or start a new run: "
-            f"add --no-resume (the run there is moved to {os.path.join(output, run.PREVIOUS)}/, "
-            "not deleted) or pass another --output.")
-    return True, saved
 
 
 def recovery_changes(saved, config):

@@ -74,7 +74,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     for a, b in zip(_teacher_weights(straight), _teacher_weights(interrupted)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     kept = sorted(os.listdir(os.path.join(interrupted, "checkpoints")))
-    assert kept == ["ckpt-00000008.keras", "ckpt-00000010.keras", "ckpt-00000012.keras"]
+    assert kept == ["ckpt-00000000.keras", "ckpt-00000008.keras", "ckpt-00000010.keras",
+                    "ckpt-00000012.keras"]
     with open(os.path.join(interrupted, "log.csv")) as f:
         rows = f.read().strip().splitlines()
     assert len(rows) >= 3  # header + both epochs

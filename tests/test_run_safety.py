@@ -196,9 +196,10 @@ def test_resume_refuses_changed_settings_and_no_resume_moves_the_run_aside(tmp_p
     previous = os.listdir(out / "previous_runs")
     assert len(previous) == 1 and f"moved them to {out / 'previous_runs' / previous[0]}" in new.stdout
     old = out / "previous_runs" / previous[0]
-    assert sorted(os.listdir(old / "checkpoints")) == ["ckpt-00000002.keras"]
+    assert sorted(os.listdir(old / "checkpoints")) == ["ckpt-00000000.keras", "ckpt-00000002.keras"]
     assert json.load(open(old / "config.json"))["epochs"] == 1
-    assert sorted(os.listdir(out / "checkpoints")) == ["ckpt-00000002.keras", "ckpt-00000004.keras"]
+    assert sorted(os.listdir(out / "checkpoints")) == ["ckpt-00000000.keras", "ckpt-00000002.keras",
+                                                       "ckpt-00000004.keras"]
     with open(out / "config.json") as f:
         config = json.load(f)
     assert config["epochs"] == 2 and [h["event"] for h in config["history"]] == ["start"]
@@ -441,7 +442,7 @@ def test_the_nan_message_never_advises_what_the_command_already_does():
     with a lower lr, not 'add --on-nan rollback'; without it, both."""
     if BACKEND != "jax":
         pytest.skip("message text: the backend does not matter")
-    from recipes import pretrain
+    from keras_conmim.runs import pretraining as pretrain
 
     error = cb.NonFiniteLossError("The loss became NaN at step 7.")
     base = {"lr": 1e-3, "max_rollbacks": 3, "output": "runs/x"}
@@ -452,3 +453,67 @@ def test_the_nan_message_never_advises_what_the_command_already_does():
     stopped = pretrain.nan_error(error, {**base, "on_nan": "stop"}, [], "runs/x", 0,
                                  "ckpt-00000004.keras")
     assert "add --on-nan rollback" in str(stopped)
+
+
+def test_following_each_nan_message_ends_in_a_finished_run(tmp_path):
+    """--lr 1e3 --warmup-epochs 0 ruins the weights: each NaN message names
+    a checkpoint and a command; running the command printed (a few times at
+    most) ends in a finished run with finite weights. A NaN that comes back
+    before a new checkpoint steps back (its checkpoint moves to ruined/,
+    nothing deleted); no message repeats a command that failed."""
+    import shlex
+
+    from recipes import pretrain
+
+    out = tmp_path / "run"
+    argv = ["--backend", BACKEND, "--output", str(out), *TINY, "--epochs", "3", "--seed", "0",
+            "--lr", "1e3", "--warmup-epochs", "0"]
+    tried = []
+    for _ in range(4):
+        try:
+            model = pretrain.main(argv)
+            break
+        except cb.NonFiniteLossError as error:
+            message = str(error)
+            command = [line.strip() for line in message.splitlines()
+                       if line.strip().startswith("python recipes/pretrain.py")]
+            assert len(command) == 1, message
+            named = [w for w in message.split() if w.startswith("ckpt-")][-1]
+            assert (named, command[0]) not in tried, message  # never the same way out twice
+            tried.append((named, command[0]))
+            argv = shlex.split(command[0])[2:]
+    else:
+        raise AssertionError(f"still NaN after following {len(tried)} messages: {tried}")
+    assert _finite(model) and int(to_numpy(model.step_counter)) == 6
+    assert 1 <= len(tried) <= 3, tried
+    config = json.load(open(out / "config.json"))
+    assert config["lr"] < 1e-2 and [h["event"] for h in config["history"]].count("nan") == len(tried)
+    # every checkpoint the NaN came back from is kept, moved aside
+    for path in cb.list_checkpoints(str(out / "checkpoints" / "ruined")):
+        assert os.path.isfile(path)
+
+
+def test_a_nan_that_comes_back_steps_back_to_the_checkpoint_before(tmp_path, nan_at_step):
+    """The command a NaN message prints goes on from ckpt-4; the NaN comes
+    back before a new checkpoint: the next message goes on from ckpt-2 (the
+    one before) with a lower lr again, and ckpt-4 is kept in ruined/."""
+    import shlex
+
+    out = tmp_path / "run"
+    with pytest.raises(cb.NonFiniteLossError) as first:
+        _in_process(out, "--lr", "1e-3")
+    assert "Go on from ckpt-00000004.keras" in str(first.value)
+    command = [w for w in str(first.value).splitlines() if "python recipes/pretrain.py" in w][0]
+    from recipes import pretrain
+
+    with pytest.raises(cb.NonFiniteLossError) as second:
+        pretrain.main(shlex.split(command)[2:])
+    assert "Go on from ckpt-00000002.keras" in str(second.value), str(second.value)
+    assert "--lr 1e-05" in str(second.value)  # a tenth again, never the command that failed
+    assert os.listdir(out / "checkpoints" / "ruined") == ["ckpt-00000004.keras"]
+    nan_at_step.undo()
+    command = [w for w in str(second.value).splitlines() if "python recipes/pretrain.py" in w][0]
+    model = pretrain.main(shlex.split(command)[2:])
+    assert _finite(model) and int(to_numpy(model.step_counter)) == 8
+    events = [h["event"] for h in json.load(open(out / "config.json"))["history"]]
+    assert events == ["start", "nan", "resume", "nan", "resume"], events

@@ -47,10 +47,12 @@ class Run:
             rules beyond equality (pre-training: the lr may only go down).
         advice: the resume error's last line (what to do instead).
         log: where the run's one-line notes go (`print`).
+        chief: False in the processes of a multi-process job that write no
+            files (they neither lock the folder nor write in it).
     """
 
     def __init__(self, folder, settings, sources=None, mutable=(), no_resume=False,
-                 problems=None, advice=None, log=print):
+                 problems=None, advice=None, log=print, chief=True):
         self.folder = folder
         self.settings = settings
         self.sources = sources or {}
@@ -60,6 +62,7 @@ class Run:
         self.advice = advice or ("Pass --no-resume to move it aside and start over, or "
                                  "another --output.")
         self.log = log
+        self.chief = chief
         self.checkpoints = os.path.join(folder, run_folder.CHECKPOINTS)
         self.saved = None
         self.resuming = False
@@ -67,7 +70,7 @@ class Run:
 
     # --- the folder -----------------------------------------------------------------
     def __enter__(self):
-        self._lock = run_folder.hold(self.folder, warn=self.log)
+        self._lock = run_folder.hold(self.folder, warn=self.log) if self.chief else _NoLock()
         self._lock.__enter__()
         try:
             self.resuming, self.saved = self._fresh_or_resume()
@@ -113,23 +116,29 @@ class Run:
         if self.resuming and step is None:
             checkpoint, step = self.restore(model, sample)
             self.log(f"resumed from {checkpoint} at step {step}")
-        elif not self.resuming:
+        elif not self.resuming and self.chief:
             moved = run_folder.move_aside(self.folder)
             if moved:
-                self.log(f"{self.folder} held an earlier run: moved to {moved}")
+                self.log(f"{self.folder} held another run's files: moved them to {moved}")
         step = step or 0
-        os.makedirs(self.checkpoints, exist_ok=True)
+        if self.chief:
+            os.makedirs(self.checkpoints, exist_ok=True)
         self.record("resume" if self.resuming else "start", step, checkpoint, extra)
         return step
 
     def record(self, event, step, checkpoint=None, extra=None):
-        """Append `event` (start, resume, rollback...) to config.json's history."""
-        saved = run_folder.read_config(self.folder) if event == "rollback" else self.saved
-        text = run_folder.record(self.settings, self.sources, saved, event, step, checkpoint,
-                                 extra)
+        """Append `event` (start, resume, rollback, nan...) to config.json's
+        history; what the run recorded beside its settings (`extra`, e.g. the
+        fine-tuning head) is carried over unless given anew."""
+        if not self.chief:
+            return
+        base = self.saved or {}
+        carried = {k: v for k, v in base.items()
+                   if k not in self.settings and k not in ("recipe_sources", "history")}
+        text = run_folder.record(self.settings, self.sources, self.saved, event, step,
+                                 checkpoint, {**carried, **(extra or {})})
         write_text_atomic(os.path.join(self.folder, run_folder.CONFIG), text)
-        if event != "rollback":
-            self.saved = json.loads(text)
+        self.saved = json.loads(text)
 
     # --- training -------------------------------------------------------------------
     def checkpointer(self, keep=2, every_n_steps=None):
@@ -176,6 +185,14 @@ class Run:
             os.remove(path)
         if os.path.isdir(self.checkpoints) and not os.listdir(self.checkpoints):
             os.rmdir(self.checkpoints)
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def grid(steps, every):
