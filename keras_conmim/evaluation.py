@@ -167,3 +167,33 @@ class KNNMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and (epoch + 1) % self.every_n_epochs == 0:
             logs["knn_accuracy"] = self.evaluate()
+
+
+MIN_PROBE_STEPS = 300  # the linear probe trains at least this many steps
+
+
+def probe_at_counts(train_features, train_labels, test_features, test_labels, counts, k=20,
+                    temperature=0.07, epochs=100, weight_decay="auto", seed=0):
+    """`{count: (linear, knn)}` top-1 of a linear probe and a kNN on the
+    frozen features, trained on `count` labelled images per class
+    (class-balanced, seeded; None: every image) and tested on all test
+    images. `weight_decay` "auto": cross-validated with at most
+    `LP_FT_MAX_PER_CLASS` labels per class, else 1e-4; "cv" or a number."""
+    from keras_conmim.data.sources import class_balanced_indices
+    # few labels (at most this many per class): cross-validated, as for the LP-FT head
+    from keras_conmim.finetune_budget import LP_FT_MAX_PER_CLASS
+
+    results = {}
+    classes = len(np.unique(train_labels))
+    for count in counts:
+        index = (np.arange(len(train_labels)) if count is None
+                 else class_balanced_indices(train_labels, count, seed=seed))
+        knn = knn_accuracy(train_features[index], train_labels[index], test_features,
+                           test_labels, k=k, temperature=temperature)
+        few = len(index) <= LP_FT_MAX_PER_CLASS * classes
+        decay = ("cv" if few else 1e-4) if weight_decay == "auto" else weight_decay
+        linear = linear_probe(train_features[index], train_labels[index], test_features,
+                              test_labels, epochs=epochs, min_steps=MIN_PROBE_STEPS,
+                              weight_decay=decay, seed=seed)
+        results["all" if count is None else count] = (linear, knn)
+    return results

@@ -7,13 +7,12 @@ scaled to the run), or train the same classifier from scratch.
     python recipes/finetune.py --data idx:/usr/share/datasets/fashion-mnist --labels-per-class 100
     python recipes/finetune.py --data dir:photos/train --test-data dir:photos/test   # PATH/<class>/*.jpg
 
-Unset recipe values come from the preset's recipe (`PRESETS[name]["finetune"]`,
-or `["scratch"]` with --from-scratch), scaled to the run's length and labels
-by `keras_conmim.finetune_budget` (--fixed-recipe: as written); a flag's value
-is never scaled, and the run prints every value with where it came from.
---output is the run's folder (`keras_conmim.runs.Run`, the engine of every
-recipe): `classifier.keras`, `config.json`, `log.csv`, `results.json`, and
-while it trains `checkpoints/` (each epoch). The same command resumes a
+Unset recipe values come from the preset's recipe (`["finetune"]`, or
+`["scratch"]` with --from-scratch), scaled to the run by
+`keras_conmim.finetune_budget` (--fixed-recipe: as written; a flag is never
+scaled); every value is printed with its source. --output is the run's folder
+(`keras_conmim.runs.Run`): `classifier.keras`, `config.json`, `log.csv`,
+`results.json`, `checkpoints/` while it trains. The same command resumes a
 stopped run; --no-resume (or a finished run there) moves the old files to
 `previous_runs/<time>/`; a folder in use is refused. docs/finetuning.md.
 """
@@ -30,8 +29,7 @@ from keras_conmim import cli  # noqa: E402  (after choosing the backend)
 from keras_conmim.finetune_budget import check_ramp_start  # noqa: E402
 from keras_conmim.finetune_run import (  # noqa: E402,F401  (ADDED_SINCE: for tests)
     ADDED_SINCE, FINETUNE_KEYS, FinetuneRecipe, load_splits, make_batches, preset_for,
-    resolve_recipe, run_settings,
-)
+    resolve_recipe, run_settings)
 from keras_conmim.run_config import add_recipe_flags, check_recipe_flags, read_config_file  # noqa: E402,E501
 
 
@@ -58,8 +56,7 @@ def parse_args(argv=None):
         "dashes); flags override it")
     add("--steps-per-epoch", type=int, default=None, help="default: one pass")
     add("--output", default=os.path.join("runs", "finetune"), help="the run's folder")
-    add("--jit-compile", choices=("auto", "on", "off"), default="auto", help="compile the step; "
-        "auto: XLA on JAX, and on TensorFlow and torch only with a GPU")
+    add("--jit-compile", choices=("auto", "on", "off"), default="auto", help="compile the step")
     add("--no-resume", action="store_true", help="start over, moving a stopped run aside")
     add("--seed", type=int, default=0)
     add("--results-json", default=None, help="also write results.json's content here")
@@ -125,7 +122,7 @@ def main(argv=None):
         steps = args.steps_per_epoch or train.steps_per_epoch(recipe.batch_size)
         ft.compile_classifier(model, recipe, steps * recipe.epochs, steps, args.jit_compile)
         print(f"fine-tuning from {'random init' if args.from_scratch else args.encoder}: "
-              f"backend={args.backend} train={len(train)} test={len(test)} "
+              f"backend={args.backend} train={len(train)}{per_class(args)} test={len(test)} "
               f"classes={len(names)} epochs={recipe.epochs} steps/epoch={steps}", flush=True)
         done = run.start(model, np.zeros((1, *encoder.image_shape), "float32"),
                          extra={"head": head, "command": command}) // steps * steps
@@ -144,6 +141,10 @@ def main(argv=None):
     print(f"done: test top-1 {100 * top1:.2f}% on {len(test)} images of {len(names)} classes "
           f"({', '.join(names)}), classifier.keras in {args.output}")
     return top1
+
+
+def per_class(args):
+    return "" if args.labels_per_class is None else f" ({args.labels_per_class} per class)"
 
 
 if __name__ == "__main__":
