@@ -18,7 +18,6 @@ stopped run; --no-resume (or a finished run there) moves the old files to
 """
 
 import argparse
-import os
 import sys
 
 import recipe_main  # stdlib only: chooses the backend before Keras loads
@@ -27,8 +26,8 @@ if __name__ == "__main__":
     recipe_main.choose_backend()
 from keras_conmim import cli  # noqa: E402  (after choosing the backend)
 from keras_conmim.finetune_budget import check_ramp_start  # noqa: E402
-from keras_conmim.finetune_run import (  # noqa: E402,F401  (ADDED_SINCE: for tests)
-    ADDED_SINCE, FINETUNE_KEYS, FinetuneRecipe, load_splits, make_batches, preset_for,
+from keras_conmim.finetune_run import (  # noqa: E402
+    FINETUNE_KEYS, FinetuneRecipe, load_splits, make_batches, preset_for,
     resolve_recipe, run_settings)
 from keras_conmim.run_config import add_recipe_flags, check_recipe_flags, read_config_file  # noqa: E402,E501
 
@@ -46,7 +45,7 @@ def parse_args(argv=None):
     add("--ramp-start-steps", type=int, default=None, help="the optimizer steps up to which "
         "MixUp, CutMix, RandAugment, drop path, random erasing, crop and flip are off (default "
         "finetune_budget.SHORT_STEPS)")
-    add("--fixed-recipe", action="store_true", help="the preset's recipe as written")
+    add("--fixed-recipe", action="store_true", help="the preset's recipe, unscaled")
     add("--head-init", choices=("auto", "probe", "small"), default="auto", help="probe: a "
         "linear probe on the frozen features first (LP-FT); small: the release's head x0.001; "
         "auto: finetune_budget.head_init")
@@ -55,7 +54,7 @@ def parse_args(argv=None):
     add("--config", default=None, help="a YAML or JSON file of recipe values (underscores for "
         "dashes); flags override it")
     add("--steps-per-epoch", type=int, default=None, help="default: one pass")
-    add("--output", default=os.path.join("runs", "finetune"), help="the run's folder")
+    add("--output", default="runs/finetune", help="the run's folder")
     add("--jit-compile", choices=("auto", "on", "off"), default="auto", help="compile the step")
     add("--no-resume", action="store_true", help="start over, moving a stopped run aside")
     add("--seed", type=int, default=0)
@@ -143,7 +142,7 @@ def main(argv=None):
     return top1
 
 
-def per_class(args):
+def per_class(args):  # the start line's note on a label subset
     return "" if args.labels_per_class is None else f" ({args.labels_per_class} per class)"
 
 

@@ -317,14 +317,13 @@ def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
 
 
 def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
-    import json
-
     from recipes import finetune
 
     encoder = os.path.join(tmp_path, "enc.keras")
     open(encoder, "w").close()
     argv = ["--encoder", encoder]
     from keras_conmim.errors import ConfigError, ResumeError
+    from keras_conmim.finetune_run import ADDED_SINCE
 
     args = finetune.parse_args(argv)
     recipe, _, text = finetune.recipe_of(args, "vit_mini_p4_28")  # the recipe as written
@@ -349,7 +348,7 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
     folder = os.path.join(tmp_path, "run")
     args = finetune.parse_args([*argv, "--output", folder, "--pooling", "mean"])
     settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28", 1000)[0])
-    _stopped_run(folder, {k: v for k, v in settings.items() if k not in finetune.ADDED_SINCE})
+    _stopped_run(folder, {k: v for k, v in settings.items() if k not in ADDED_SINCE})
     assert _resumes(folder, settings)["head"] == "h"
     args = finetune.parse_args([*argv, "--output", folder])
     settings = finetune.run_settings(args, finetune.recipe_of(args, "vit_mini_p4_28")[0])
