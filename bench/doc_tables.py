@@ -205,7 +205,8 @@ def downstream_summary():
                       *DOWNSTREAM_STARTS.values()], out)
 
 
-DOWNSTREAM_STARTS = {"pretrained": "ConMIM (shipped backbone)",
+DOWNSTREAM_STARTS = {"task": "ConMIM on the task's images",
+                     "pretrained": "ConMIM (shipped backbone)",
                      "pixel": "pixel regression (SimMIM)", "random": "same ViT, random init",
                      "resnet18": "ResNet-18 (KerasHub), scratch"}
 
@@ -216,7 +217,8 @@ def downstream_share():
     from downstream_benchmark import differences
 
     out = []
-    for a, b in (("pretrained", "random"), ("pretrained", "pixel"), ("pixel", "random")):
+    for a, b in (("task", "random"), ("task", "pretrained"), ("task", "pixel"),
+                 ("pretrained", "random"), ("pretrained", "pixel"), ("pixel", "random")):
         for task, head, canvases, px, per_seed, mean in differences(a, b):
             metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}[task]
             out.append([f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",

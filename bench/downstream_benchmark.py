@@ -34,12 +34,25 @@ PIXEL_COMMAND = ("python recipes/pretrain.py --backend torch --preset vit_mini_p
                  "--data idx:/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz "
                  "--epochs 6 --batch-size 128 --warmup-epochs 0.5 --mask-unit 2 --objective pixel "
                  "--output bench/results/pixel_unit2_e6/pretrain")  # about 25 minutes here
+# ConMIM pre-trained on the task's own images (#43): 60,000 unlabelled 48 px
+# canvases made from the training items, written as a COCO set, read by
+# pretrain.py's --data coco: (a user's own detection set is read the same way).
+TASK = os.path.join(ROOT, "bench", "results", "canvas48_e2", "pretrain", "teacher_encoder.keras")
+TASK_COMMAND = (
+    "python recipes/make_canvases.py --data idx:/usr/share/datasets/fashion-mnist --output "
+    "/work/data/canvases48 --train-canvases 60000 --test-canvases 10 --canvas-size 48 "
+    "--max-items 2 && python recipes/pretrain.py --backend torch --preset vit_mini_p4_48 "
+    "--data coco:/work/data/canvases48/train/instances.json --seed 0 "
+    "--output bench/results/canvas48_e2/pretrain")  # about 50 minutes here
 STARTS = {  # name: recipe flags
     "pretrained": ["--init", "pretrained"],
     "random": ["--init", "random"],
     "pixel": ["--init", "pretrained", "--encoder", PIXEL],
     "resnet18": ["--init", "resnet18"],
+    "task": ["--init", "pretrained", "--encoder", TASK],
 }
+# starts made by a pre-training run of their own: (the file, the command that makes it)
+MADE = {"pixel": (PIXEL, PIXEL_COMMAND), "task": (TASK, TASK_COMMAND)}
 # (task, head, start, training canvases, seed, extra flags), in the order they run.
 # The seed draws the training / validation / test canvases, the random starts
 # and the heads' initial weights, the flips and the drop-path masks.
@@ -83,6 +96,19 @@ ROWS = [
     ("instance", "yolact", "random", 5000, 0, []),
     ("instance", "yolact", "resnet18", 5000, 0, []),
     ("segment", "segformer", "pretrained", 5000, 0, []),
+    # #43: pre-training on the task's images, at the budgets where it should pay
+    ("segment", "deeplabv3", "task", 500, 0, []),
+    ("segment", "deeplabv3", "task", 100, 0, []),
+    ("segment", "deeplabv3", "random", 100, 0, []),
+    ("detect", "yolov8", "task", 500, 0, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "task", 100, 0, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "random", 100, 0, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "pretrained", 100, 0, []),
+    ("detect", "yolov8", "pretrained", 100, 0, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "task", 500, 1, []),
+    ("segment", "deeplabv3", "task", 500, 2, []),
+    ("segment", "deeplabv3", "task", 100, 1, []),
+    ("segment", "deeplabv3", "random", 100, 1, []),
 ]
 METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
 AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one
@@ -165,7 +191,8 @@ def report():
                  "%; instance: mask mAP@[.5:.95] % and mask AP50 %; "
                  f"test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
                  "items, val = 300 of held-out training items")
-    for a, b in (("pretrained", "random"), ("pretrained", "pixel")):
+    for a, b in (("pretrained", "random"), ("pretrained", "pixel"), ("task", "random"),
+                 ("task", "pretrained")):
         for task, head, canvases, px, per_seed, mean in differences(a, b):
             seeds = ", ".join(f"seed {s}: {d:+.2f}" for s, d in per_seed.items())
             lines.append(f"{a} - {b}, {task} {head} {canvases} canvases of {px} px: {seeds}; "
@@ -193,9 +220,10 @@ def main(argv=None):
         row = names[name]
         if read(row) is not None:
             continue
-        if row[2] == "pixel" and not os.path.isfile(PIXEL):
-            print(f"{name}: skipped, {os.path.relpath(PIXEL, ROOT)} is not here; pre-train it "
-                  f"with: {PIXEL_COMMAND}", flush=True)
+        if row[2] in MADE and not os.path.isfile(MADE[row[2]][0]):
+            path, how = MADE[row[2]]
+            print(f"{name}: skipped, {os.path.relpath(path, ROOT)} is not here; pre-train it "
+                  f"with: {how}", flush=True)
             continue
         cmd = command(row, args.backend)
         print(f"{name}: python {' '.join(cmd)}", flush=True)

@@ -510,6 +510,7 @@ def test_a_nan_that_comes_back_steps_back_to_the_checkpoint_before(tmp_path, nan
         pretrain.main(shlex.split(command)[2:])
     assert "Go on from ckpt-00000002.keras" in str(second.value), str(second.value)
     assert "--lr 1e-05" in str(second.value)  # a tenth again, never the command that failed
+    assert "ckpt-00000004.keras moved to ruined/" in str(second.value)
     assert os.listdir(out / "checkpoints" / "ruined") == ["ckpt-00000004.keras"]
     nan_at_step.undo()
     command = [w for w in str(second.value).splitlines() if "python recipes/pretrain.py" in w][0]

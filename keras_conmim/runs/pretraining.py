@@ -369,6 +369,11 @@ def nan_error(error, config, argv, output, rolled_back, last):
     that goes on from `last` (the checkpoint the next recovery uses) with a
     lower lr."""
     text = str(error)
+    named = getattr(error, "checkpoint", None)
+    if named and last and os.path.basename(named) != os.path.basename(last):
+        text = text.replace(f"Last good checkpoint: {named}", (
+            f"Last good checkpoint: {last} ({os.path.basename(named)} moved to "
+            f"{RUINED}/: the NaN came back from it)"))
     if config["on_nan"] == "rollback" and last:
         text += (f"\n--on-nan rollback: rolled back {rolled_back} time(s), the most "
                  f"--max-rollbacks {config['max_rollbacks']} allows.")
