@@ -353,11 +353,12 @@ def picture_grid(images, truth, prediction, task, num_classes, scale=3):
 DEFAULT_CANVASES = {"train_canvases": 2000, "val_canvases": 300, "test_canvases": 500}
 
 
-def task_data(task, spec, test_spec, recipe, item_size, channels, counts, seed=0):
+def task_data(task, spec, test_spec, recipe, channels, counts, seed=0):
     """`(train, val, test, num_classes, about)` for `--data spec`: coco: /
     masks: sets (`dense_splits`; `counts` caps them), or canvases made from
-    the items of `default` / `idx:` data (`make_splits`; `counts` fills in
-    from `DEFAULT_CANVASES`, in place, so the run records what it made)."""
+    the items of `default` / `idx:` data at the items' own size, whatever the
+    encoder's input size (`make_splits`; `counts` fills in from
+    `DEFAULT_CANVASES`, in place, so the run records what it made)."""
     from keras_conmim import data
     from keras_conmim.data.dense import is_dense_spec
 
@@ -376,8 +377,9 @@ def task_data(task, spec, test_spec, recipe, item_size, channels, counts, seed=0
     for name, default in DEFAULT_CANVASES.items():
         counts[name] = counts.get(name) or default
     try:
-        items = data.load_splits(spec, image_size=item_size,
-                                 channels="rgb" if channels == 3 else "gray")
+        # the items at their own size: a 48 px encoder must not blow a 28 px
+        # item up to fill the canvas (the scene would be another task)
+        items = data.load_splits(spec, channels="rgb" if channels == 3 else "gray")
     except (ValueError, OSError) as e:
         raise DataError(f"--data {spec}: {e}") from None
     train, val, test = make_splits(items, recipe, counts["train_canvases"],

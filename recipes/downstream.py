@@ -73,8 +73,7 @@ def main(task, module, argv=None):
     module.check_head(args.head, args.init, recipe)
     args.command, counts = command_of(module, argv), {k: getattr(args, k) for k in CANVAS_FLAGS}
     train, val, test, num_classes, about = task_data(
-        task, args.data, args.test_data, recipe, encoder.image_shape[:2],
-        encoder.image_shape[2], counts, args.seed)
+        task, args.data, args.test_data, recipe, encoder.image_shape[2], counts, args.seed)
     print("\n".join([text, *describe_data(about)]), flush=True)
     settings = dict(task=task, head=args.head, init=args.init,
                     encoder=None if args.init == "resnet18" else cli.encoder_path(args.encoder),

@@ -288,3 +288,19 @@ def test_detect_defaults_to_the_working_head_at_a_size_it_reads():
     recipe, _, _ = resolve_recipe("detect", "pretrained", None, {}, {}, detect.HEAD_RECIPE.get(
         "retinanet"))
     assert recipe.canvas_size == 48
+
+
+def test_canvases_keep_the_items_own_size_whatever_the_encoder():
+    """Canvases are scenes of 28 px items whatever the encoder's input size
+    (a 48 px encoder once blew each item up to fill its canvas: another
+    task, and a row that could not be compared)."""
+    if BACKEND_ENV != "torch":
+        pytest.skip("numpy data: the backend does not matter")
+    from keras_conmim.downstream_run import resolve_recipe, task_data
+
+    recipe, _, _ = resolve_recipe("segment", "pretrained", "vit_mini_p4_48")
+    counts = {"train_canvases": 16, "val_canvases": 4, "test_canvases": 16}
+    _, _, test, num_classes, _ = task_data("segment", "default", None, recipe, 1, counts)
+    boxes = test["boxes"][test["classes"] >= 0]
+    assert test["images"].shape[1:] == (48, 48, 1) and num_classes == 10
+    assert (boxes[:, 2:] - boxes[:, :2]).max() <= 28
