@@ -299,7 +299,7 @@ def test_canvases_keep_the_items_own_size_whatever_the_encoder():
     from keras_conmim.downstream_run import resolve_recipe, task_data
 
     recipe, _, _ = resolve_recipe("segment", "pretrained", "vit_mini_p4_48")
-    counts = {"train_canvases": 16, "val_canvases": 4, "test_canvases": 16}
+    counts = {"train_canvases": 32, "val_canvases": 4, "test_canvases": 16}
     _, _, test, num_classes, _ = task_data("segment", "default", None, recipe, 1, counts)
     boxes = test["boxes"][test["classes"] >= 0]
     assert test["images"].shape[1:] == (48, 48, 1) and num_classes == 10
