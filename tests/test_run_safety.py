@@ -7,6 +7,7 @@ on every backend."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -148,7 +149,8 @@ def test_recipe_nan_names_only_a_good_checkpoint(tmp_path):
     assert "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()
     assert any("The loss became nan" in line for line in message), result.stderr[-3000:]
-    assert "--no-resume" in result.stderr
+    # the initial state (ckpt-00000000) is kept, so there is always a checkpoint to go on from
+    assert "the run's initial state" in result.stderr or "--no-resume" in result.stderr
     for path in cb.list_checkpoints(str(out / "checkpoints")):
         assert cb.nonfinite_variables(keras.saving.load_model(path)) == [], path
     named = [w for line in message for w in line.split() if "ckpt-" in w]
@@ -478,7 +480,7 @@ def test_following_each_nan_message_ends_in_a_finished_run(tmp_path):
             command = [line.strip() for line in message.splitlines()
                        if line.strip().startswith("python recipes/pretrain.py")]
             assert len(command) == 1, message
-            named = [w for w in message.split() if w.startswith("ckpt-")][-1]
+            named = [w for w in message.split() if "ckpt-" in w][-1]
             assert (named, command[0]) not in tried, message  # never the same way out twice
             tried.append((named, command[0]))
             argv = shlex.split(command[0])[2:]
@@ -502,13 +504,13 @@ def test_a_nan_that_comes_back_steps_back_to_the_checkpoint_before(tmp_path, nan
     out = tmp_path / "run"
     with pytest.raises(cb.NonFiniteLossError) as first:
         _in_process(out, "--lr", "1e-3")
-    assert "Go on from ckpt-00000004.keras" in str(first.value)
+    assert re.search(r"Go on from \S*ckpt-00000004.keras", str(first.value))
     command = [w for w in str(first.value).splitlines() if "python recipes/pretrain.py" in w][0]
     from recipes import pretrain
 
     with pytest.raises(cb.NonFiniteLossError) as second:
         pretrain.main(shlex.split(command)[2:])
-    assert "Go on from ckpt-00000002.keras" in str(second.value), str(second.value)
+    assert re.search(r"Go on from \S*ckpt-00000002.keras", str(second.value)), str(second.value)
     assert "--lr 1e-05" in str(second.value)  # a tenth again, never the command that failed
     assert "ckpt-00000004.keras moved to ruined/" in str(second.value)
     assert os.listdir(out / "checkpoints" / "ruined") == ["ckpt-00000004.keras"]

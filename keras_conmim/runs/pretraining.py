@@ -380,7 +380,7 @@ def nan_error(error, config, argv, output, rolled_back, last):
     if last:
         start = " (the run's initial state: this starts it over)" \
             if cb.checkpoint_step(last) == 0 else ""
-        text += (f"\nGo on from {os.path.basename(last)}{start} with a lower learning rate "
+        text += (f"\nGo on from {last}{start} with a lower learning rate "
                  f"(the schedule keeps its shape; --clip-norm 1.0 may be added the same way):\n"
                  f"  {go_on_command(argv, next_lr(config))}")
         if config["on_nan"] != "rollback":  # never advise what the command already does
