@@ -68,6 +68,7 @@ def test_a_full_disk_mid_run_stops_naming_the_last_good_checkpoint(tmp_path, mon
 
     from keras_conmim import atomic, callbacks
     from keras_conmim.errors import StorageError
+    from keras_conmim.runs import pretraining
     from recipes import pretrain
 
     real = atomic.save_atomic
@@ -75,12 +76,12 @@ def test_a_full_disk_mid_run_stops_naming_the_last_good_checkpoint(tmp_path, mon
 
     def full_after_two(model, path):
         calls.append(path)
-        if len(calls) > 2:
+        if len(calls) > 3:  # the initial state, then two epochs' checkpoints
             raise OSError(errno.ENOSPC, "No space left on device", path)
         return real(model, path)
 
     monkeypatch.setattr(callbacks, "save_atomic", full_after_two)
-    monkeypatch.setattr(pretrain, "save_atomic", full_after_two)
+    monkeypatch.setattr(pretraining, "save_atomic", full_after_two)
     out = tmp_path / "run"
     with pytest.raises(StorageError, match=r"(?s)No space left on device.*Last good checkpoint: "
                        r".*ckpt-00000002\.keras.*run the same command"):
@@ -88,8 +89,8 @@ def test_a_full_disk_mid_run_stops_naming_the_last_good_checkpoint(tmp_path, mon
                        "--steps-per-epoch", "1", "--view-grid-every", "100"])
     rows = (out / "log.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("epoch")  # header + 2 epochs: never truncated
-    assert sorted(os.listdir(out / "checkpoints")) == ["ckpt-00000001.keras",
-                                                       "ckpt-00000002.keras"]
+    assert sorted(os.listdir(out / "checkpoints")) == [
+        "ckpt-00000000.keras", "ckpt-00000001.keras", "ckpt-00000002.keras"]
 
 
 @jax_only
