@@ -43,7 +43,7 @@ TASK_COMMAND = (
     "/work/data/canvases48 --train-canvases 60000 --test-canvases 10 --canvas-size 48 "
     "--max-items 2 && python recipes/pretrain.py --backend torch --preset vit_mini_p4_48 "
     "--data coco:/work/data/canvases48/train/instances.json --seed 0 "
-    "--output bench/results/canvas48_e2/pretrain")  # about 50 minutes here
+    "--output bench/results/canvas48_e2/pretrain")  # about an hour here
 STARTS = {  # name: recipe flags
     "pretrained": ["--init", "pretrained"],
     "random": ["--init", "random"],
