@@ -120,7 +120,7 @@ def test_downstream_recipes_run(tmp_path, recipe, extra, every_backend):
     if not every_backend or BACKEND_ENV != "torch":
         return  # the run folder's bookkeeping is the same on every backend
     again = run_recipe(recipe, encoder, out)
-    assert "moved to" in again.stdout and os.listdir(out / "previous_runs")
+    assert "moved them to" in again.stdout and os.listdir(out / "previous_runs")
 
 
 def check_serving(recipe, out):
