@@ -25,6 +25,7 @@ command line or from Python.
   checkpoints (the run is whole in its files) and writes `results.json`.
 """
 
+import contextlib
 import json
 import os
 
@@ -70,7 +71,8 @@ class Run:
 
     # --- the folder -----------------------------------------------------------------
     def __enter__(self):
-        self._lock = run_folder.hold(self.folder, warn=self.log) if self.chief else _NoLock()
+        self._lock = run_folder.hold(self.folder, warn=self.log) if self.chief \
+            else contextlib.nullcontext()
         self._lock.__enter__()
         try:
             self.resuming, self.saved = self._fresh_or_resume()
@@ -185,14 +187,6 @@ class Run:
             os.remove(path)
         if os.path.isdir(self.checkpoints) and not os.listdir(self.checkpoints):
             os.rmdir(self.checkpoints)
-
-
-class _NoLock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def grid(steps, every):

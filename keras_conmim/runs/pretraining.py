@@ -213,7 +213,9 @@ class NaNLoop:
         found = cb.list_checkpoints(self.run.checkpoints)
         last = found[-1] if found else None
         if last and last == self.recovered_from and cb.checkpoint_step(last) > 0:
-            last = step_back(last) if self.run.chief else found[-2]
+            # the process that writes files moves it aside; the others read past it
+            last = step_back(last) if self.run.chief else (found[-2] if len(found) > 1
+                                                            else None)
         return last
 
     def roll_back(self, error, last):
