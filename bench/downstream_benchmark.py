@@ -109,6 +109,8 @@ ROWS = [
     ("segment", "deeplabv3", "task", 500, 2, []),
     ("segment", "deeplabv3", "task", 100, 1, []),
     ("segment", "deeplabv3", "random", 100, 1, []),
+    ("segment", "deeplabv3", "task", 100, 2, []),
+    ("segment", "deeplabv3", "random", 100, 2, []),
 ]
 METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
 AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one
