@@ -36,8 +36,8 @@ def build(task, setting):
     import keras_hub
 
     import keras_conmim as kc
-    from keras_conmim.classifier import finetune_encoder
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.downstream.classifier import finetune_encoder
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     s = SETTINGS[setting]
     shape = (s["canvas"], s["canvas"], 1)

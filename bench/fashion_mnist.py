@@ -13,7 +13,7 @@ Pre-trained rows pre-train E epochs with recipes/pretrain.py (the preset's
 recipe) and fine-tune with the preset's fine-tuning recipe; the scratch rows
 train the same classifier from random init with the preset's own from-scratch
 recipe (no layer decay). Both recipes are scaled to each run's length and
-label count by recipes/finetune.py (keras_conmim.finetune_budget).
+label count by recipes/finetune.py (keras_conmim.downstream.finetune_budget).
 Fine-tuning cells: every F of --finetune-epochs with all labels, and every
 count of --labels-per-class at the largest F (few-label runs take at least
 300 steps, finetune_budget.MIN_STEPS). Frozen probes (recipes/linear_probe.py,
@@ -29,9 +29,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from keras_conmim import cli
+from keras_conmim.runs import cli
 from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402,F401
-from keras_conmim.cli import parse_label_counts  # noqa: E402
+from keras_conmim.runs.cli import parse_label_counts  # noqa: E402
 PRETRAINED = {
     # row: (pretrain flags, encoder to fine-tune and probe)
     "conmim": ([], "teacher_encoder"),

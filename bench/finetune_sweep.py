@@ -25,7 +25,7 @@ import os
 import shlex
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from keras_conmim import cli
+from keras_conmim.runs import cli
 from driver import machine, run_for_results, write_text_atomic  # noqa: E402
 
 ARMS = {

@@ -76,7 +76,7 @@ def build(name, steps, args):
     change, with a schedule of `steps` steps (a fifth of them warmup)."""
     import keras
 
-    from keras_conmim.pretrain_config import build_model, resolve_config
+    from keras_conmim.runs.pretrain_config import build_model, resolve_config
 
     _, flags, views = VARIANTS[name]
     config, _, _ = resolve_config(["--preset", "vit_mini_p4_28", "--epochs", "1",
@@ -100,9 +100,11 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from keras_conmim import data, evaluation
+    from keras_conmim import data
+
+    from keras_conmim.downstream import evaluation
     from keras_conmim.atomic import write_text_atomic
-    from keras_conmim.finetune_run import load_splits
+    from keras_conmim.runs.finetuning import load_splits
 
     splits = load_splits(args.data, (28, 28, 1))
     train, test = splits.train, splits.test

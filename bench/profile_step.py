@@ -126,8 +126,8 @@ def profile_torch(args):
     import torch
     from torch.autograd.profiler import record_function
 
-    import keras_conmim.conmim
-    import keras_conmim.train_step
+    import keras_conmim.models.conmim
+    import keras_conmim.models.train_step
 
     model, images, fit, names = build(args)
 
@@ -141,9 +141,9 @@ def profile_torch(args):
         layer = getattr(model, attr)
         layer.call = labelled(layer.call, part)
     model.optimizer.apply = labelled(model.optimizer.apply, "optimizer")
-    keras_conmim.conmim.info_nce_and_accuracy = labelled(
-        keras_conmim.conmim.info_nce_and_accuracy, "loss")
-    keras_conmim.train_step.ema = labelled(keras_conmim.train_step.ema, "EMA update")
+    keras_conmim.models.conmim.info_nce_and_accuracy = labelled(
+        keras_conmim.models.conmim.info_nce_and_accuracy, "loss")
+    keras_conmim.models.train_step.ema = labelled(keras_conmim.models.train_step.ema, "EMA update")
     release = release_step(args) if args.release else None
     wall = 0.0
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -308,7 +308,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.inner:  # profiled in this process: Keras reads the backend at import
         os.environ["KERAS_BACKEND"] = args.backend[0]
-    from keras_conmim.cli import check_at_least_one
+    from keras_conmim.runs.cli import check_at_least_one
     from keras_conmim.presets import PRESETS
 
     if args.preset not in PRESETS:

@@ -23,9 +23,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from keras_conmim import cli
+from keras_conmim.runs import cli
 from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
-from keras_conmim.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402
+from keras_conmim.runs.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402
 PRESET = "vit_mini_p4_32"
 
 

@@ -98,7 +98,7 @@ def build(config, projector):
 
     class Student(nn.Module):
         """The release's pre-training model; its state_dict has the release's
-        names, so `keras_conmim.convert.from_torch` imports it."""
+        names, so `keras_conmim.integrations.convert.from_torch` imports it."""
 
         def __init__(self):
             super().__init__()

@@ -23,7 +23,7 @@ import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from driver import write_text_atomic  # noqa: E402
-from keras_conmim.cli import result_lines  # noqa: E402
+from keras_conmim.runs.cli import result_lines  # noqa: E402
 
 NAME = "conmim_vit_mini_p4_28_fmnist.keras"
 PRESET = NAME[:-len(".keras")]

@@ -21,7 +21,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from driver import machine, pretrain, run_for_results, write_text_atomic  # noqa: E402
-from keras_conmim.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402
+from keras_conmim.runs.cli import linear_probe_weight_decay as probe_weight_decay  # noqa: E402
 # The release's layout and numbers, with the small-image views and crop.
 RELEASE = ["--mask-token-position", "none", "--mask-unit", "2", "--mask-ratio", "0.75",
            "--lr", "5e-4", "--warmup-epochs", "0.5", "--batch-size", "64",

@@ -205,7 +205,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.backend != "all":  # measured in this process: Keras reads it at import
         os.environ["KERAS_BACKEND"] = args.backend
-    from keras_conmim.cli import check_at_least_one
+    from keras_conmim.runs.cli import check_at_least_one
     from keras_conmim.presets import PRESETS
 
     if args.preset not in PRESETS:

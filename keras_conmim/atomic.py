@@ -10,7 +10,7 @@ import shutil
 
 import keras
 
-from keras_conmim.distribute import this_host_only
+from keras_conmim.models.distribute import this_host_only
 from keras_conmim.errors import StorageError
 from keras_conmim.version import __version__
 

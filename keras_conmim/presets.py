@@ -8,7 +8,7 @@ that width (`projector`), its pre-training recipe (`pretrain`: the values
 fine-tuning recipe (`finetune`, for a pre-trained encoder) and its
 from-scratch recipe (`scratch`, the same classifier from random init), both
 read by `recipes/finetune.py` and scaled to each run's length and label
-count by `keras_conmim.finetune_budget`, and a one-line description. Code
+count by `keras_conmim.downstream.finetune_budget`, and a one-line description. Code
 never branches on a preset's name; it only reads these dicts.
 
 The 224 px presets carry the release's numbers (spec, and the release's
@@ -110,7 +110,7 @@ FASHION_MNIST_FINETUNE = dict(SMALL_IMAGE_FINETUNE, pooling="flatten")
 FASHION_MNIST_SCRATCH = dict(SMALL_IMAGE_SCRATCH, pooling="flatten")
 
 # Downstream recipes (recipes/segment.py, recipes/detect.py; read by
-# keras_conmim.downstream_run) on the package's canvases of Fashion-MNIST items:
+# keras_conmim.runs.downstream) on the package's canvases of Fashion-MNIST items:
 # ViTDet's practice at a CPU budget. The budget is a number of optimizer steps,
 # the same at every labelled-set size (equal compute per row); AdamW with warmup
 # + cosine; the heads, fresh, learn at `lr`, the pre-trained encoder at

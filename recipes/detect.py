@@ -17,15 +17,15 @@ that takes uint8 images, one at a time, and returns boxes, classes, scores and
 their count after non-maximum suppression.
 
 Heads: YOLOv8 by default (the benchmark's best: 47% box mAP at 500 canvases
-where RetinaNet reaches 15%), on keras_conmim.kerascv.ViTCVBackbone (P3-P5,
+where RetinaNet reaches 15%), on keras_conmim.integrations.kerascv.ViTCVBackbone (P3-P5,
 so the canvas is a multiple of 32: 64 px unless --canvas-size / --image-size
-says otherwise); RetinaNet on keras_conmim.kerashub.ViTPyramidBackbone (P3-P4:
+says otherwise); RetinaNet on keras_conmim.integrations.kerashub.ViTPyramidBackbone (P3-P4:
 strides 8 and 16, the sizes of 10-28 px items) or KerasHub's ResNet-18, the
 default head with --init resnet18 (YOLOv8's ResNet is not wired here).
 RetinaNet's anchors: 3 scales x 3 aspect ratios per level, base size
 2 x stride (16-25 px on P3, 32-50 px on P4). Detections: non-maximum
 suppression at IoU 0.5, confidence >= 0.05, at most 20 per canvas;
-mAP@[.5:.95] and AP50 from keras_conmim.downstream_metrics.coco_map
+mAP@[.5:.95] and AP50 from keras_conmim.downstream.metrics.coco_map
 (pycocotools' matching and 101-point interpolation).
 """
 
@@ -66,7 +66,7 @@ def build(head, encoder, image_shape, num_classes, recipe):
     if head == "yolov8":
         import keras_cv
 
-        from keras_conmim.kerascv import NonMaxSuppression, ViTCVBackbone
+        from keras_conmim.integrations.kerascv import NonMaxSuppression, ViTCVBackbone
 
         backbone = ViTCVBackbone(encoder, image_shape=image_shape, min_level=3, max_level=5)
         model = keras_cv.models.YOLOV8Detector(
@@ -77,7 +77,7 @@ def build(head, encoder, image_shape, num_classes, recipe):
         return model, backbone.encoder
     import keras_hub
 
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     if encoder is None:
         import segment
@@ -128,7 +128,7 @@ def predict(model, images):
 
 
 def score(pred, canvases, num_classes):
-    from keras_conmim.downstream_metrics import coco_map
+    from keras_conmim.downstream.metrics import coco_map
 
     m = coco_map(pred["boxes"], pred["scores"], pred["classes"], canvases["boxes"],
                  canvases["classes"], canvases.get("crowd_boxes"), canvases.get("crowd_classes"))

@@ -9,10 +9,10 @@ import platform
 import sys
 import time
 
-from keras_conmim import cli
+from keras_conmim.runs import cli
 from keras_conmim.runs import Run, grid
-from keras_conmim.downstream_run import INITS, RECIPE_KEYS, DownstreamRecipe, check_flags
-from keras_conmim.run_config import add_recipe_flags, read_config_file
+from keras_conmim.runs.downstream import INITS, RECIPE_KEYS, DownstreamRecipe, check_flags
+from keras_conmim.runs.config import add_recipe_flags, read_config_file
 
 # Flags that may change when a run resumes: where files go, how it runs.
 MUTABLE = ("backend", "output", "export", "grid")  # --checkpoint-every sets fit's epoch: fixed
@@ -58,8 +58,8 @@ def main(task, module, argv=None):
     cli.use_backend(args.backend)
     import keras
 
-    from keras_conmim.downstream_run import describe_data, resolve_recipe, task_data
-    from keras_conmim.finetune_run import preset_for
+    from keras_conmim.runs.downstream import describe_data, resolve_recipe, task_data
+    from keras_conmim.runs.finetuning import preset_for
 
     args.from_scratch, args.preset = args.init == "random", None
     keras.utils.set_random_seed(args.seed)  # a random start's weights come from --seed
@@ -95,8 +95,8 @@ def train_and_score(run, task, module, args, recipe, encoder, splits, num_classe
     import keras
     import numpy as np
 
-    from keras_conmim.classifier import finetune_encoder
-    from keras_conmim.downstream_run import canvas_batches, optimizer_for, write_predictions
+    from keras_conmim.downstream.classifier import finetune_encoder
+    from keras_conmim.runs.downstream import canvas_batches, optimizer_for, write_predictions
 
     train, val, test = splits
     image_shape = (recipe.canvas_size, recipe.canvas_size, encoder.image_shape[-1])
@@ -135,7 +135,7 @@ def train_and_score(run, task, module, args, recipe, encoder, splits, num_classe
         write_predictions(args.output, task, test, test_pred, num_classes, args.grid,
                           f"{task} {args.init}: canvas | truth | prediction")
     if args.export == "saved_model":
-        from keras_conmim.export import export_task_model
+        from keras_conmim.integrations.export import export_task_model
 
         export_task_model(model, task, os.path.join(args.output, "serving"))
         result["serving"] = os.path.join(args.output, "serving")

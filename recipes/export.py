@@ -24,7 +24,7 @@ import recipe_main  # stdlib only: chooses the backend before Keras loads
 
 if __name__ == "__main__":
     recipe_main.choose_backend()
-from keras_conmim import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.runs import cli  # noqa: E402  (after choosing the backend)
 from keras_conmim.errors import ConfigError  # noqa: E402
 
 FORMATS = ("keras", "tf_saved_model", "onnx")
@@ -103,8 +103,8 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from keras_conmim.export import ServingEncoder, export_encoder
-    from keras_conmim.loading import load_encoder
+    from keras_conmim.integrations.export import ServingEncoder, export_encoder
+    from keras_conmim.models.loading import load_encoder
 
     try:
         encoder = load_encoder(args.encoder, which="student" if args.student else "teacher")

@@ -9,7 +9,7 @@ scaled to the run), or train the same classifier from scratch.
 
 Unset recipe values come from the preset's recipe (`["finetune"]`, or
 `["scratch"]` with --from-scratch), scaled to the run by
-`keras_conmim.finetune_budget` (--fixed-recipe: as written; a flag is never
+`keras_conmim.downstream.finetune_budget` (--fixed-recipe: as written; a flag is never
 scaled); every value is printed with its source. --output is the run's folder
 (`keras_conmim.runs.Run`): `classifier.keras`, `config.json`, `log.csv`,
 `results.json`, `checkpoints/` while it trains. The same command resumes a
@@ -24,12 +24,12 @@ import recipe_main  # stdlib only: chooses the backend before Keras loads
 
 if __name__ == "__main__":
     recipe_main.choose_backend()
-from keras_conmim import cli  # noqa: E402  (after choosing the backend)
-from keras_conmim.finetune_budget import check_ramp_start  # noqa: E402
-from keras_conmim.finetune_run import (  # noqa: E402
+from keras_conmim.runs import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.downstream.finetune_budget import check_ramp_start  # noqa: E402
+from keras_conmim.runs.finetuning import (  # noqa: E402
     FINETUNE_KEYS, FinetuneRecipe, load_splits, make_batches, preset_for,
     resolve_recipe, run_settings)
-from keras_conmim.run_config import add_recipe_flags, check_recipe_flags, read_config_file  # noqa: E402,E501
+from keras_conmim.runs.config import add_recipe_flags, check_recipe_flags, read_config_file  # noqa: E402,E501
 
 
 def parse_args(argv=None):
@@ -94,7 +94,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from keras_conmim import finetune_run as ft
+    from keras_conmim.runs import finetuning as ft
     from keras_conmim.errors import ConfigError
     from keras_conmim.runs import Run
 

@@ -19,10 +19,10 @@ boxes, classes, scores, masks (uint8 [B, K, H, W]) and their count.
 
 Head ("yolact"): YOLACT's prototype masks and per-object coefficients on an
 FCOS-style anchor-free detector over P3-P4, prototypes from P2
-(keras_conmim.instance); backbone keras_conmim.kerashub.ViTPyramidBackbone
+(keras_conmim.downstream.instance); backbone keras_conmim.integrations.kerashub.ViTPyramidBackbone
 (P2-P4) or KerasHub's ResNet-18. Detections: Fast NMS per class at IoU 0.5,
 confidence >= 0.05, at most 20 per canvas. Metrics:
-keras_conmim.downstream_metrics.coco_mask_map / coco_map (pycocotools' segm
+keras_conmim.downstream.metrics.coco_mask_map / coco_map (pycocotools' segm
 and bbox evaluation). results.json: test.mask_map, test.box_map (percent).
 """
 
@@ -47,14 +47,14 @@ def check_head(head, init, recipe):
 
 def build(head, encoder, image_shape, num_classes, recipe):
     """(instance segmenter, the ViT inside it or None)."""
-    from keras_conmim.instance import InstanceSegmenter
+    from keras_conmim.downstream.instance import InstanceSegmenter
 
     if encoder is None:
         import segment
 
         backbone, vit = segment.resnet18(image_shape), None
     else:
-        from keras_conmim.kerashub import ViTPyramidBackbone
+        from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
         backbone = ViTPyramidBackbone(encoder, image_shape=image_shape, min_level=2, max_level=4)
         vit = backbone.encoder
@@ -95,7 +95,7 @@ def crowd_regions(canvases):
 def score(pred, canvases, num_classes):
     """Mask mAP / AP50 and, as recipes/detect.py scores them, box mAP / AP50 (%)."""
     import detect
-    from keras_conmim.downstream_metrics import coco_mask_map
+    from keras_conmim.downstream.metrics import coco_mask_map
 
     masks = coco_mask_map(pred["masks"], pred["scores"], pred["classes"], canvases["instances"],
                           canvases["classes"], crowd_regions(canvases),

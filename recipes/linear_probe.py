@@ -20,7 +20,7 @@ probe's training set as N images per class (class-balanced, seeded by
 --seed; the test split stays whole); features are extracted once for all the
 counts. The probe trains at least 300 steps; with at most 1,000 images per
 class its weight decay is picked by 4-fold cross-validation
-(`keras_conmim.evaluation.probe_at_counts`). Prints one line per label count.
+(`keras_conmim.downstream.evaluation.probe_at_counts`). Prints one line per label count.
 """
 
 import argparse
@@ -30,8 +30,8 @@ import recipe_main  # stdlib only: chooses the backend before Keras loads
 
 if __name__ == "__main__":
     recipe_main.choose_backend()
-from keras_conmim import cli  # noqa: E402  (after choosing the backend)
-from keras_conmim.cli import parse_label_counts, result_line  # noqa: E402
+from keras_conmim.runs import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.runs.cli import parse_label_counts, result_line  # noqa: E402
 from keras_conmim.errors import ConfigError  # noqa: E402
 from keras_conmim.presets import POOLINGS  # noqa: E402
 
@@ -76,8 +76,8 @@ def parse_args(argv):
 def features(args):
     """`(splits, train features, test features, what was probed)`."""
     import keras_conmim as kc
-    from keras_conmim import evaluation
-    from keras_conmim.finetune_run import load_splits
+    from keras_conmim.downstream import evaluation
+    from keras_conmim.runs.finetuning import load_splits
 
     if args.raw_pixels:
         if args.preset not in kc.PRESETS:
@@ -108,7 +108,7 @@ def main(argv=None):
     cli.use_backend(args.backend)
     import keras
 
-    from keras_conmim.evaluation import probe_at_counts
+    from keras_conmim.downstream.evaluation import probe_at_counts
 
     keras.utils.set_random_seed(args.seed)
     splits, train_f, test_f, what = features(args)

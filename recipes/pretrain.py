@@ -31,8 +31,8 @@ import recipe_main  # stdlib only: chooses the backend before Keras loads
 if __name__ == "__main__":
     recipe_main.choose_backend()
 
-from keras_conmim import cli  # noqa: E402  (after choosing the backend)
-from keras_conmim.pretrain_config import resolve_config  # noqa: E402
+from keras_conmim.runs import cli  # noqa: E402  (after choosing the backend)
+from keras_conmim.runs.pretrain_config import resolve_config  # noqa: E402
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-# keras_conmim.cli.BACKENDS, copied: this module may not import the package
+# keras_conmim.runs.cli.BACKENDS, copied: this module may not import the package
 # (tests/test_import_graph.py checks they agree).
 BACKENDS = ("jax", "tensorflow", "torch")
 

@@ -18,7 +18,7 @@ log.csv, results.json, predictions.png (test canvases: canvas | truth |
 prediction; also in TensorBoard), model.keras; --export saved_model adds a
 SavedModel that takes uint8 images and returns class masks.
 
-Backbone: keras_conmim.kerashub.ViTPyramidBackbone (ViTDet's simple pyramid;
+Backbone: keras_conmim.integrations.kerashub.ViTPyramidBackbone (ViTDet's simple pyramid;
 the encoder runs at the canvas size with resampled position tables), or
 KerasHub's ResNetBackbone as ResNet-18. Heads: KerasHub's
 DeepLabV3ImageSegmenter (ASPP on P4, decoder on P2),
@@ -64,10 +64,10 @@ def build(head, encoder, image_shape, num_classes, recipe):
     """(segmenter with `num_classes` + 1 outputs, the ViT inside it or None)."""
     import keras_hub
 
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     if head == "upernet":
-        from keras_conmim.upernet import UperNetSegmenter
+        from keras_conmim.downstream.upernet import UperNetSegmenter
 
         if encoder is None:
             backbone, vit = resnet18(image_shape), None
@@ -101,7 +101,7 @@ def build(head, encoder, image_shape, num_classes, recipe):
 def compile_args(keras, head):
     """Cross-entropy over the pixels; those marked 255 (padding, COCO crowd
     regions, a mask's own ignore value) add nothing."""
-    from keras_conmim.downstream_metrics import IGNORE
+    from keras_conmim.downstream.metrics import IGNORE
 
     return dict(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
                                                                 ignore_class=IGNORE))
@@ -118,9 +118,9 @@ def predict(model, images):
 def score(masks, canvases, num_classes):
     import numpy as np
 
-    from keras_conmim.downstream_metrics import mean_iou
+    from keras_conmim.downstream.metrics import mean_iou
 
-    from keras_conmim.downstream_metrics import IGNORE
+    from keras_conmim.downstream.metrics import IGNORE
 
     counted = canvases["masks"] != IGNORE
     return dict(miou=round(100 * mean_iou(masks, canvases["masks"], num_classes + 1), 2),

@@ -34,7 +34,7 @@ import numpy as np
 from keras_conmim.data.images import (
     IMAGE_EXTENSIONS, _pil, channel_conversion, convert_channels, decode_file,
 )
-from keras_conmim.downstream_metrics import IGNORE
+from keras_conmim.downstream.metrics import IGNORE
 
 DENSE_SPECS = "coco:ANNOTATIONS.json[:IMAGE_DIR], masks:IMAGE_DIR:MASK_DIR"
 

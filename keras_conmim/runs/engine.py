@@ -30,7 +30,9 @@ import json
 import os
 
 from keras_conmim.atomic import save_atomic, write_text_atomic
-from keras_conmim.callbacks import Checkpointer, list_checkpoints, resume_from_checkpoint
+from keras_conmim.models.callbacks import (
+    Checkpointer, RunLog, list_checkpoints, log_stopped_epoch, resume_from_checkpoint,
+)
 from keras_conmim.errors import ResumeError
 from keras_conmim.runs import folder as run_folder
 
@@ -156,17 +158,19 @@ class Run:
 
         if first_step >= steps:
             return None
-        return keras.Model.fit(
-            model, batches, steps_per_epoch=every, epochs=steps // every,
-            initial_epoch=first_step // every, verbose=verbose,
-            callbacks=[self.checkpointer(keep), self.csv_log(), *callbacks])
+        callbacks = [self.checkpointer(keep), self.csv_log(), *callbacks]
+        try:
+            return keras.Model.fit(
+                model, batches, steps_per_epoch=every, epochs=steps // every,
+                initial_epoch=first_step // every, verbose=verbose, callbacks=callbacks)
+        except BaseException:
+            log_stopped_epoch(callbacks)  # the epoch it stopped inside gets its row too
+            raise
 
     def csv_log(self):
-        import keras
-
         # append: a fresh run's old log.csv was moved aside, and a failed write
         # (a full disk) never truncates the rows already there
-        return keras.callbacks.CSVLogger(os.path.join(self.folder, "log.csv"), append=True)
+        return RunLog(os.path.join(self.folder, "log.csv"), append=True)
 
     # --- the end --------------------------------------------------------------------
     def finish(self, models, results=None):

@@ -15,7 +15,7 @@ import datetime
 import json
 import os
 
-from keras_conmim.callbacks import CHECKPOINT_PATTERN
+from keras_conmim.models.callbacks import CHECKPOINT_PATTERN
 from keras_conmim.errors import ConfigError, RunInUseError
 
 CONFIG = "config.json"

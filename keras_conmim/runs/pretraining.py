@@ -2,7 +2,7 @@
 `recipes/pretrain.py` does after resolving its flags, usable from Python
 with the same promises (a notebook gets the same resume and NaN behaviour):
 
-    from keras_conmim.pretrain_config import resolve_config
+    from keras_conmim.runs.pretrain_config import resolve_config
     from keras_conmim.runs.pretraining import pretrain
     config, resume, sources = resolve_config(["--epochs", "2", "--output", "runs/p"])
     model = pretrain(config, resume, sources)
@@ -29,19 +29,19 @@ import shlex
 import keras
 import numpy as np
 
-from keras_conmim import callbacks as cb
-from keras_conmim import distribute
+from keras_conmim.models import callbacks as cb
+from keras_conmim.models import distribute
 from keras_conmim.atomic import save_atomic, write_text_atomic
 from keras_conmim.data import parse_data_spec
 from keras_conmim.errors import ConfigError, DataError, ResumeError, StorageError
 from keras_conmim.presets import PRESETS
-from keras_conmim.pretrain_config import (
+from keras_conmim.runs.pretrain_config import (
     RECOVERY_CHANGES, RESUMABLE_CHANGES, build_model, check_warmup_change, describe_recipe,
     image_shape_of, recovery_changes,
 )
 from keras_conmim.runs import folder as run_folder
 from keras_conmim.runs.engine import Run
-from keras_conmim.train_step import jit_compile_for, torch_graph_breaks
+from keras_conmim.models.train_step import jit_compile_for, torch_graph_breaks
 
 RUINED = "ruined"  # checkpoints/ruined/: finite checkpoints a NaN came back from
 ADVICE = ("A resume may change only where files go and how often ({}) and, to climb out of a "
@@ -351,12 +351,16 @@ def fit_epochs(model, source, config, plan, steps, done, callbacks, history):
     step reached."""
     epoch, offset = divmod(done, steps)
     while epoch < config["epochs"]:
-        part = model.fit(
-            source.dataset(plan.per_host_batch(config["batch_size"]), seed=config["seed"],
-                           start_step=done, **plan.shard()),
-            epochs=config["epochs"] if offset == 0 else epoch + 1,
-            initial_epoch=epoch, steps_per_epoch=steps - offset,
-            callbacks=callbacks, shuffle=False, verbose=1)
+        try:
+            part = model.fit(
+                source.dataset(plan.per_host_batch(config["batch_size"]), seed=config["seed"],
+                               start_step=done, **plan.shard()),
+                epochs=config["epochs"] if offset == 0 else epoch + 1,
+                initial_epoch=epoch, steps_per_epoch=steps - offset,
+                callbacks=callbacks, shuffle=False, verbose=1)
+        except BaseException:
+            cb.log_stopped_epoch(callbacks)  # the epoch it stopped inside gets its row too
+            raise
         for k, v in part.history.items():
             history.setdefault(k, []).extend(v)
         before, done = done, int(keras.ops.convert_to_numpy(model.step_counter))

@@ -13,9 +13,9 @@ import numpy as np
 from keras import ops
 
 from keras_conmim.data.geometry import INTERPOLATIONS, resampling_matrix as _resampling_matrix
-from keras_conmim.distribute import global_batch_uniform
+from keras_conmim.models.distribute import global_batch_uniform
 
-from keras_conmim.layers import PACKAGE, SeedStateMixin
+from keras_conmim.models.layers import PACKAGE, SeedStateMixin
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

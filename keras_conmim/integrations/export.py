@@ -9,7 +9,7 @@ inside, as in pre-training) and returns `patch_tokens` `[B, N, D]` and
 backend through jax2onnx or TensorFlow backend through tf2onnx) has the same
 contract: input `images`, outputs `patch_tokens` and `pooled`, batch size
 free. Exact GELU is kept: on TensorFlow it is written with `erf` (see
-`keras_conmim.layers.gelu`), because `tf.nn.gelu` lowers to `Erfc`, which
+`keras_conmim.models.layers.gelu`), because `tf.nn.gelu` lowers to `Erfc`, which
 ONNX has no op for.
 """
 
@@ -18,10 +18,10 @@ import shutil
 
 import keras
 
-from keras_conmim.layers import PACKAGE, config_with_layers
+from keras_conmim.models.layers import PACKAGE, config_with_layers
 from keras_conmim.atomic import make_parent, save_atomic
-from keras_conmim.views import normalize_images
-from keras_conmim.vit import ViT
+from keras_conmim.models.views import normalize_images
+from keras_conmim.models.vit import ViT
 
 FORMATS = ("keras", "tf_saved_model", "onnx")
 ONNX_CONVERTERS = {"jax": "jax2onnx", "tensorflow": "tf2onnx"}

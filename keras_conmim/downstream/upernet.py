@@ -4,7 +4,7 @@ level, an FPN down to the finest, every level upsampled to the finest and
 fused, then per-pixel class logits at the input size. keras layers only, on
 every backend.
 
-    backbone = keras_conmim.kerashub.ViTPyramidBackbone(encoder, image_shape=(48, 48, 1),
+    backbone = keras_conmim.integrations.kerashub.ViTPyramidBackbone(encoder, image_shape=(48, 48, 1),
                                                         min_level=2, max_level=4)
     model = keras_conmim.UperNetSegmenter(backbone, num_classes=11)
     model.compile(optimizer="adamw",
@@ -13,7 +13,7 @@ every backend.
 
 import keras
 
-from keras_conmim.layers import PACKAGE, config_with_layers
+from keras_conmim.models.layers import PACKAGE, config_with_layers
 
 POOL_BINS = (1, 2, 3, 6)  # the paper's pyramid pooling scales
 

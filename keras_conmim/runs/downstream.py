@@ -1,6 +1,6 @@
 """A downstream run's parts, under `recipes/segment.py` and `recipes/detect.py`:
 the recipe (a preset's `"downstream"` data < a `--config` file < flags, through
-`run_config`, typed as `DownstreamRecipe`), the optimizer (AdamW, warmup +
+`runs.config`, typed as `DownstreamRecipe`), the optimizer (AdamW, warmup +
 cosine, the heads at `lr`, the encoder at `backbone_lr_scale` of it with
 layer-wise decay), the canvases with a validation split carved from the
 training items, endless uint8 batches with exact resume (`canvas_batches`),
@@ -12,10 +12,10 @@ import dataclasses
 
 import numpy as np
 
-from keras_conmim.downstream_metrics import IGNORE
+from keras_conmim.downstream.metrics import IGNORE
 from keras_conmim.errors import ConfigError, DataError
 from keras_conmim.presets import DOWNSTREAM, PRESETS
-from keras_conmim.run_config import describe, resolve
+from keras_conmim.runs.config import describe, resolve
 
 TASKS = ("segment", "detect", "instance")
 # Pre-trained encoders start from their weights; the others start from random ones.
@@ -108,7 +108,7 @@ def optimizer_for(recipe, model, encoder=None):
     `backbone_lr_scale` x the layer-wise decay scales, the rest (heads,
     pyramid, a scratch backbone) at `lr`. Biases, norms, tokens and position
     tables get no weight decay."""
-    from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales, warmup_cosine
+    from keras_conmim.models.optimizers import LayerDecayAdamW, layer_decay_scales, warmup_cosine
 
     schedule = warmup_cosine(recipe.lr, recipe.steps, recipe.warmup_fraction * recipe.steps,
                              recipe.min_lr)
@@ -368,7 +368,7 @@ def task_data(task, spec, test_spec, recipe, channels, counts, seed=0):
         check_batch(recipe, train)
         return train, val, test, len(train.class_names), about
     if spec != "default" and not spec.startswith("idx:"):
-        from keras_conmim.cli import DENSE_SPECS
+        from keras_conmim.runs.cli import DENSE_SPECS
 
         raise DataError(f"--data {spec}: use one of {DENSE_SPECS}")
     if test_spec:
@@ -432,7 +432,7 @@ def write_predictions(folder, task, test, prediction, num_classes, count, title)
         tf.summary.image(title, grid[None], step=0)
 
 
-# Where a task model's SavedModel export works (keras_conmim.export.export_task_model):
+# Where a task model's SavedModel export works (keras_conmim.integrations.export.export_task_model):
 # jax2tf cannot trace KerasHub's anchor generator.
 EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",),
                    "instance": ("tensorflow",)}
@@ -441,7 +441,7 @@ EXPORT_BACKENDS = {"segment": ("jax", "tensorflow"), "detect": ("tensorflow",),
 def check_flags(task, args, positive):
     """ConfigError for the downstream flags that cannot work together,
     before anything loads (`positive`: the flags that must be >= 1)."""
-    from keras_conmim import cli
+    from keras_conmim.runs import cli
 
     if args.init != "resnet18":
         cli.check_encoder(args)
@@ -452,5 +452,5 @@ def check_flags(task, args, positive):
         raise ConfigError(f"--export saved_model ({task}) needs --backend "
                           f"{' or '.join(EXPORT_BACKENDS[task])} (Keras exports SavedModels "
                           "from those); or train here and export model.keras later with "
-                          "keras_conmim.export.export_task_model on one of them")
+                          "keras_conmim.integrations.export.export_task_model on one of them")
     return args

@@ -12,9 +12,9 @@ import zipfile
 
 import keras
 
-from keras_conmim.adapters import adapter_class
+from keras_conmim.integrations.adapters import adapter_class
 from keras_conmim.atomic import PRESET_CONFIG, PRESET_WEIGHTS
-from keras_conmim.layers import PACKAGE
+from keras_conmim.models.layers import PACKAGE
 from keras_conmim.presets import PRESETS, WEIGHTS, weights_path
 
 
@@ -75,7 +75,7 @@ def load_encoder(path, which="teacher"):
         if path.endswith((".pth", ".pt", ".bin")):  # a torch zip: Keras' error would not say so
             raise ValueError(
                 f"{path} is a PyTorch checkpoint, not a .keras file: convert it once with "
-                f"keras_conmim.convert.from_torch({path!r}) (the release's ConMIM checkpoints; "
+                f"keras_conmim.integrations.convert.from_torch({path!r}) (the release's ConMIM checkpoints; "
                 "no pickle code runs), save the encoder with encoder.save('encoder.keras'), "
                 "and pass that file.")
         if not zipfile.is_zipfile(path):  # Keras would call it "File not found"

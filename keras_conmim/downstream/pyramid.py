@@ -1,7 +1,7 @@
 """ViTDet's simple feature pyramid on a `ViT`, as a functional graph.
 
-Shared by the KerasHub (`keras_conmim.kerashub`) and Keras-CV
-(`keras_conmim.kerascv`) adapters; keras-only, like the core.
+Shared by the KerasHub (`keras_conmim.integrations.kerashub`) and Keras-CV
+(`keras_conmim.integrations.kerascv`) adapters; keras-only, like the core.
 
 The last token grid (stride = patch size, after the final norm, CLS
 dropped) is the level of its own stride; finer levels are bilinear
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import keras
 from keras import ops
 
-from keras_conmim.resize import resize_encoder
-from keras_conmim.views import normalize_images
-from keras_conmim.vit import ViT
+from keras_conmim.models.resize import resize_encoder
+from keras_conmim.models.views import normalize_images
+from keras_conmim.models.vit import ViT
 
 
 @dataclass
@@ -82,7 +82,7 @@ def build_pyramid(encoder, image_shape=None, min_level=2, max_level=5, pyramid_c
                   mean=None, std=None):
     """Build the graph. `images`: float `[B, H, W, C]` in 0..255, normalised
     inside as in pre-training. `image_shape`: run the encoder at this size
-    (`keras_conmim.resize.resize_encoder`)."""
+    (`keras_conmim.models.resize.resize_encoder`)."""
     pyramid_channels = check_pyramid_args(encoder, min_level, max_level, pyramid_channels)
     if image_shape is not None:
         encoder = resize_encoder(encoder, image_shape)

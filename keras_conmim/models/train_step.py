@@ -98,7 +98,7 @@ def _stateful_update(model, grads, outputs):
 if BACKEND == "tensorflow":
     import tensorflow as tf
 
-    from keras_conmim.distribute import loss_scale
+    from keras_conmim.models.distribute import loss_scale
 
     def train_step(model, data):
         images = _images(data)

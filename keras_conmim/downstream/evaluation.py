@@ -4,7 +4,7 @@ callback that tracks kNN accuracy during pre-training."""
 import keras
 import numpy as np
 
-from keras_conmim.views import normalize_images
+from keras_conmim.models.views import normalize_images
 
 
 def extract_features(encoder, images, batch_size=256, pooling="mean", mean=None, std=None):
@@ -181,7 +181,7 @@ def probe_at_counts(train_features, train_labels, test_features, test_labels, co
     `LP_FT_MAX_PER_CLASS` labels per class, else 1e-4; "cv" or a number."""
     from keras_conmim.data.sources import class_balanced_indices
     # few labels (at most this many per class): cross-validated, as for the LP-FT head
-    from keras_conmim.finetune_budget import LP_FT_MAX_PER_CLASS
+    from keras_conmim.downstream.finetune_budget import LP_FT_MAX_PER_CLASS
 
     results = {}
     classes = len(np.unique(train_labels))

@@ -19,6 +19,11 @@ import os
 
 from keras_conmim.errors import ConfigError
 
+# The package's one list of backends (recipes/recipe_main.py keeps a copy: it
+# runs before Keras loads, so it imports nothing of the package; a test keeps
+# the two equal).
+BACKENDS = ("jax", "tensorflow", "torch")
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors raise `ConfigError` (the recipe decides to exit)."""

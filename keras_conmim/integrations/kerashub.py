@@ -6,7 +6,7 @@ Needs `keras-hub` (`pip install keras-conmim[cv]`); the core package does
 not import this module.
 
     import keras_hub
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     encoder = keras_conmim.load_encoder("conmim_vit_mini_p4_28_fmnist")
     backbone = ViTPyramidBackbone(encoder, image_shape=(64, 64, 1))
@@ -21,8 +21,8 @@ import keras
 import keras_hub
 import numpy as np
 
-from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.pyramid import PyramidBackboneMixin, build_pyramid
+from keras_conmim.models.layers import PACKAGE, config_with_layers
+from keras_conmim.downstream.pyramid import PyramidBackboneMixin, build_pyramid
 
 LEVEL_NAMINGS = ("stride", "mit")
 
@@ -36,14 +36,14 @@ class ViTPyramidBackbone(PyramidBackboneMixin, keras_hub.models.FeaturePyramidBa
     final norm, CLS dropped), which `keras_hub.models.ImageClassifier`
     average-pools like the fine-tuning recipe. `pyramid_outputs`: levels
     `P{min_level}` .. `P{max_level}` at true strides `2**n` (ViTDet's simple
-    pyramid, `keras_conmim.pyramid`; parameter-free unless
+    pyramid, `keras_conmim.downstream.pyramid`; parameter-free unless
     `pyramid_channels` is given: then every weight is the encoder's and the
     heads bring their own FPN / projections).
 
     Args:
         encoder: `ViT`; its patch size must be a power of two.
         image_shape: tuple or None. Run the encoder at this size (position
-            tables are resampled, see `keras_conmim.resize`). None: the
+            tables are resampled, see `keras_conmim.models.resize`). None: the
             encoder's own size.
         min_level, max_level: int. Pyramid levels (default 2..5: strides 4..32).
         pyramid_channels: None, int or list of ints (one per level). None:

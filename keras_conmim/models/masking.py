@@ -10,9 +10,9 @@ import math
 import keras
 from keras import ops
 
-from keras_conmim.distribute import global_batch_uniform
+from keras_conmim.models.distribute import global_batch_uniform
 
-from keras_conmim.layers import PACKAGE, SeedStateMixin
+from keras_conmim.models.layers import PACKAGE, SeedStateMixin
 
 
 class _MaskGenerator(SeedStateMixin, keras.layers.Layer):

@@ -8,7 +8,7 @@ from keras import ops
 
 from keras_conmim.atomic import save_preset
 
-from keras_conmim.layers import (
+from keras_conmim.models.layers import (
     PACKAGE,
     PatchEmbedding,
     RelativePositionBias,
@@ -16,7 +16,7 @@ from keras_conmim.layers import (
     sincos_position_embedding,
     trunc_normal,
 )
-from keras_conmim.loading import load_encoder
+from keras_conmim.models.loading import load_encoder
 from keras_conmim.presets import POOLINGS, PRESETS, WEIGHTS, get_preset
 
 POSITION_EMBEDDINGS = ("relative", "absolute", "sincos")

@@ -5,15 +5,15 @@ import warnings
 import keras
 from keras import ops
 
-from keras_conmim import train_step as backend_step
-from keras_conmim.callbacks import NaNGuard
-from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.losses import info_nce_and_accuracy, masked_pixel_l1, patchify
-from keras_conmim.masking import get_mask_generator
+from keras_conmim.models import train_step as backend_step
+from keras_conmim.models.callbacks import NaNGuard
+from keras_conmim.models.layers import PACKAGE, config_with_layers
+from keras_conmim.models.losses import info_nce_and_accuracy, masked_pixel_l1, patchify
+from keras_conmim.models.masking import get_mask_generator
 from keras_conmim.presets import get_preset
-from keras_conmim.projector import ProjectionHead
-from keras_conmim.views import PairedViews
-from keras_conmim.vit import ViT
+from keras_conmim.models.projector import ProjectionHead
+from keras_conmim.models.views import PairedViews
+from keras_conmim.models.vit import ViT
 
 
 OBJECTIVES = ("contrast", "pixel")
@@ -334,7 +334,7 @@ class ConMIM(keras.Model):
         out of weight decay, as in the release.
 
         `nan_policy`: `"raise"` (default): `fit()` stops at the first NaN or
-        Inf loss by raising `keras_conmim.callbacks.NonFiniteLossError`, which
+        Inf loss by raising `keras_conmim.models.callbacks.NonFiniteLossError`, which
         says what to try (a `NaNGuard` is added to its callbacks unless one
         is there); `"ignore"`: Keras' own behaviour, training goes on.
         """

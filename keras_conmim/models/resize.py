@@ -19,7 +19,7 @@ backend gets the same numbers):
 import keras
 import numpy as np
 
-from keras_conmim.vit import ViT
+from keras_conmim.models.vit import ViT
 
 
 def _cubic(t, a=-0.5):

@@ -1,5 +1,5 @@
 """The optional adapters' registered names, known from `import keras_conmim`
-on: `keras_conmim.kerashub` needs KerasHub and `keras_conmim.kerascv`
+on: `keras_conmim.integrations.kerashub` needs KerasHub and `keras_conmim.integrations.kerascv`
 Keras-CV, so the package does not import them (KerasHub alone adds seconds
 to every import). Each of their public classes is registered here under its
 own name (`keras_conmim>ViTPyramidBackbone`, ...) by a stand-in whose
@@ -13,14 +13,14 @@ import importlib
 
 import keras
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.models.layers import PACKAGE
 
 # registered class name -> the adapter module that defines it
 DEFERRED = {
-    "ViTPyramidBackbone": "keras_conmim.kerashub",
-    "ViTPyramidImageClassifier": "keras_conmim.kerashub",
-    "ViTCVBackbone": "keras_conmim.kerascv",
-    "NonMaxSuppression": "keras_conmim.kerascv",
+    "ViTPyramidBackbone": "keras_conmim.integrations.kerashub",
+    "ViTPyramidImageClassifier": "keras_conmim.integrations.kerashub",
+    "ViTCVBackbone": "keras_conmim.integrations.kerascv",
+    "NonMaxSuppression": "keras_conmim.integrations.kerascv",
 }
 
 

@@ -1,6 +1,6 @@
 """A fine-tuning run's parts, under `recipes/finetune.py`: the recipe a run
 starts from and its scaling to the run (`resolve_recipe`, through
-`run_config`, the resolver every recipe uses; the result is a typed
+`runs.config`, the resolver every recipe uses; the result is a typed
 `FinetuneRecipe`), the run's bookkeeping for exact resume (`run_settings`,
 `older_run_problems`, the engine's extra resume rule for run files written
 before a setting existed), the splits at the model's size (`load_splits`)
@@ -19,15 +19,15 @@ import numpy as np
 from keras_conmim import data
 from keras_conmim.runs import folder as run_folder
 from keras_conmim.atomic import write_text_atomic
-from keras_conmim.cli import encoder_path
+from keras_conmim.runs.cli import encoder_path
 from keras_conmim.data.geometry import (
     CROPS, check_geometry, eval_center_crop, eval_load_size, train_geometry,
 )
 from keras_conmim.data.step_batches import StepBatches
 from keras_conmim.errors import ConfigError, DataError
-from keras_conmim.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
+from keras_conmim.downstream.finetune_budget import MIN_STEPS, SHORT_STEPS, budget_recipe
 from keras_conmim.presets import POOLINGS, PRESETS
-from keras_conmim.run_config import describe, resolve
+from keras_conmim.runs.config import describe, resolve
 
 
 def _field(default, help=None, **meta):
@@ -38,7 +38,7 @@ def _field(default, help=None, **meta):
 class FinetuneRecipe:
     """The values a fine-tuning (or from-scratch) run trains with, resolved
     once (`resolve_recipe`); recipes/finetune.py's recipe flags are made from
-    these fields (`run_config.add_recipe_flags`). The defaults switch every
+    these fields (`runs.config.add_recipe_flags`). The defaults switch every
     augmentation off; the presets' recipes (`PRESETS[name]["finetune"]` /
     `["scratch"]`) set them all."""
 
@@ -195,8 +195,8 @@ def build_classifier(args, encoder, recipe, train, class_names, resumed=None):
     linear probe on the frozen features of `train`; "small" is the release's
     x0.001), and the line describing that start (a resumed run's from its
     config.json: its checkpoint holds the head)."""
-    from keras_conmim import finetune_budget
-    from keras_conmim.classifier import ViTClassifier, finetune_encoder
+    from keras_conmim.downstream import finetune_budget
+    from keras_conmim.downstream.classifier import ViTClassifier, finetune_encoder
 
     encoder = finetune_encoder(encoder, drop_path_rate=recipe.drop_path)
     model = ViTClassifier(encoder, len(class_names), pooling=recipe.pooling,
@@ -218,8 +218,8 @@ def build_classifier(args, encoder, recipe, train, class_names, resumed=None):
 def compile_classifier(model, recipe, total_steps, steps_per_epoch, jit_compile="auto"):
     """The release's fine-tuning optimizer (AdamW with layer-wise lr decay,
     warm-up + cosine over `total_steps`) and label-smoothed cross-entropy."""
-    from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales, warmup_cosine
-    from keras_conmim.train_step import jit_compile_for
+    from keras_conmim.models.optimizers import LayerDecayAdamW, layer_decay_scales, warmup_cosine
+    from keras_conmim.models.train_step import jit_compile_for
 
     schedule = warmup_cosine(recipe.lr, total_steps, recipe.warmup_epochs * steps_per_epoch,
                              recipe.min_lr)

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_conmim.evaluation import extract_features, fit_linear_head, resolve_weight_decay
-from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.views import normalize_images
-from keras_conmim.vit import ViT
+from keras_conmim.downstream.evaluation import extract_features, fit_linear_head, resolve_weight_decay
+from keras_conmim.models.layers import PACKAGE, config_with_layers
+from keras_conmim.models.views import normalize_images
+from keras_conmim.models.vit import ViT
 
 
 def finetune_encoder(encoder, drop_path_rate=0.1):

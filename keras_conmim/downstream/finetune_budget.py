@@ -12,61 +12,34 @@ changed; `recipes/finetune.py` passes them in `fixed`):
    learning rate follows the batch linearly.
 2. **Few labels, enough steps.** A run shorter than `min_steps` optimizer
    steps (MIN_STEPS unless given; 0 turns the rule off) gets more epochs
-   until it has them: 15 epochs of 100 images is 60 steps, too few for any
-   model to fit. This rule applies to a given epoch count too: it is what
-   `min_steps` is for. 1,000 against 300 on Fashion-MNIST (seed 0,
-   bench/finetune_sweep.py arm flatten_steps1000): the pre-trained encoder
-   moved +0.43 / -0.46 at 10 / 100 labels per class, less than a seed
-   moves those cells, so 300 stays.
+   until it has them (15 epochs of 100 images is 60 steps, too few for any
+   model to fit). This applies to a given epoch count too.
 3. **Short runs, less regularisation.** MixUp / CutMix, drop path, random
    erasing, the RandAugment magnitude and the train-time geometry (crop
-   padding, the crop's area range, flip) exist for long schedules (they slow
-   fitting to win later). They are scaled by `ramp = clip((steps - SHORT_STEPS) /
-   (LONG_STEPS - SHORT_STEPS), 0, 1)`, from 0 for runs of SHORT_STEPS
-   optimizer steps or fewer to the recipe's value from LONG_STEPS on (the
-   release's 100 ImageNet epochs are 125,000 steps); RandAugment is off
-   (no ops) where the ramp is 0. The ramp starts at 5,000 steps, past the
-   longest run measured to be hurt by it: five all-label epochs of
-   Fashion-MNIST (4,685 steps) with the ramp started at 1,000 steps (0.19
-   of each value) ended 4.12 points below the same run with all of them
-   off for ConMIM (86.66 vs 90.78) and 3.40 for scratch (87.11 vs 90.51;
-   seed 0, bench/finetune_sweep.py arms flatten_ramp / flatten_plain).
-   Where between 5,000 and LONG_STEPS they start to pay is not measured.
-   Counted in steps, not passes: 75 passes
-   over 100 labelled images are 300 steps, a short run (measured: MixUp /
-   CutMix on such a run cost the fine-tuned ViT 8-10 points; RandAugment at
-   half magnitude on one 937-step epoch of Fashion-MNIST kept the training
-   accuracy under 50% and cost 8.4 points from ConMIM, 43.7 from scratch;
-   on 300 steps over 100 labels per class it would add 1.3, docs/benchmarks.md; the
-   release's crop + flip on 300 steps cost 8.2 points from ConMIM and 9.7
-   from scratch at 100 labels per class, and moved 10 per class by +1.2 /
-   +1.0, bench/finetune_sweep.py). The geometry at ramp r: padding
-   round(4 r) px, crop area from 1 - 0.92 r, flip 0.5 r: crop "none" at
-   r = 0 (unless a padding or area is given by hand).
+   padding, the crop's area range, flip) exist for long schedules. They are
+   scaled by `ramp = clip((steps - SHORT_STEPS) / (LONG_STEPS - SHORT_STEPS),
+   0, 1)`, from 0 for runs of SHORT_STEPS optimizer steps or fewer to the
+   recipe's value from LONG_STEPS on (the release's 100 ImageNet epochs are
+   125,000 steps); RandAugment is off (no ops) where the ramp is 0. Counted
+   in steps, not passes (75 passes over 100 labelled images are 300 steps, a
+   short run). The geometry at ramp r: padding round(4 r) px, crop area from
+   1 - 0.92 r, flip 0.5 r: crop "none" at r = 0 (unless a padding or area is
+   given by hand).
 4. **Warm-up** is at most a fifth of the run (the release warms up 20 of 100).
 5. **The head** (`head_init`, `recipes/finetune.py --head-init auto`): a
-   pre-trained encoder with few labels gets its head fitted first as a
-   linear probe on the frozen features (LP-FT); with many labels, and from
-   scratch, the release's head x0.001. Measured on Fashion-MNIST (ConMIM,
-   6 pre-training epochs, docs/benchmarks.md): LP-FT +0.7 points at 10 labels per
-   class, +11.5 at 100, but -1.9 with all 6,000 per class (a converged
-   probe's confident head slows the encoder's learning). The threshold,
-   LP_FT_MAX_PER_CLASS, sits between the measured 100 and 6,000: not
-   measured closer. The probe's weight decay is cross-validated on the
-   labelled images (`ViTClassifier.init_head_from_probe`): +2.8 to +3.4
-   points at 10 per class over a memorising probe (three seeds). All of
-   that is the mean-pooled head's: the flatten head (`pooling="flatten"`,
-   the Fashion-MNIST presets') starts small whatever the label count
-   (measured, seed 0: small against LP-FT 63.94 vs 63.86 at 10 per class,
-   79.44 vs 77.38 at 100; bench/finetune_sweep.py).
+   pre-trained encoder with at most LP_FT_MAX_PER_CLASS labels per class gets
+   its head fitted first as a linear probe on the frozen features (LP-FT),
+   its weight decay cross-validated on the labelled images
+   (`ViTClassifier.init_head_from_probe`); with more labels, and from
+   scratch, the release's head x0.001. The flatten head (`pooling="flatten"`,
+   the Fashion-MNIST presets') starts small whatever the label count.
 
-Not scaled: **layer decay.** Measured on Fashion-MNIST (ConMIM teacher, 6
-pre-training epochs), 1.0 against the release's 0.65: +0.18 at one all-label
-epoch, +2.48 at 15, +1.76 with 10 labels per class, -0.54 with 100. No budget
-(run length, label count) where 0.65 wins by more than one seed moves, so the
-value is the preset's: none for the small presets (SMALL_IMAGE_FINETUNE), the
-release's 0.65 for the 224 px ones, whose pre-training is long enough that
-its lower layers are worth protecting.
+Not scaled: **layer decay** (the preset's value: none for the small presets,
+the release's 0.65 for the 224 px ones).
+
+The measurements behind each threshold (MIN_STEPS, SHORT_STEPS,
+LP_FT_MAX_PER_CLASS, layer decay) and what is not measured: docs/finetuning.md,
+"Why the budget rules are what they are".
 
 Pure Python: no keras import.
 """

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_conmim.distribute import cross_replica_mean
-from keras_conmim.layers import PACKAGE, trunc_normal
+from keras_conmim.models.distribute import cross_replica_mean
+from keras_conmim.models.layers import PACKAGE, trunc_normal
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -12,7 +12,7 @@ class TokenBatchNorm(keras.layers.Layer):
     """BatchNorm over every axis but the last, with batch statistics whenever
     `training=True` -- also when the layer is frozen. Under data parallelism
     the statistics are the global batch's (SyncBN; see
-    `keras_conmim.distribute`).
+    `keras_conmim.models.distribute`).
 
     Keras' `BatchNormalization` switches to moving statistics once its layer
     is non-trainable; the EMA teacher is non-trainable yet must normalise with
@@ -47,7 +47,7 @@ class TokenBatchNorm(keras.layers.Layer):
         x32 = ops.cast(x, "float32")
         if training:
             # Statistics of the global batch: under tf.distribute each
-            # replica's are averaged (SyncBN, keras_conmim.distribute); JAX
+            # replica's are averaged (SyncBN, keras_conmim.models.distribute); JAX
             # computes them over the global array anyway.
             axes = tuple(range(len(x.shape) - 1))
             mean = cross_replica_mean(ops.mean(x32, axis=axes))

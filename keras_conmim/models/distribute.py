@@ -2,7 +2,7 @@
 `keras.distribution.DataParallel` on JAX (one host or many, GPU and TPU) and
 `tf.distribute` on TensorFlow. No communication code of our own.
 
-    from keras_conmim import distribute
+    from keras_conmim.models import distribute
     plan = distribute.data_parallel()          # all local devices (+ hosts)
     with plan.scope():
         model = keras_conmim.ConMIM.from_preset("vit_mini_p4_28")

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_conmim.atomic import save_atomic
 from keras_conmim.data.images import resize_image
-from keras_conmim.distribute import this_host_only
+from keras_conmim.models.distribute import this_host_only
 from keras_conmim.errors import NonFiniteLossError, ResumeError
 
 __all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "RollbackCount", "TrainingScalars",
@@ -238,6 +238,8 @@ class RollbackCount(keras.callbacks.Callback):
     far) to the epoch logs, for the CSV log and TensorBoard. Put it before
     those loggers."""
 
+    adds_to_epoch_logs = True  # RunLog's row of a stopped epoch asks it too
+
     def __init__(self):
         super().__init__()
         self.count = 0
@@ -250,6 +252,8 @@ class RollbackCount(keras.callbacks.Callback):
 class TrainingScalars(keras.callbacks.Callback):
     """Adds `learning_rate` and `images_per_second` to the epoch logs (so the
     CSV log and TensorBoard get them). Put it before those loggers."""
+
+    adds_to_epoch_logs = True  # RunLog's row of a stopped epoch asks it too
 
     def __init__(self, batch_size):
         super().__init__()
@@ -275,6 +279,72 @@ class TrainingScalars(keras.callbacks.Callback):
         if self._batches:
             elapsed = time.perf_counter() - self._start
             logs["images_per_second"] = self._batches * self.batch_size / elapsed
+
+
+class RunLog(keras.callbacks.CSVLogger):
+    """A run's log.csv: Keras' CSVLogger (a row per epoch, appended: a failed
+    write never truncates the rows there), and
+
+    - a resumed run writes the columns of the file's header, so every row
+      lines up under it;
+    - a run that stops inside an epoch (a NaN, Ctrl-C, a full disk) gets a
+      row for it too: its last finished batch's values, with what the
+      callbacks that add to the epoch logs add (`log_stopped_epoch`). A run
+      that stops in its first epoch no longer leaves an empty log. (A kill -9
+      writes nothing: the rows up to the last epoch end are there.)"""
+
+    def on_train_begin(self, logs=None):
+        self.writer = None
+        super().on_train_begin(logs)
+        self.epoch, self.batch_logs = None, None
+        if self.append and os.path.isfile(self.filename):
+            with open(self.filename) as f:
+                header = f.readline().strip()
+            if header:  # the file's columns, not this process's first epoch's
+                self.keys = [k for k in header.split(self.sep) if k != "epoch"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.batch_logs = epoch, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_logs = dict(logs or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        self.batch_logs = None
+
+    def write_stopped_epoch(self, callbacks=()):
+        """The row of the epoch the run stopped inside, if it finished a batch
+        of it; `callbacks` that add to the epoch logs (`adds_to_epoch_logs`)
+        add their values first. Closes the file."""
+        if self.batch_logs is None or self.csv_file is None or self.csv_file.closed:
+            return
+        logs = {k: _scalar(v) for k, v in self.batch_logs.items()}
+        for callback in callbacks:
+            if getattr(callback, "adds_to_epoch_logs", False):
+                callback.on_epoch_end(self.epoch, logs)
+        self.on_epoch_end(self.epoch, logs)
+        self.csv_file.close()
+        self.writer = None  # a next fit (a rollback) opens the file again
+
+
+def _scalar(value):
+    try:
+        return float(np.asarray(keras.ops.convert_to_numpy(value)).reshape(()))
+    except (TypeError, ValueError):
+        return value
+
+
+def log_stopped_epoch(callbacks):
+    """After `fit` raised: each RunLog among `callbacks` writes the row of the
+    epoch the run stopped inside. Never raises (the error that stopped the run
+    is the one to report; a full disk may refuse this row too)."""
+    for callback in callbacks:
+        if isinstance(callback, RunLog):
+            try:
+                callback.write_stopped_epoch(callbacks)
+            except Exception as e:  # noqa: BLE001
+                warnings.warn(f"log.csv: the stopped epoch's row was not written ({e}).")
 
 
 class ViewGrid(keras.callbacks.Callback):

@@ -4,7 +4,7 @@ mask per object, in keras ops on every backend (no torchvision, no Keras-CV).
 The design is YOLACT's (Bolya et al. 2019) on an FCOS-style anchor-free
 detector (Tian et al. 2019):
 - an FPN over the backbone's `pyramid_outputs` (KerasHub's convention: `P{n}`
-  at stride `2**n`; `keras_conmim.kerashub.ViTPyramidBackbone` or KerasHub's
+  at stride `2**n`; `keras_conmim.integrations.kerashub.ViTPyramidBackbone` or KerasHub's
   `ResNetBackbone`), one shared head over the detection levels that
   predicts per location class logits, the box as distances to its four sides,
   and `num_prototypes` mask coefficients;
@@ -29,7 +29,7 @@ dropped when a more confident box of its class overlaps it), the best
 `max_detections`, and their masks at the input size (bilinear, cropped to
 the box, > 0.5).
 
-    backbone = keras_conmim.kerashub.ViTPyramidBackbone(encoder, image_shape=(48, 48, 1),
+    backbone = keras_conmim.integrations.kerashub.ViTPyramidBackbone(encoder, image_shape=(48, 48, 1),
                                                         min_level=2, max_level=4)
     model = keras_conmim.InstanceSegmenter(backbone, num_classes=10)
     model.compile(optimizer="adamw")
@@ -47,8 +47,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_conmim.downstream_metrics import IGNORE
-from keras_conmim.layers import PACKAGE, config_with_layers
+from keras_conmim.downstream.metrics import IGNORE
+from keras_conmim.models.layers import PACKAGE, config_with_layers
 
 _PRIOR = 0.01  # initial class probability (RetinaNet's focal-loss prior)
 

@@ -4,7 +4,7 @@ with `pyramid_level_inputs`, for Keras-CV's `RetinaNet`, `YOLOV8Detector`,
 decoder without its torchvision need on the torch backend.
 
 Keras-CV is in maintenance (its README points to KerasHub; see
-`keras_conmim.kerashub`). Build heads from their classes, never from
+`keras_conmim.integrations.kerashub`). Build heads from their classes, never from
 `*.from_preset(...)`: Keras-CV's preset constructors fetch configs from a
 hub even without weights. Needs `keras-cv` (`pip install keras-conmim[cv]`).
 
@@ -16,14 +16,14 @@ hub even without weights. Needs `keras-cv` (`pip install keras-conmim[cv]`).
 import keras
 import keras_cv
 
-from keras_conmim.layers import PACKAGE, config_with_layers
-from keras_conmim.pyramid import PyramidBackboneMixin, build_pyramid
+from keras_conmim.models.layers import PACKAGE, config_with_layers
+from keras_conmim.downstream.pyramid import PyramidBackboneMixin, build_pyramid
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ViTCVBackbone(PyramidBackboneMixin, keras_cv.models.Backbone):
     """`keras_conmim.ViT` plus the simple feature pyramid
-    (`keras_conmim.pyramid`) as a Keras-CV backbone.
+    (`keras_conmim.downstream.pyramid`) as a Keras-CV backbone.
 
     Input: float images `[B, H, W, C]` in 0..255 (normalised inside).
     Output: the last token grid `[B, H/p, W/p, D]`. `pyramid_level_inputs`
@@ -31,7 +31,7 @@ class ViTCVBackbone(PyramidBackboneMixin, keras_cv.models.Backbone):
     Keras-CV's `SegFormer` reads `embedding_dims`, one width per level, and
     names its layers by them: give it distinct `pyramid_channels`.
 
-    Args: as `keras_conmim.kerashub.ViTPyramidBackbone` (no `level_naming`:
+    Args: as `keras_conmim.integrations.kerashub.ViTPyramidBackbone` (no `level_naming`:
     Keras-CV's heads read levels by key or in order).
     """
 

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_conmim.layers import PACKAGE
+from keras_conmim.models.layers import PACKAGE
 from keras_conmim.presets import get_preset
 
 

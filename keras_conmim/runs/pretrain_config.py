@@ -2,7 +2,7 @@
 
 Every option with its type, default and help (`OPTIONS`), the merge
 defaults < the preset's recipe < `--config` file < flags (`resolve_config`,
-through `run_config`, the one resolver every recipe uses), type coercion and
+through `runs.config`, the one resolver every recipe uses), type coercion and
 range checks that fail before the model is built, any data is read or any
 file is written (`validate`, `view_errors`), which settings a resume may
 change (`RESUMABLE_CHANGES`, `RECOVERY_CHANGES`; the check itself is the run
@@ -16,15 +16,14 @@ import math
 import os
 
 from keras_conmim.runs import folder as run_folder
-from keras_conmim.conmim import MODEL_RECIPE_KEYS, ConMIM
+from keras_conmim.models.conmim import MODEL_RECIPE_KEYS, ConMIM
 from keras_conmim.data.geometry import INTERPOLATIONS
 from keras_conmim.errors import ConfigError, ResumeError
-from keras_conmim.optimizers import pretrain_optimizer
+from keras_conmim.models.optimizers import pretrain_optimizer
 from keras_conmim.presets import PRESETS
-from keras_conmim.run_config import ArgumentParser, coerce, describe, read_config_file, resolve
-from keras_conmim.train_step import jit_compile_for
+from keras_conmim.runs.config import BACKENDS, ArgumentParser, coerce, describe, read_config_file, resolve
+from keras_conmim.models.train_step import jit_compile_for
 
-BACKENDS = ("jax", "tensorflow", "torch")
 MASKS = ("random", "block")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 RESIZE_POLICIES = ("crop", "pad", "center")

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from keras_conmim.layers import relative_position_index
+from keras_conmim.models.layers import relative_position_index
 
 IGNORED = re.compile(r"^(lm_head\..*|.*relative_position_index|.*num_batches_tracked)$")
 
@@ -162,9 +162,9 @@ def from_torch(state_dict_or_path, num_heads=None, allow_unsafe_pickle=False):
     A `.pth` path is read without running code from it (`load_state_dict`;
     `allow_unsafe_pickle=True` lifts that, UNSAFE).
     """
-    from keras_conmim.classifier import ViTClassifier
-    from keras_conmim.projector import ProjectionHead
-    from keras_conmim.vit import ViT
+    from keras_conmim.downstream.classifier import ViTClassifier
+    from keras_conmim.models.projector import ProjectionHead
+    from keras_conmim.models.vit import ViT
 
     state = load_state_dict(state_dict_or_path, allow_unsafe_pickle)
     config = infer_vit_config(state, num_heads)

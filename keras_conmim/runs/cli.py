@@ -18,11 +18,11 @@ package imports Keras): recipes/recipe_main.py reads --backend from argv.
 import os
 
 from keras_conmim.errors import ConfigError
-from keras_conmim.loading import load_encoder
+from keras_conmim.runs.config import BACKENDS
+from keras_conmim.models.loading import load_encoder
 from keras_conmim.presets import PRESETS, WEIGHTS, weights_path
-from keras_conmim.vit import ViT
+from keras_conmim.models.vit import ViT
 
-BACKENDS = ("jax", "tensorflow", "torch")
 SHIPPED = "conmim_vit_mini_p4_28_fmnist"  # the preset with weights the recipes start from
 
 
