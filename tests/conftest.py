@@ -100,3 +100,58 @@ def load_bench_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# -- running a recipe: one runner in this interpreter, one as a command -------
+
+BACKEND = os.environ.get("KERAS_BACKEND", "jax")
+
+
+def run_recipe(name, *argv, backend=None):
+    """`python recipes/<name>.py --backend B *argv`, in this interpreter
+    (no new process, no second Keras import): the same `main` and the same
+    one-line error path (`recipe_main.run`). Returns a CompletedProcess with
+    the exit status and what the recipe printed. The backend is this run's;
+    a recipe checks its --backend against the Keras already imported."""
+    import contextlib
+    import importlib
+    import io
+    import subprocess
+
+    import keras
+    import recipe_main
+
+    backend = backend or keras.backend.backend()
+    module = importlib.import_module(f"recipes.{name}")
+    args = ["--backend", backend, *map(str, argv)]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            recipe_main.run(lambda: module.main(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess([f"recipes/{name}.py", *args], code, out.getvalue(),
+                                       err.getvalue())
+
+
+def recipe_command(name, *argv, backend=None, env=None, timeout=600, log=None, start=False):
+    """`python recipes/<name>.py --backend B *argv` as a new process, from the
+    repository, for what needs one: a kill -9, the backend chosen before Keras
+    loads, several devices, a second run beside this one. `start`: the
+    Popen (output to the file `log`, or a pipe), else the CompletedProcess."""
+    import subprocess
+
+    backend = backend or BACKEND
+    command = [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), "--backend", backend,
+               *map(str, argv)]
+    env = dict(os.environ, KERAS_BACKEND=backend, **(env or {}))
+    if start:  # a log path, a file (or DEVNULL), or a pipe
+        out = open(log, "w") if isinstance(log, (str, os.PathLike)) else log
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE if out is None else out,
+                                stderr=subprocess.PIPE if out is None else subprocess.STDOUT,
+                                text=True, env=env, cwd=ROOT)
+        if out is not log:
+            out.close()  # the child has its own copy
+        return proc
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=ROOT)

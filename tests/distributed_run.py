@@ -41,7 +41,7 @@ def main():
     import numpy as np
 
     import keras_conmim as kc
-    from keras_conmim import distribute
+    from keras_conmim.models import distribute
     from keras_conmim.atomic import save_atomic
 
     keras.utils.set_random_seed(0)

@@ -1,6 +1,13 @@
-"""One check for every registered class, KerasHub's `run_layer_test` in
-spirit: output shape, config round trip, and a `.keras` save / load that gives
-the same outputs and weights."""
+"""The shared checks of the model tests, KerasHub's `run_layer_test` /
+`run_backbone_test` / `run_preset_test` in spirit:
+
+- `check_serializable`: output shape, config round trip, and a `.keras` save /
+  load that gives the same outputs and weights (every registered class,
+  tests/test_serialization.py);
+- `check_fit_changes_weights`: one fit step gives a finite loss and moves the
+  trainable weights (returns the ones that did not move);
+- `check_preset`: a class's `from_preset` builds what the preset says and,
+  saved to a preset folder, loads back equal."""
 
 import json
 import os
@@ -72,3 +79,40 @@ def check_serializable(obj, inputs, expected_shape, tmp_path, call=None, atol=1e
     # positions the file keeps.
     _assert_close(_outputs(loaded, inputs, call), _outputs(obj, inputs, call), atol)
     return loaded
+
+
+def check_fit_changes_weights(model, x, y=None, batch_size=None, train_on_batch=False):
+    """One optimizer step of the compiled `model` on `(x, y)` (`fit` over one
+    batch, or `train_on_batch`): the loss is finite and some trainable weight
+    moved. Returns the paths of the trainable weights that did not move."""
+    before = [to_numpy(v).copy() for v in model.trainable_weights]
+    if train_on_batch:
+        loss = model.train_on_batch(x, y)
+        loss = loss[0] if isinstance(loss, (list, tuple)) else loss
+    else:
+        size = batch_size or len(x["images"] if isinstance(x, dict) else x)
+        loss = model.fit(x, y, batch_size=size, epochs=1, verbose=0).history["loss"][-1]
+    assert np.isfinite(loss), loss
+    after = [to_numpy(v) for v in model.trainable_weights]
+    still = [v.path for v, a, b in zip(model.trainable_weights, before, after) if np.allclose(a, b)]
+    assert len(still) < len(before), "no trainable weight moved"
+    return still
+
+
+def check_preset(cls, preset, inputs, expected_shape, tmp_path, atol=1e-6, **kwargs):
+    """`cls.from_preset(preset, **kwargs)` gives a `cls` whose output on
+    `inputs` has `expected_shape`; saved to a preset folder
+    (`save_to_preset`) it loads back through `from_preset` with the same
+    weights and outputs. Returns the model."""
+    model = cls.from_preset(preset, **kwargs)
+    assert isinstance(model, cls), type(model)
+    out = _outputs(model, inputs, None)
+    assert _shapes(out) == expected_shape, (_shapes(out), expected_shape)
+    folder = os.path.join(str(tmp_path), f"{type(model).__name__}_preset")
+    model.save_to_preset(folder)
+    loaded = cls.from_preset(folder)
+    assert type(loaded) is type(model)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), err_msg=a.path)
+    _assert_close(_outputs(loaded, inputs, None), out, atol)
+    return model

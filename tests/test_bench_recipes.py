@@ -26,7 +26,7 @@ def _with_stand_ins(name, calls):
     folder; the probe's result file). Each pre-training command is first
     resolved by the recipe's own parser (flags, types, ranges), so a flag the
     recipe lacks fails here; the recipes' own tests run them on every backend."""
-    from keras_conmim.pretrain_config import resolve_config
+    from keras_conmim.runs.pretrain_config import resolve_config
 
     module = _script(name)
 

@@ -70,7 +70,7 @@ def test_release_baseline_is_the_model_ours_imports():
     import numpy as np
 
     from conftest import to_numpy
-    from keras_conmim.convert import from_torch
+    from keras_conmim.integrations.convert import from_torch
 
     release = _script("release_torch")
     config = dict(image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,

@@ -151,33 +151,6 @@ def test_fit_on_generator_without_length_asks_for_total_steps():
         model.fit(batches(), epochs=1, verbose=0)
 
 
-def test_keras_file_round_trip(tmp_path):
-    model = tiny_conmim(mask_generator="block", total_steps=6)
-    model.compile(optimizer="adamw")
-    model.fit(uint8_images(8), batch_size=4, epochs=1, verbose=0)
-    path = os.path.join(tmp_path, "conmim.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, kc.ConMIM)
-    assert isinstance(loaded.mask_generator, kc.BlockMasking)
-    rng = np.random.RandomState(0)
-    views = [rng.standard_normal((4, 16, 16, 1)).astype("float32") for _ in range(2)]
-    mask = rng.rand(4, 16) < 0.5
-    a = model.pretext_loss(*views, mask)
-    b = loaded.pretext_loss(*views, mask)
-    np.testing.assert_array_equal(to_numpy(a["loss"]), to_numpy(b["loss"]))
-    for x, y in zip(model.weights, loaded.weights):
-        np.testing.assert_array_equal(to_numpy(x), to_numpy(y))
-    assert int(to_numpy(loaded.step_counter)) == 2
-    # Random streams resume where they were (keras does not save them itself).
-    for a, b in ((model.views, loaded.views), (model.mask_generator, loaded.mask_generator)):
-        np.testing.assert_array_equal(to_numpy(a.seed_generator.state),
-                                      to_numpy(b.seed_generator.state))
-    assert int(to_numpy(model.views.seed_generator.state)[1]) > 0
-    # Training goes on from the restored state.
-    loaded.fit(uint8_images(8), batch_size=4, epochs=1, verbose=0)
-    assert int(to_numpy(loaded.step_counter)) == 4
-
 
 def test_encoders_stand_alone(tmp_path):
     model = tiny_conmim()

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from keras_conmim.convert import from_torch
-from keras_conmim.layers import relative_position_index
-from keras_conmim.views import normalize_images  # noqa: F401
+from keras_conmim.integrations.convert import from_torch
+from keras_conmim.models.layers import relative_position_index
+from keras_conmim.models.views import normalize_images  # noqa: F401
 from conftest import to_numpy
 from numpy_reference import layer_norm, torch_layout_forward, torch_projector_eval
 
@@ -74,7 +74,7 @@ def test_fine_tuned_checkpoint_matches_numpy_forward():
     pooled = torch_layout_forward(ref, x.astype("float64"), HEADS)[:, 1:].mean(1)
     logits = layer_norm(pooled, ref["fc_norm.weight"], ref["fc_norm.bias"], 1e-6) @ ref["head.weight"].T + ref["head.bias"]
     # The classifier normalises uint8-range input itself: feed it the inverse.
-    from keras_conmim.views import IMAGENET_MEAN, IMAGENET_STD
+    from keras_conmim.models.views import IMAGENET_MEAN, IMAGENET_STD
     raw_pixels = (x * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255.0
     np.testing.assert_allclose(to_numpy(classifier(raw_pixels.astype("float32"))), logits, atol=2e-4)
 
@@ -168,7 +168,7 @@ def test_no_code_running_loaders_in_the_package():
                         if banned.search(line):
                             found.append(f"{os.path.relpath(path, root)}:{number}: {line.strip()}")
     # The documented opt-in, behind `if allow_unsafe_pickle:`, is the one exception.
-    opt_in = [f for f in found if f.startswith(os.path.join("keras_conmim", "convert.py"))
+    opt_in = [f for f in found if f.startswith(os.path.join("keras_conmim", "integrations", "convert.py"))
               and "weights_only=False" in f]
     assert len(opt_in) == 1, opt_in
     assert [f for f in found if f not in opt_in] == []

@@ -12,7 +12,7 @@ import pytest
 from keras_conmim.data.canvas import make_canvases
 from keras_conmim.data.dense import read_dense, write_coco
 from keras_conmim.data.labelled import load_labelled
-from keras_conmim.downstream_metrics import coco_map, mean_iou
+from keras_conmim.downstream.metrics import coco_map, mean_iou
 from conftest import uint8_images
 
 pycocotools = pytest.importorskip("pycocotools")

@@ -1,4 +1,4 @@
-"""Data parallelism (keras_conmim.distribute): N devices reach what one
+"""Data parallelism (keras_conmim.models.distribute): N devices reach what one
 device reaches with the same global batch and seed, checkpoints cross
 between the two, the recipe runs on forced host devices, and impossible
 requests fail with the numbers before anything compiles.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
-from keras_conmim import distribute
-from conftest import ROOT
+from keras_conmim.models import distribute
+from conftest import ROOT, recipe_command, run_recipe
 
 BACKEND = keras.backend.backend()
 # 4 forced host devices on JAX; TensorFlow splits the CPU into 2 logical ones.
@@ -121,11 +121,9 @@ def test_recipe_runs_as_a_two_host_job(tmp_path):
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [  # with the initial state
         "ckpt-00000000.keras", "ckpt-00000003.keras"]
     assert os.listdir(os.path.join(out, "views")) == ["views-epoch0001.png"]
-    env = {**os.environ, "XLA_FLAGS": _with_devices(4)}
-    cmd = [sys.executable, *cmd]
     # a global batch that does not split: the numbers, before anything compiles
-    bad = subprocess.run([*cmd[:-6], "--batch-size", "10", "--output", out + "_bad"],
-                         capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    bad = recipe_command("pretrain", *cmd[3:-6], "--batch-size", "10", "--output", out + "_bad",
+                         env={"XLA_FLAGS": _with_devices(4)}, timeout=900)
     assert bad.returncode != 0
     assert "Global batch 10 does not split over 4 devices (2.5 each)" in bad.stderr
     assert "--batch-size 8" in bad.stderr and "ConMIM pre-training:" not in bad.stdout
@@ -148,12 +146,9 @@ def test_impossible_requests_fail_with_the_numbers():
     assert not distribute.Plan(host=1, hosts=2).is_chief  # writes no files
 
 
-@pytest.mark.skipif(BACKEND != "torch", reason="the recipe's check runs before keras is imported")
+@pytest.mark.skipif(BACKEND != "torch", reason="the recipe's own refusal (the library's is above)")
 def test_recipe_refuses_data_parallel_on_torch(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "pretrain.py"),
-                           "--backend", "torch", "--distribute", "data_parallel",
-                           "--output", str(tmp_path)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    done = run_recipe("pretrain", "--distribute", "data_parallel", "--output", tmp_path)
     assert done.returncode == 2 and "not on torch" in done.stderr
     assert "--backend jax or tensorflow" in done.stderr
 

@@ -2,14 +2,13 @@
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from keras_conmim.data.canvas import make_canvases
-from keras_conmim.downstream_metrics import box_iou, coco_map, mean_iou
-from conftest import ROOT, tiny_vit, uint8_images
+from keras_conmim.downstream.metrics import box_iou, coco_map, mean_iou
+from conftest import recipe_command, run_recipe, tiny_vit, uint8_images
 
 BACKEND_ENV = os.environ.get("KERAS_BACKEND", "jax")
 
@@ -72,15 +71,13 @@ def test_coco_map_perfect_partial_and_empty():
     assert coco_map(fp, fp_scores, fp_classes, boxes, classes)["map"] < 1.0
 
 
-def run_recipe(recipe, encoder, output, *extra, check=True):
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", recipe), "--encoder", encoder,
-         "--backend", BACKEND_ENV, "--train-canvases", "8", "--val-canvases", "4",
-         "--test-canvases", "4", "--steps", "2", "--batch-size", "4", "--canvas-size", "32",
-         "--grid", "2", "--output", str(output), *extra],
-        capture_output=True, text=True)
-    if check:
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+TINY_RUN = ["--train-canvases", "8", "--val-canvases", "4", "--test-canvases", "4", "--steps", "2",
+            "--batch-size", "4", "--canvas-size", "32", "--grid", "2"]
+
+
+def tiny_run(recipe, encoder, output, *extra):
+    done = run_recipe(recipe[:-3], "--encoder", encoder, *TINY_RUN, "--output", output, *extra)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done
 
 
@@ -104,7 +101,7 @@ def test_downstream_recipes_run(tmp_path, recipe, extra, every_backend):
     out = tmp_path / "run"
     can_export = BACKEND_ENV == "tensorflow" or (BACKEND_ENV == "jax" and recipe == "segment.py")
     export = ["--export", "saved_model"] if can_export and every_backend else []
-    done = run_recipe(recipe, encoder, out, *extra, *export)
+    done = tiny_run(recipe, encoder, out, *extra, *export)
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("done: ") and "test" in last, last
     names = set(os.listdir(out))
@@ -119,7 +116,7 @@ def test_downstream_recipes_run(tmp_path, recipe, extra, every_backend):
         check_serving(recipe, out)
     if not every_backend or BACKEND_ENV != "torch":
         return  # the run folder's bookkeeping is the same on every backend
-    again = run_recipe(recipe, encoder, out)
+    again = tiny_run(recipe, encoder, out)
     assert "moved them to" in again.stdout and os.listdir(out / "previous_runs")
 
 
@@ -128,7 +125,7 @@ def check_serving(recipe, out):
     tf = pytest.importorskip("tensorflow")
     import keras
 
-    import keras_conmim.kerashub  # noqa: F401  (registers the backbone model.keras holds)
+    import keras_conmim.integrations.kerashub  # noqa: F401  (registers the backbone model.keras holds)
 
     model = keras.saving.load_model(str(out / "model.keras"))
     served = tf.saved_model.load(str(out / "serving"))
@@ -173,11 +170,10 @@ def test_downstream_run_resumes_after_a_kill(tmp_path):
 
     encoder = save_atomic(tiny_vit(), os.path.join(tmp_path, "vit.keras"))
     out = tmp_path / "run"
-    args = [sys.executable, os.path.join(ROOT, "recipes", "segment.py"), "--encoder", encoder,
-            "--backend", BACKEND_ENV, "--train-canvases", "8", "--val-canvases", "4",
-            "--test-canvases", "4", "--steps", "60", "--batch-size", "4", "--canvas-size", "32",
-            "--checkpoint-every", "2", "--grid", "0", "--output", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = ["--encoder", encoder, "--train-canvases", "8", "--val-canvases", "4",
+                "--test-canvases", "4", "--steps", "60", "--batch-size", "4", "--canvas-size", "32",
+                "--checkpoint-every", "2", "--grid", "0"]
+    proc = recipe_command("segment", *settings, "--output", out, start=True, log=subprocess.DEVNULL)
     deadline = time.time() + 1200  # a loaded CI machine starts Keras slowly
     while time.time() < deadline and proc.poll() is None:
         if (out / "checkpoints").is_dir() and any(
@@ -189,10 +185,10 @@ def test_downstream_run_resumes_after_a_kill(tmp_path):
     proc.wait()
     assert not ended, "the run ended before it could be killed"
     assert list((out / "checkpoints").iterdir()), "no checkpoint within the deadline"
-    refused = subprocess.run([*args[:-2], "--output", str(out), "--lr", "0.5"],
-                             capture_output=True, text=True)
+    # what follows the kill needs no process of its own
+    refused = run_recipe("segment", *settings, "--output", out, "--lr", "0.5")
     assert refused.returncode == 2 and "lr" in refused.stderr and "--no-resume" in refused.stderr
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = run_recipe("segment", *settings, "--output", out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
     result = json.loads((out / "results.json").read_text())
@@ -202,11 +198,11 @@ def test_downstream_run_resumes_after_a_kill(tmp_path):
     history = json.loads((out / "config.json").read_text())["history"]
     assert [h["event"] for h in history] == ["start", "resume"]
     whole = tmp_path / "whole"
-    done = subprocess.run([*args[:-2], "--output", str(whole)], capture_output=True, text=True)
+    done = run_recipe("segment", *settings, "--output", whole)
     assert done.returncode == 0, done.stderr[-3000:]
     import keras
 
-    import keras_conmim.kerashub  # noqa: F401  (registers the backbone model.keras holds)
+    import keras_conmim.integrations.kerashub  # noqa: F401  (registers the backbone model.keras holds)
 
     resumed = keras.saving.load_model(str(out / "model.keras")).get_weights()
     uninterrupted = keras.saving.load_model(str(whole / "model.keras")).get_weights()
@@ -217,7 +213,7 @@ def test_downstream_run_resumes_after_a_kill(tmp_path):
 def test_batches_resume_exactly_and_flip_boxes_with_masks():
     """Step k's batch is the same whatever step a run started at; a flipped
     canvas's boxes are the tight boxes of its flipped masks."""
-    from keras_conmim.downstream_run import DownstreamRecipe, batch_at, canvas_batches
+    from keras_conmim.runs.downstream import DownstreamRecipe, batch_at, canvas_batches
 
     items = uint8_images(40, size=16, seed=1)
     canvases = make_canvases(items, np.arange(40) % 10, 12, canvas_size=32, max_items=2)
@@ -255,7 +251,7 @@ def test_batches_resume_exactly_and_flip_boxes_with_masks():
 
 
 def test_downstream_recipe_sources_and_bad_values():
-    from keras_conmim.downstream_run import resolve_recipe
+    from keras_conmim.runs.downstream import resolve_recipe
     from keras_conmim.errors import ConfigError
 
     recipe, sources, text = resolve_recipe("segment", "pretrained", "vit_mini_p4_28",
@@ -275,7 +271,7 @@ def test_detect_defaults_to_the_working_head_at_a_size_it_reads():
     flag or file sets the canvas; the printed source says why."""
     import detect
 
-    from keras_conmim.downstream_run import resolve_recipe
+    from keras_conmim.runs.downstream import resolve_recipe
 
     assert detect.default_head("pretrained") == "yolov8" == detect.default_head("random")
     assert detect.default_head("resnet18") == "retinanet"
@@ -296,7 +292,7 @@ def test_canvases_keep_the_items_own_size_whatever_the_encoder():
     task, and a row that could not be compared)."""
     if BACKEND_ENV != "torch":
         pytest.skip("numpy data: the backend does not matter")
-    from keras_conmim.downstream_run import resolve_recipe, task_data
+    from keras_conmim.runs.downstream import resolve_recipe, task_data
 
     recipe, _, _ = resolve_recipe("segment", "pretrained", "vit_mini_p4_48")
     counts = {"train_canvases": 32, "val_canvases": 4, "test_canvases": 16}

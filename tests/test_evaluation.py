@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
-from keras_conmim import evaluation
-from keras_conmim.losses import masked_pixel_l1, patchify
-from keras_conmim.optimizers import LayerDecayAdamW, layer_decay_scales
+from keras_conmim.downstream import evaluation
+from keras_conmim.models.losses import masked_pixel_l1, patchify
+from keras_conmim.models.optimizers import LayerDecayAdamW, layer_decay_scales
 from conftest import tiny_vit, to_numpy, uint8_images
 
 
@@ -187,7 +187,7 @@ def test_flatten_pooling_keeps_the_layout():
 
 
 def test_linear_probe_recipe_passes_its_pooling(monkeypatch, capsys):
-    from keras_conmim import evaluation
+    from keras_conmim.downstream import evaluation
     from recipes import linear_probe
 
     seen = []

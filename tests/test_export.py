@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_conmim.export import ServingEncoder, export_encoder
+from keras_conmim.integrations.export import ServingEncoder, export_encoder
 from conftest import randomize_weights, tiny_vit, to_numpy
 
 BACKEND = keras.backend.backend()
@@ -62,7 +62,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
 
 
 def test_gelu_is_exact():
-    from keras_conmim.layers import gelu
+    from keras_conmim.models.layers import gelu
     from math import erf
 
     x = np.linspace(-6, 6, 101).astype("float32")
@@ -83,8 +83,8 @@ def test_bad_format_and_backend():
 
 def test_load_encoder_finds_the_vit_in_every_file(tmp_path):
     from keras_conmim import ConMIM
-    from keras_conmim.classifier import ViTClassifier
-    from keras_conmim.loading import load_encoder
+    from keras_conmim.downstream.classifier import ViTClassifier
+    from keras_conmim.models.loading import load_encoder
     from keras_conmim.atomic import save_atomic
 
     vit, images = _encoder_and_images()
@@ -116,10 +116,7 @@ def test_load_encoder_finds_the_vit_in_every_file(tmp_path):
 
 
 def test_export_recipe_checks_the_written_file(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
+    from conftest import run_recipe
     from keras_conmim.atomic import save_atomic
 
     vit, _ = _encoder_and_images()
@@ -127,16 +124,12 @@ def test_export_recipe_checks_the_written_file(tmp_path):
     format, name = ("keras", "out.keras") if BACKEND == "torch" else ("onnx", "out.onnx")
     if format == "onnx":
         pytest.importorskip("jax2onnx" if BACKEND == "jax" else "tf2onnx")
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "export.py"), "--encoder", source,
-         "--format", format, "--output", os.path.join(tmp_path, name), "--backend", BACKEND],
-        capture_output=True, text=True)
+    done = run_recipe("export", "--encoder", source, "--format", format,
+                      "--output", os.path.join(tmp_path, name))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "max |exported - keras|" in done.stdout and os.path.isfile(os.path.join(tmp_path, name))
-    again = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "export.py"), "--encoder", source,
-         "--format", format, "--output", os.path.join(tmp_path, name), "--backend", BACKEND],
-        capture_output=True, text=True)
+    again = run_recipe("export", "--encoder", source, "--format", format,
+                       "--output", os.path.join(tmp_path, name))
     assert again.returncode != 0 and "exists" in again.stderr
 
 

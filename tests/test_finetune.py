@@ -1,15 +1,14 @@
 import json
 import os
 import re
-import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
 
-from keras_conmim.classifier import ViTClassifier, finetune_encoder
-from conftest import ROOT, randomize_weights, tiny_vit, to_numpy
+from keras_conmim.downstream.classifier import ViTClassifier, finetune_encoder
+from conftest import randomize_weights, run_recipe, tiny_vit, to_numpy
 
 
 def _pattern_images(n, seed=0):
@@ -77,14 +76,12 @@ def test_finetune_recipe_runs(tmp_path):
     path = os.path.join(tmp_path, "enc.keras")
     encoder.save(path)
     out = os.path.join(tmp_path, "cls")
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--backend",
-         keras.backend.backend(), "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
-         "--min-steps", "0", "--randaugment-factor", "0.5",  # keeps RandAugment on: tested
-         "--batch-size", "16", "--probe-weight-decay", "1e-4",  # cv: test_finetune_budget
-         "--pooling", "mean",  # the pooled head gets LP-FT (the flatten head starts small)
-         "--output", out, "--results-json", os.path.join(tmp_path, "result.json")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = run_recipe(
+        "finetune", "--encoder", path, "--epochs", "1", "--steps-per-epoch", "3",
+        "--min-steps", "0", "--randaugment-factor", "0.5",  # keeps RandAugment on: tested
+        "--batch-size", "16", "--probe-weight-decay", "1e-4",  # cv: test_finetune_budget
+        "--pooling", "mean",  # the pooled head gets LP-FT (the flatten head starts small)
+        "--output", out, "--results-json", os.path.join(tmp_path, "result.json"))
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("done: test top-1")
@@ -104,14 +101,10 @@ def test_finetune_recipe_runs(tmp_path):
     assert sorted(os.listdir(out)) == ["classifier.keras", "config.json", "log.csv",
                                        "results.json"]
     if keras.backend.backend() != "torch":
-        return  # flag checks: the backend does not matter (each command imports Keras)
-    missing = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--encoder", "nope.keras"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        return  # flag checks: the backend does not matter
+    missing = run_recipe("finetune", "--encoder", "nope.keras")
     assert missing.returncode == 2 and "pretrain.py" in missing.stderr
-    bad = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "finetune.py"), "--probe-weight-decay",
-         "-1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    bad = run_recipe("finetune", "--probe-weight-decay", "-1")
     assert bad.returncode == 2 and "cv or a number >= 0" in bad.stderr
 
 
@@ -119,7 +112,7 @@ def test_finetune_recipe_runs(tmp_path):
                     reason="a backend-free branch of the recipe (how the encoder is built); the "
                     "recipe itself runs on every backend above. Run once, on torch (CI time)")
 def test_finetune_recipe_from_scratch_with_a_preset(tmp_path, capsys):
-    # In-process (the subprocess path is checked above): the --from-scratch
+    # The --from-scratch
     # branch that bench/fashion_mnist.py's scratch rows use.
     from recipes import finetune
 
@@ -143,7 +136,7 @@ def test_finetune_resumes_where_a_killed_run_stopped(tmp_path, monkeypatch, caps
     # random draws are the one thing a resumed run does not repeat). The run
     # folder keeps the engine's promises: --no-resume moves the run aside
     # (nothing deleted), a folder in use is refused naming its holder.
-    from keras_conmim import callbacks
+    from keras_conmim.models import callbacks
     from keras_conmim.errors import ResumeError, RunInUseError
     from keras_conmim.runs import folder as run_folder
     from recipes import finetune
@@ -268,7 +261,7 @@ def _stopped_run(folder, settings):
 
 def _resumes(folder, settings):
     """The run file the engine resumes with these settings (ResumeError if not)."""
-    from keras_conmim.finetune_run import older_run_problems
+    from keras_conmim.runs.finetuning import older_run_problems
     from keras_conmim.runs import Run
 
     with Run(folder, settings, problems=older_run_problems, log=lambda s: None) as run:
@@ -300,7 +293,7 @@ def test_batches_are_the_release_geometry_of_the_step_images(tensorflow):
     # (seed, step) alone: the tf.data and the no-TensorFlow paths give the same
     # pixels, and a resumed run crops as the stopped one would have.
     from keras_conmim.data import geometry, load_default
-    from keras_conmim.finetune_run import GEOMETRY_STREAM
+    from keras_conmim.runs.finetuning import GEOMETRY_STREAM
     from recipes import finetune
 
     source = load_default("train", image_size=(28, 28), channels="gray")
@@ -323,7 +316,7 @@ def test_finetune_geometry_flags_recipe_and_old_run_files(tmp_path):
     open(encoder, "w").close()
     argv = ["--encoder", encoder]
     from keras_conmim.errors import ConfigError, ResumeError
-    from keras_conmim.finetune_run import ADDED_SINCE
+    from keras_conmim.runs.finetuning import ADDED_SINCE
 
     args = finetune.parse_args(argv)
     recipe, _, text = finetune.recipe_of(args, "vit_mini_p4_28")  # the recipe as written

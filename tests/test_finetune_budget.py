@@ -1,4 +1,4 @@
-"""The fine-tuning recipe's scaling rules (keras_conmim.finetune_budget), the
+"""The fine-tuning recipe's scaling rules (keras_conmim.downstream.finetune_budget), the
 class-balanced label subset, and recipes/finetune.py's use of both."""
 
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
-from keras_conmim import finetune_budget as fb
+from keras_conmim.downstream import finetune_budget as fb
 from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
 
 RELEASE = kc.PRESETS["vit_base_p16_224"]["finetune"]
@@ -187,8 +187,8 @@ def test_auto_head_is_lp_ft_for_a_pretrained_encoder_with_few_labels_only():
 
 
 def test_lp_ft_head_starts_at_the_linear_probe():
-    from keras_conmim import evaluation
-    from keras_conmim.classifier import ViTClassifier, finetune_encoder
+    from keras_conmim.downstream import evaluation
+    from keras_conmim.downstream.classifier import ViTClassifier, finetune_encoder
     from conftest import tiny_vit, uint8_images
 
     images = uint8_images(64, size=16)

@@ -32,7 +32,7 @@ def fresh(code, tmp_path, timeout=600):
 @pytest.mark.parametrize("code", [
     f"import keras_conmim as kc; m = kc.ViT.from_preset({SHIPPED!r}); print(m.count_params())",
     "from keras_conmim import ViT; print(ViT.__name__)",
-    "import keras_conmim.vit; print(keras_conmim.vit.ViT.__name__)",
+    "import keras_conmim.models.vit; print(keras_conmim.models.vit.ViT.__name__)",
 ], ids=["readme-line", "from-import", "module-import"])
 def test_the_first_line_a_user_types_works(code, tmp_path):
     out = fresh(code, tmp_path)
@@ -51,7 +51,7 @@ def test_every_public_name_and_module_imports_first(tmp_path):
             if name.endswith(".py") and name != "__init__.py":
                 rel = os.path.relpath(os.path.join(folder, name), ROOT)[:-3]
                 modules.append(rel.replace(os.sep, "."))
-    optional = {"keras_conmim.kerashub": "keras_hub", "keras_conmim.kerascv": "keras_cv",
+    optional = {"keras_conmim.integrations.kerashub": "keras_hub", "keras_conmim.integrations.kerascv": "keras_cv",
                 "keras_conmim.data.tf_decode": "tensorflow"}
     code = f"""
 import importlib, importlib.util, sys
@@ -128,13 +128,13 @@ def test_a_downstream_model_file_loads_after_a_bare_import(tmp_path):
     """A finished downstream run's model.keras (a KerasHub task on the
     package's `ViTPyramidBackbone`) loads with `keras.saving.load_model` after
     `import keras_conmim` alone: the adapter's registered name is known
-    before `keras_conmim.kerashub` is imported (`keras_conmim.adapters`)."""
+    before `keras_conmim.integrations.kerashub` is imported (`keras_conmim.integrations.adapters`)."""
     pytest.importorskip("keras_hub")
     import keras_hub
     import numpy as np
 
     from conftest import tiny_vit
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     backbone = ViTPyramidBackbone(tiny_vit(), image_shape=(16, 16, 1), max_level=4)
     model = keras_hub.models.DeepLabV3ImageSegmenter(  # as recipes/segment.py builds it
@@ -150,10 +150,51 @@ def test_a_downstream_model_file_loads_after_a_bare_import(tmp_path):
     out = fresh(f"""
 import sys, keras, numpy as np
 import keras_conmim
-assert "keras_conmim.kerashub" not in sys.modules
+assert "keras_conmim.integrations.kerashub" not in sys.modules
 m = keras.saving.load_model({path!r})
 y = keras.ops.convert_to_numpy(m(np.load("x.npy")))
 print(type(m.backbone.image_encoder).__name__, float(np.abs(y - np.load("y.npy")).max()))
 """, tmp_path)
     name, diff = out.split()[-2:]
     assert name == "ViTPyramidBackbone" and float(diff) < 1e-5, out
+
+
+def test_the_flat_paths_of_before_import_the_moved_modules(tmp_path):
+    """#42 moved the modules into folders by role; code written against the
+    flat paths of before (`keras_conmim.vit`, `from keras_conmim.kerashub import ...`)
+    gets the moved module itself, with a DeprecationWarning naming the new
+    path. The shipped weights (saved with the flat module paths) load by
+    registered name in the other tests."""
+    from keras_conmim.moved import MOVED
+
+    optional = {"kerashub": "keras_hub", "kerascv": "keras_cv"}
+    code = f"""
+import importlib, importlib.util, sys, warnings
+import keras
+
+def forget():
+    for name in [n for n in sys.modules if n == "keras_conmim" or n.startswith("keras_conmim.")]:
+        del sys.modules[name]
+
+checked = 0
+for old, new in {MOVED!r}.items():
+    need = {optional!r}.get(old)
+    if need and importlib.util.find_spec(need) is None:
+        continue
+    forget()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module("keras_conmim." + old)
+    assert module is sys.modules["keras_conmim." + new], (old, module)
+    assert module.__name__ == module.__spec__.name == "keras_conmim." + new, old
+    said = [str(w.message) for w in caught if w.category is DeprecationWarning]
+    assert any(("keras_conmim." + new) in s for s in said), (old, said)
+    checked += 1
+forget()
+import keras_conmim
+from keras_conmim.vit import ViT  # flat path, on purpose
+assert ViT is keras_conmim.ViT
+assert keras_conmim.layers is sys.modules["keras_conmim.models.layers"]  # flat path, on purpose
+print(checked)
+"""
+    assert int(fresh(code, tmp_path).split()[-1]) >= len(MOVED) - len(optional)

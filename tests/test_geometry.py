@@ -65,7 +65,7 @@ def test_resized_crop_whole_image_is_the_identity_and_scales_like_the_views():
 def test_views_and_fine_tuning_share_one_resampling_matrix():
     from keras import ops
 
-    from keras_conmim import views
+    from keras_conmim.models import views
 
     start = np.array([0.0, 3.5, 10.25], "float32")
     length = np.array([20.0, 7.0, 12.5], "float32")

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
 
 
 def package_modules():
-    """{'keras_conmim.vit': path, ...} for every module of the package."""
+    """{'keras_conmim.models.vit': path, ...} for every module of the package."""
     modules = {}
     for folder, _, files in os.walk(PACKAGE):
         for name in files:
@@ -133,15 +133,19 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_the_core_imports_only_keras_numpy_and_the_standard_library():
-    # docs/design.md: the core (model, layers, losses, masking, views) needs
-    # no TensorFlow, torch or JAX at import time.
-    core = ("layers", "losses", "masking", "views", "projector", "vit", "conmim", "train_step",
-            "optimizers", "atomic", "callbacks", "loading", "presets", "errors", "version",
-            "adapters")
-    allowed = {"keras", "numpy"}
+    # docs/design.md: the core (`models/`: model, layers, losses, masking,
+    # views), the downstream heads and the leaves need no TensorFlow, torch or
+    # JAX at import time.
+    import sys
+
+    modules = package_modules()
+    core = [m for m in modules if m.split(".")[1:2] in (["models"], ["downstream"])]
+    core += ["keras_conmim.atomic", "keras_conmim.presets", "keras_conmim.errors",
+             "keras_conmim.version", "keras_conmim.moved", "keras_conmim.integrations.adapters"]
+    assert "keras_conmim.models.vit" in core and "keras_conmim.downstream.instance" in core
+    allowed = {"keras", "numpy", "keras_conmim"}
     for name in core:
-        path = os.path.join(PACKAGE, f"{name}.py")
-        with open(path) as f:
+        with open(modules[name]) as f:
             tree = ast.parse(f.read())
         for node in tree.body:  # module level only: deferred imports are per backend
             if isinstance(node, ast.Import):
@@ -151,10 +155,25 @@ def test_the_core_imports_only_keras_numpy_and_the_standard_library():
             else:
                 continue
             for root in roots:
-                import sys
+                assert root in allowed or root in sys.stdlib_module_names, \
+                    f"{name} imports {root} at module level"
 
-                assert root in allowed or root == "keras_conmim" or \
-                    root in sys.stdlib_module_names, f"{name}.py imports {root} at module level"
+
+def test_each_folder_holds_one_role():
+    # #42: the package by role; a module at the top is a leaf every folder uses.
+    top = sorted(m for m in package_modules() if m.count(".") == 1)
+    assert top == ["keras_conmim.atomic", "keras_conmim.data", "keras_conmim.downstream",
+                   "keras_conmim.errors", "keras_conmim.integrations", "keras_conmim.models",
+                   "keras_conmim.moved", "keras_conmim.presets", "keras_conmim.runs",
+                   "keras_conmim.version"], top
+    modules, edges, _ = graph()
+    for module, targets in edges.items():
+        if module.startswith("keras_conmim.models."):  # the core stands on leaves only
+            leaves = ("keras_conmim.atomic", "keras_conmim.presets", "keras_conmim.errors",
+                      "keras_conmim.version", "keras_conmim.data.images", "keras_conmim.data.geometry",
+                      "keras_conmim.integrations.adapters")  # adapters: names, no adapter
+            assert all(t.startswith("keras_conmim.models.") or t in leaves for t in targets), \
+                (module, targets)
 
 
 def levels():
@@ -194,11 +213,40 @@ if __name__ == "__main__":
     print(module_map())
 
 
+def test_nothing_in_the_repository_uses_the_flat_paths_of_before():
+    # keras_conmim.moved keeps them importable for users' code; ours uses the folders.
+    import re
+
+    from keras_conmim.moved import MOVED
+
+    old = re.compile(r"\bkeras_conmim[./](" + "|".join(MOVED) + r")\b(?![./]py\b)")
+    flat_from = re.compile(r"from keras_conmim import [^\n]*\b(" + "|".join(MOVED) + r")\b")
+    found = []
+    for folder in ("keras_conmim", "recipes", "tests", "bench", "docs", "examples"):
+        for base, _, names in os.walk(os.path.join(ROOT, folder)):
+            for name in names:
+                path = os.path.join(base, name)
+                if not name.endswith((".py", ".md")) or name == "moved.py":
+                    continue
+                with open(path) as f:
+                    for number, line in enumerate(f, 1):
+                        if "of before" in line or "flat path, on purpose" in line:
+                            continue  # a sentence or a test about the aliases themselves
+                        if old.search(line) or flat_from.search(line):
+                            found.append(f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}")
+    for name in ("README.md",):
+        with open(os.path.join(ROOT, name)) as f:
+            found += [f"{name}:{n}: {line.strip()}" for n, line in enumerate(f, 1)
+                      if old.search(line)]
+    assert found == [], "\n".join(found)
+
+
 def test_the_backend_lists_agree():
     # recipes/recipe_main.py stays standard-library only (it runs before Keras
     # loads), so it keeps its own copy of the backend names: they must agree.
     import recipe_main
 
-    from keras_conmim import cli, pretrain_config
+    from keras_conmim.runs import cli, config, pretrain_config
 
-    assert recipe_main.BACKENDS == cli.BACKENDS == pretrain_config.BACKENDS
+    assert recipe_main.BACKENDS == config.BACKENDS
+    assert cli.BACKENDS is pretrain_config.BACKENDS is config.BACKENDS  # one list in the package

@@ -1,16 +1,16 @@
 """Keras-CV adapter: the pyramid backbone under RetinaNet, YOLOV8Detector,
 DeepLabV3Plus and SegFormer (built from their classes, never from presets)."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
 
+from model_checks import check_fit_changes_weights
 from conftest import randomize_weights, tiny_vit, to_numpy
 
 keras_cv = pytest.importorskip("keras_cv")
-from keras_conmim.kerascv import ViTCVBackbone  # noqa: E402
+from keras_conmim.integrations.kerascv import ViTCVBackbone  # noqa: E402
 
 SIZE = 32
 
@@ -37,14 +37,6 @@ BOXES = {"boxes": np.array([[[2, 2, 12, 12], [10, 10, 30, 30]]] * 2, "float32"),
 JIT = keras.backend.backend() == "jax"
 
 
-def _fit_changes_weights(model, x, y):
-    before = [to_numpy(v).copy() for v in model.trainable_weights]
-    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][-1])
-    after = [to_numpy(v) for v in model.trainable_weights]
-    assert any(not np.allclose(a, b) for a, b in zip(before, after))
-
-
 def test_pyramid_level_inputs_name_layers_at_true_strides():
     backbone = _backbone()
     assert backbone.pyramid_level_inputs == {f"P{n}": f"P{n}" for n in (2, 3, 4, 5)}
@@ -64,7 +56,7 @@ def test_segmentation_heads_train(head):
     assert model(x).shape == (2, SIZE, SIZE, 3)
     model.compile(optimizer="adam", jit_compile=JIT,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    _fit_changes_weights(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
+    check_fit_changes_weights(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
 
 
 @pytest.mark.parametrize("head", ["retinanet", "yolo_v8"])
@@ -79,25 +71,12 @@ def test_detection_heads_train(head):
                                                backbone=_backbone(), fpn_depth=1)
         model.compile(classification_loss="binary_crossentropy", box_loss="ciou",
                       optimizer="adam", jit_compile=JIT)
-    _fit_changes_weights(model, _images(), BOXES)
-
-
-def test_backbone_keras_round_trip(tmp_path):
-    backbone = _backbone(pyramid_channels=8)
-    randomize_weights(backbone, seed=3, scale=0.1)
-    path = os.path.join(tmp_path, "backbone.keras")
-    backbone.save(path)
-    loaded = keras.saving.load_model(path)
-    x = _images()
-    np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(backbone(x)), atol=1e-6)
-    p3 = keras.Model(loaded.inputs, loaded.get_layer("P3").output)(x)
-    ref = keras.Model(backbone.inputs, backbone.get_layer("P3").output)(x)
-    np.testing.assert_allclose(to_numpy(p3), to_numpy(ref), atol=1e-5)
+    check_fit_changes_weights(model, _images(), BOXES)
 
 
 def _greedy_nms(boxes, scores, iou_threshold, score_threshold):
     """Plain numpy NMS over yxyx boxes (one image): the indices kept, best first."""
-    from keras_conmim.downstream_metrics import box_iou
+    from keras_conmim.downstream.metrics import box_iou
 
     order = [i for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
     kept = []
@@ -110,7 +89,7 @@ def _greedy_nms(boxes, scores, iou_threshold, score_threshold):
 def test_box_decoder_runs_on_every_backend_and_equals_plain_nms():
     # Keras-CV's own decoder needs torchvision on torch; ours does not (the
     # YOLOv8 downstream recipe uses it), and keeps what greedy NMS keeps.
-    from keras_conmim.kerascv import NonMaxSuppression
+    from keras_conmim.integrations.kerascv import NonMaxSuppression
 
     rng = np.random.RandomState(1)
     corner = rng.uniform(0, 40, (2, 30, 2))

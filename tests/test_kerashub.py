@@ -1,16 +1,16 @@
 """KerasHub adapters: ViT -> ViTBackbone, the pyramid backbone under
 KerasHub's detection / segmentation heads, the ImageClassifier task, presets."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
 
+from model_checks import check_fit_changes_weights
 from conftest import randomize_weights, tiny_vit, to_numpy
 
 keras_hub = pytest.importorskip("keras_hub")
-from keras_conmim.kerashub import (  # noqa: E402
+from keras_conmim.integrations.kerashub import (  # noqa: E402
     ViTPyramidBackbone, ViTPyramidImageClassifier, to_keras_hub_vit)
 
 SIZE = 32
@@ -24,18 +24,6 @@ def _encoder(**kwargs):
     vit = tiny_vit(**kwargs)
     randomize_weights(vit, scale=0.1)
     return vit
-
-
-def _trains(model, x, y, fit=False):
-    before = [to_numpy(v).copy() for v in model.trainable_weights]
-    if fit:  # KerasHub's detectors take dict targets through fit() only
-        loss = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0).history["loss"][-1]
-    else:
-        loss = model.train_on_batch(x, y)
-        loss = loss[0] if isinstance(loss, (list, tuple)) else loss
-    assert np.isfinite(loss)
-    after = [to_numpy(v) for v in model.trainable_weights]
-    assert any(not np.allclose(a, b) for a, b in zip(before, after))
 
 
 def test_absolute_position_encoder_becomes_keras_hub_vit():
@@ -104,7 +92,8 @@ def test_segmenters_train_on_the_pyramid(head):
     assert model(x).shape == (2, SIZE, SIZE, 3)
     model.compile(optimizer="adam", jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    _trains(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)))
+    check_fit_changes_weights(model, x, np.random.RandomState(0).randint(0, 3, (2, SIZE, SIZE, 1)),
+                              train_on_batch=True)
 
 
 def test_retinanet_detector_trains_on_the_pyramid():
@@ -123,7 +112,7 @@ def test_retinanet_detector_trains_on_the_pyramid():
     model.compile(jit_compile=False)
     y = {"boxes": np.array([[[2, 2, 10, 10], [8, 8, 24, 24]]] * 2, "float32"),
          "labels": np.array([[0, 2]] * 2, "int32")}
-    _trains(model, x, y, fit=True)
+    check_fit_changes_weights(model, x, y)
 
 
 def test_image_classifier_task_and_preset(tmp_path):
@@ -132,7 +121,7 @@ def test_image_classifier_task_and_preset(tmp_path):
     assert model(x).shape == (4, 5)
     model.compile(optimizer="adam", jit_compile=False,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    _trains(model, x, np.arange(4))
+    check_fit_changes_weights(model, x, np.arange(4), train_on_batch=True)
     model.save_to_preset(str(tmp_path))
     loaded = keras_hub.models.ImageClassifier.from_preset(str(tmp_path))
     assert isinstance(loaded, ViTPyramidImageClassifier)

@@ -1,11 +1,8 @@
 """Resume, NaN safety, config validation and mixed precision."""
 
-import importlib.util
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import keras
@@ -13,33 +10,19 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
-from keras_conmim import callbacks as cb
-from conftest import ROOT, tiny_vit, to_numpy, uint8_images
+from keras_conmim.models import callbacks as cb
+from conftest import recipe_command, tiny_vit, to_numpy, uint8_images
+from keras_conmim.runs.pretrain_config import resolve_config
 
-RECIPE = os.path.join(ROOT, "recipes", "pretrain.py")
 BACKEND = keras.backend.backend()
 SMALL = ["--image-size", "16", "--patch-size", "4", "--batch-size", "32", "--epochs", "2",
          "--steps-per-epoch", "6", "--checkpoint-every", "2", "--view-grid-every", "100"]
 
 
-def _recipe_module():
-    spec = importlib.util.spec_from_file_location("pretrain_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _start(out, *extra, log=None):
-    """The recipe in a subprocess; output to a pipe, or to the file `log`
-    (for a run nobody reads while it goes: a full pipe would block it)."""
-    env = dict(os.environ, KERAS_BACKEND=BACKEND)
-    stdout = open(log, "w") if log else subprocess.PIPE
-    proc = subprocess.Popen([sys.executable, RECIPE, "--backend", BACKEND, "--output", out,
-                             *SMALL, *extra], stdout=stdout, stderr=subprocess.STDOUT,
-                            text=True, env=env, cwd=ROOT)
-    if log:
-        stdout.close()  # the child has its own copy
-    return proc
+    """The recipe as a new process (to be killed); output to a pipe, or to the
+    file `log` (for a run nobody reads while it goes: a full pipe would block it)."""
+    return recipe_command("pretrain", "--output", out, *SMALL, *extra, start=True, log=log)
 
 
 def _teacher_weights(out):
@@ -97,16 +80,15 @@ def test_bad_config_fails_before_training(argv, message):
     from keras_conmim.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
-        _recipe_module().resolve_config(argv)
+        resolve_config(argv)
     assert message in str(error.value)
 
 
 def test_config_file_and_flag_override(tmp_path):
-    recipe = _recipe_module()
     path = os.path.join(tmp_path, "run.yaml")
     with open(path, "w") as f:
         f.write("lr: 0.001\nepochs: 7\nmask: block\n")
-    config, resume, sources = recipe.resolve_config(["--config", path, "--epochs", "3"])
+    config, resume, sources = resolve_config(["--config", path, "--epochs", "3"])
     assert config["lr"] == 0.001 and config["epochs"] == 3 and config["mask"] == "block"
     assert resume and sources["epochs"] == "flag" and sources["lr"] == "file"
     json_path = os.path.join(tmp_path, "run.json")
@@ -115,7 +97,7 @@ def test_config_file_and_flag_override(tmp_path):
     from keras_conmim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown keys"):
-        recipe.resolve_config(["--config", json_path])
+        resolve_config(["--config", json_path])
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

@@ -1,12 +1,13 @@
 """Every failure a user can cause is one line naming the problem and the fix,
 with no traceback, and loses nothing (docs/pretraining.md, "What a run
-promises"). The recipes run as commands, as a user runs them; the backend
-does not change what they check, so the command-line cases run on JAX only.
+promises"). The recipes run with a user's command-line arguments through
+their own `main` and one-line error path (`conftest.run_recipe`, in this
+interpreter); the backend does not change what they check, so the
+command-line cases run on JAX only.
 `ConMIM.fit`'s input contract is the model's and runs on every backend."""
 
 import json
 import os
-import subprocess
 import sys
 import warnings
 
@@ -15,28 +16,13 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
-from conftest import ROOT, tiny_vit, uint8_images
+from conftest import run_recipe, tiny_vit, uint8_images
 
 BACKEND = keras.backend.backend()
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="recipe checks: the backend does not "
                               "matter, run on JAX")
 TINY = ["--image-size", "16", "--patch-size", "4", "--batch-size", "4", "--steps-per-epoch", "2",
         "--view-grid-every", "100", "--epochs", "1"]
-
-
-def recipe(name, *args, code=None):
-    """Run recipes/<name>.py as a command; `code` runs first in the same
-    interpreter (to take a module away)."""
-    script = os.path.join(ROOT, "recipes", f"{name}.py")
-    command = [sys.executable, script, "--backend", "jax", *args]
-    if code:
-        # as `python script.py` does: the script's folder first on the path
-        command = [sys.executable, "-c", code + "; import os, runpy; sys.argv = sys.argv[1:]; "
-                   "sys.path.insert(0, os.path.dirname(sys.argv[0])); "
-                   "runpy.run_path(sys.argv[0], run_name='__main__')", script, "--backend", "jax",
-                   *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env=dict(os.environ, KERAS_BACKEND="jax"))
 
 
 def one_line(done, *fragments):
@@ -55,9 +41,9 @@ def one_line(done, *fragments):
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    one_line(recipe("pretrain", *TINY, "--output", str(a_file / "run")),
+    one_line(run_recipe("pretrain", *TINY, "--output", str(a_file / "run")),
              f"{a_file / 'run'}: cannot make this folder", "Pass a folder you can write")
-    one_line(recipe("pretrain", *TINY, "--output", "/proc/conmim_run"),
+    one_line(run_recipe("pretrain", *TINY, "--output", "/proc/conmim_run"),
              "/proc/conmim_run: cannot make this folder")
     assert a_file.read_text() == "x"
 
@@ -66,7 +52,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path):
 def test_a_full_disk_mid_run_stops_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
     import errno
 
-    from keras_conmim import atomic, callbacks
+    from keras_conmim import atomic
+
+    from keras_conmim.models import callbacks
     from keras_conmim.errors import StorageError
     from keras_conmim.runs import pretraining
     from recipes import pretrain
@@ -88,20 +76,22 @@ def test_a_full_disk_mid_run_stops_naming_the_last_good_checkpoint(tmp_path, mon
         pretrain.main(["--backend", "jax", "--output", str(out), *TINY, "--epochs", "3",
                        "--steps-per-epoch", "1", "--view-grid-every", "100"])
     rows = (out / "log.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("epoch")  # header + 2 epochs: never truncated
+    # header + 2 epochs, never truncated, + the third, which trained but was not saved
+    assert len(rows) == 4 and rows[0].startswith("epoch")
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
     assert sorted(os.listdir(out / "checkpoints")) == [
         "ckpt-00000000.keras", "ckpt-00000001.keras", "ckpt-00000002.keras"]
 
 
 @jax_only
-def test_export_output_and_onnx_converter_are_checked_before_the_model_loads(tmp_path):
+def test_export_output_and_onnx_converter_are_checked_before_the_model_loads(tmp_path, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    bad = recipe("export", "--format", "keras", "--output", str(a_file / "enc.keras"))
+    bad = run_recipe("export", "--format", "keras", "--output", str(a_file / "enc.keras"))
     assert bad.returncode == 2 and "is a file, not a folder" in bad.stderr
     assert "Traceback" not in bad.stderr
-    missing = recipe("export", "--format", "onnx", "--output", str(tmp_path / "e.onnx"),
-                     code="import sys; sys.modules['jax2onnx'] = None")
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # as if it were not installed
+    missing = run_recipe("export", "--format", "onnx", "--output", str(tmp_path / "e.onnx"))
     assert missing.returncode == 2 and "needs jax2onnx" in missing.stderr, missing.stderr[-2000:]
     assert "Traceback" not in missing.stderr
 
@@ -110,12 +100,12 @@ def test_export_output_and_onnx_converter_are_checked_before_the_model_loads(tmp
 def test_finetune_encoder_that_is_no_vit_or_unsafe_is_one_line(tmp_path):
     dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     dense.save(tmp_path / "dense.keras")
-    one_line(recipe("finetune", "--encoder", str(tmp_path / "dense.keras"), "--output",
+    one_line(run_recipe("finetune", "--encoder", str(tmp_path / "dense.keras"), "--output",
                     str(tmp_path / "c")),
              f"--encoder {tmp_path / 'dense.keras'}", "has no ViT encoder")
     lam = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
     lam.save(tmp_path / "lambda.keras")
-    done = recipe("finetune", "--encoder", str(tmp_path / "lambda.keras"), "--output",
+    done = run_recipe("finetune", "--encoder", str(tmp_path / "lambda.keras"), "--output",
                   str(tmp_path / "c"))
     one_line(done, f"--encoder {tmp_path / 'lambda.keras'}")
     assert not os.path.exists(tmp_path / "c")
@@ -129,7 +119,7 @@ def test_finetune_encoder_that_is_no_vit_or_unsafe_is_one_line(tmp_path):
 def test_a_malformed_config_file_names_file_line_and_column(tmp_path, name, text, where):
     path = tmp_path / name
     path.write_text(text)
-    one_line(recipe("pretrain", "--config", str(path), "--output", str(tmp_path / "run")),
+    one_line(run_recipe("pretrain", "--config", str(path), "--output", str(tmp_path / "run")),
              f"--config {path}: {where}")
     assert not (tmp_path / "run").exists()
 
@@ -145,10 +135,8 @@ def test_skipped_files_are_counted_and_named_at_the_end(tmp_path):
     (photos / "notes.jpg").write_text("not an image")
     (photos / "empty.png").write_bytes(b"")
     out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "pretrain.py"), "--backend", "jax",
-         "--data", f"dir:{photos}", "--preset", "vit_tiny_p4_32", "--output", str(out), *TINY],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = run_recipe("pretrain", "--data", f"dir:{photos}", "--preset", "vit_tiny_p4_32",
+                      "--output", str(out), *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = [line for line in done.stdout.splitlines() if line.startswith("skipped 2 image")]
     assert summary and "notes.jpg" in summary[0] and "empty.png" in summary[0], done.stdout[-2000:]
@@ -198,16 +186,16 @@ def test_downstream_recipes_refuse_bad_settings_before_any_file(tmp_path):
     backend cannot write, a bad --data, a batch larger than the training set:
     one line each, no run folder made."""
     out = tmp_path / "run"
-    one_line(recipe("segment", "--canvas-size", "40", "--output", str(out)),
+    one_line(run_recipe("segment", "--canvas-size", "40", "--output", str(out)),
              "canvas_size=40", "multiple of 16")
-    one_line(recipe("detect", "--head", "yolov8", "--init", "resnet18", "--output", str(out)),
+    one_line(run_recipe("detect", "--head", "yolov8", "--init", "resnet18", "--output", str(out)),
              "--head yolov8", "--head retinanet")
-    one_line(recipe("detect", "--export", "saved_model", "--output", str(out)),
+    one_line(run_recipe("detect", "--export", "saved_model", "--output", str(out)),
              "--export saved_model", "--backend tensorflow")
-    one_line(recipe("segment", "--data", "idx:/no/such/folder", "--output", str(out)),
+    one_line(run_recipe("segment", "--data", "idx:/no/such/folder", "--output", str(out)),
              "--data idx:/no/such/folder")
     # a batch larger than the training set would train at another size than recorded
-    one_line(recipe("instance_segment", "--train-canvases", "16", "--batch-size", "64",
+    one_line(run_recipe("instance_segment", "--train-canvases", "16", "--batch-size", "64",
                     "--output", str(out)), "batch_size 64", "16 training images")
     assert not out.exists()
 
@@ -217,5 +205,5 @@ def test_an_export_into_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     """The atomic writers name the file and the fix when its folder cannot be
     made (here: under /proc), for every format."""
     for fmt, name in (("keras", "enc.keras"), ("tf_saved_model", "serving")):
-        one_line(recipe("export", "--format", fmt, "--output", f"/proc/keras_conmim/{name}"),
+        one_line(run_recipe("export", "--format", fmt, "--output", f"/proc/keras_conmim/{name}"),
                  f"cannot write /proc/keras_conmim/{name}", "writable folder")

@@ -11,7 +11,7 @@ import pytest
 import keras_conmim as kc
 from keras_conmim.errors import ConfigError
 from conftest import to_numpy
-from keras_conmim import pretrain_config as pretrain  # what recipes/pretrain.py resolves with
+from keras_conmim.runs import pretrain_config as pretrain  # what recipes/pretrain.py resolves with
 
 
 def test_every_preset_has_a_complete_recipe():

@@ -1,7 +1,9 @@
+"""recipes/pretrain.py as a user types it (a new process: the backend chosen
+from --backend before Keras loads), then its files read as a user's code
+would."""
+
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -9,22 +11,13 @@ import pytest
 
 import keras_conmim  # noqa: F401  (registers the classes for load_model)
 
-from conftest import ROOT
-
-RECIPE = os.path.join(ROOT, "recipes", "pretrain.py")
-
-
-def _run(*args, backend=None):
-    env = dict(os.environ)
-    env.pop("KERAS_BACKEND", None)
-    return subprocess.run([sys.executable, RECIPE, *args], capture_output=True, text=True,
-                          env=env, timeout=600, cwd=ROOT)
+from conftest import recipe_command, run_recipe
 
 
 def test_recipe_runs_and_writes_models(tmp_path):
     backend = keras.backend.backend()
     out = os.path.join(tmp_path, "run")
-    result = _run("--backend", backend, "--epochs", "1", "--steps-per-epoch", "3",
+    result = recipe_command("pretrain", "--epochs", "1", "--steps-per-epoch", "3",
                   "--batch-size", "8", "--mask", "block", "--output", out,
                   "--view-grid-every", "1", "--image-size", "16")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -67,25 +60,22 @@ def test_recipe_runs_and_writes_models(tmp_path):
     assert results["final_loss"] == results["history"]["loss"][-1] and np.isfinite(results["final_loss"])
     assert 0 <= results["lookup_accuracy"] <= 1 and results["skipped_files"] == 0
 
-    probe = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "recipes", "linear_probe.py"), "--backend", backend,
-         "--encoder", os.path.join(out, "teacher_encoder.keras"), "--probe-epochs", "3",
-         "--probe-weight-decay", "1e-4",  # not cross-validated: 16 fits fewer
-         "--results-json", os.path.join(tmp_path, "probe.json")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    probe = run_recipe("linear_probe", "--encoder", os.path.join(out, "teacher_encoder.keras"),
+                       "--probe-epochs", "3", "--probe-weight-decay", "1e-4",  # not cross-validated
+                       "--results-json", os.path.join(tmp_path, "probe.json"))
     assert probe.returncode == 0, probe.stderr[-3000:]
     line = probe.stdout.strip().splitlines()[-1]
     assert line.startswith("linear probe top-1") and "kNN (k=20)" in line
     with open(os.path.join(tmp_path, "probe.json")) as f:
         probed = json.load(f)
-    from keras_conmim.cli import result_lines
+    from keras_conmim.runs.cli import result_lines
 
     assert list(probed["results"]) == ["all"] and result_lines(probed) == [line]
 
 
 def test_bad_flags_fail_at_once_with_choices(tmp_path):
     from keras_conmim.errors import ConfigError
-    from keras_conmim.pretrain_config import resolve_config
+    from keras_conmim.runs.pretrain_config import resolve_config
 
     for argv, words in ((["--preset", "vit_gigantic"], ["vit_mini_p4_28", "vit_base_p16_224"]),
                         (["--backend", "numpy"], ["jax", "torch"]),
@@ -95,7 +85,7 @@ def test_bad_flags_fail_at_once_with_choices(tmp_path):
         assert all(w in str(error.value) for w in words), (argv, str(error.value))
     if keras.backend.backend() != "torch":
         return  # the command line's one line and exit status: once (it imports Keras first)
-    result = _run("--batch-size", "0", "--output", str(tmp_path / "run"))
+    result = recipe_command("pretrain", "--batch-size", "0", "--output", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: invalid configuration:" in result.stderr
     assert "batch_size=0: must be an integer >= 1" in result.stderr

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_conmim.resize import (interpolation_matrix, resize_encoder,
+from keras_conmim.models.resize import (interpolation_matrix, resize_encoder,
                                  resize_position_embedding, resize_relative_position_table)
 from conftest import randomize_weights, tiny_vit, to_numpy
 

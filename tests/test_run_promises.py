@@ -46,7 +46,7 @@ def _kinds(encoder):
 def test_every_run_kind_keeps_the_run_promises(kind, tmp_path, monkeypatch, capsys):
     import importlib
 
-    from keras_conmim import callbacks
+    from keras_conmim.models import callbacks
     from keras_conmim.errors import ResumeError, RunInUseError
     from keras_conmim.runs import folder as run_folder
 

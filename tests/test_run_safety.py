@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 import keras_conmim as kc
-from keras_conmim import callbacks as cb
-from conftest import ROOT, tiny_vit, to_numpy, uint8_images
+from keras_conmim.models import callbacks as cb
+from conftest import recipe_command, run_recipe, tiny_vit, to_numpy, uint8_images
 
-RECIPE = os.path.join(ROOT, "recipes", "pretrain.py")
 BACKEND = keras.backend.backend()
 TINY = ["--image-size", "16", "--patch-size", "4", "--batch-size", "4", "--steps-per-epoch", "2",
         "--view-grid-every", "100"]
@@ -28,10 +27,9 @@ recipe_backend_only = pytest.mark.skipif(
 
 
 def _recipe(out, *args):
-    """recipes/pretrain.py on tiny settings, as a command."""
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    command = [sys.executable, RECIPE, "--backend", "jax", "--output", str(out), *TINY, *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    """recipes/pretrain.py on tiny settings, with its command line's exit
+    status and printed lines (in this interpreter)."""
+    return run_recipe("pretrain", "--output", out, *TINY, *args)
 
 
 def _model():
@@ -212,12 +210,11 @@ def test_resume_refuses_changed_settings_and_no_resume_moves_the_run_aside(tmp_p
 # ---- configs and data refused before anything is written ----------------------
 
 def _resolve(argv, capsys):
-    from test_long_runs import _recipe_module
-
     from keras_conmim.errors import ConfigError
+    from keras_conmim.runs.pretrain_config import resolve_config
 
     with pytest.raises(ConfigError) as error:
-        _recipe_module().resolve_config(argv)
+        resolve_config(argv)
     return str(error.value)
 
 
@@ -241,12 +238,12 @@ def test_bad_config_values_are_named(tmp_path, capsys, text, message):
 def test_unambiguous_config_values_are_coerced(tmp_path):
     if BACKEND != "jax":
         pytest.skip("config parsing: the backend does not matter")
-    from test_long_runs import _recipe_module
+    from keras_conmim.runs.pretrain_config import resolve_config
 
     pytest.importorskip("yaml")
     path = tmp_path / "run.yaml"
     path.write_text("lr: 1e-3\nbatch_size: 4.0\nmin_lr: '1e-6'\nsymmetric_views: 'true'\n")
-    config, _, _ = _recipe_module().resolve_config(["--config", str(path)])
+    config, _, _ = resolve_config(["--config", str(path)])
     assert config["lr"] == 0.001 and config["min_lr"] == 1e-6
     assert config["batch_size"] == 4 and isinstance(config["batch_size"], int)
     assert config["symmetric_views"] is True
@@ -332,11 +329,8 @@ def test_two_runs_into_one_folder_the_second_is_refused_the_first_finishes(tmp_p
     from keras_conmim.runs import folder as run_folder
 
     out = tmp_path / "run"
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    first = subprocess.Popen(
-        [sys.executable, RECIPE, "--backend", "jax", "--output", str(out), *TINY,
-         "--epochs", "2", "--steps-per-epoch", "12"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    first = recipe_command("pretrain", "--output", out, *TINY, "--epochs", "2",
+                           "--steps-per-epoch", "12", start=True)
     deadline = time.time() + 300
     while not (out / run_folder.LOCK).exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -367,7 +361,7 @@ def nan_at_step(monkeypatch):
     compiled step: the injected bad batch."""
     from keras import ops
 
-    from keras_conmim.conmim import ConMIM
+    from keras_conmim.models.conmim import ConMIM
 
     original = ConMIM.pretext_loss
 
@@ -413,6 +407,28 @@ def test_a_nan_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(tmp_pat
     # everything else stays refused, as before
     with pytest.raises(kc.errors.ResumeError, match="mask_unit: the run has 2, this command 1"):
         _in_process(out, "--lr", "1e-4", "--mask-unit", "1")
+
+
+def test_a_run_that_stops_in_its_first_epoch_leaves_its_losses_in_log_csv(tmp_path, nan_at_step):
+    """The NaN at step 5 falls inside the first epoch (8 steps): log.csv gets
+    that epoch's row (its last finite batch, with the learning rate and
+    throughput columns); the resumed run's rows line up under the same header."""
+    import csv
+
+    out = tmp_path / "run"
+    with pytest.raises(cb.NonFiniteLossError):
+        _in_process(out, "--steps-per-epoch", "8", "--epochs", "2")
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0"]
+    assert np.isfinite(float(rows[0]["loss"])) and float(rows[0]["learning_rate"]) > 0
+    assert {"images_per_second", "lookup_accuracy", "nan_rollbacks"} <= set(rows[0])
+    nan_at_step.undo()
+    _in_process(out, "--steps-per-epoch", "8", "--epochs", "2", "--lr", "1e-5")
+    with open(out / "log.csv") as f:
+        lines = f.read().strip().splitlines()
+    assert len({len(line.split(",")) for line in lines}) == 1, lines  # one set of columns
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "0", "1"]  # stopped, then resumed
 
 
 def test_on_nan_rollback_finishes_a_run_with_an_injected_nan_batch(tmp_path, nan_at_step):

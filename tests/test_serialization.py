@@ -1,5 +1,5 @@
 """Every class the package registers with Keras goes through the same check
-(`serialization_check.check_serializable`): output shape, config round trip
+(`model_checks.check_serializable`): output shape, config round trip
 (directly and through JSON), `.keras` save / load in safe mode with equal
 weights and outputs. The initializer and the optimizer, which are not layers,
 go through a layer / model that uses them."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import to_numpy
-from serialization_check import check_serializable
+from model_checks import check_serializable
 
 TINY = dict(image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
             mlp_dim=32)
@@ -25,7 +25,7 @@ def registered_classes():
 
     import keras_conmim  # noqa: F401  (registers every class of the package)
 
-    for module in ("kerashub", "kerascv"):
+    for module in ("integrations.kerashub", "integrations.kerascv"):
         try:
             __import__(f"keras_conmim.{module}")
         except ImportError:
@@ -52,7 +52,7 @@ def case(name):
 
 @case("PatchEmbedding")
 def _patch_embedding(tmp_path):
-    from keras_conmim.layers import PatchEmbedding
+    from keras_conmim.models.layers import PatchEmbedding
 
     check_serializable(PatchEmbedding(16, 4), IMAGES_F, (2, 4, 16), tmp_path)
 
@@ -61,7 +61,7 @@ def _patch_embedding(tmp_path):
 def _relative_bias(tmp_path):
     import keras
 
-    from keras_conmim.layers import RelativePositionBias
+    from keras_conmim.models.layers import RelativePositionBias
 
     layer = RelativePositionBias((2, 2), 2)
     layer.build()
@@ -72,7 +72,7 @@ def _relative_bias(tmp_path):
 
 @case("Attention")
 def _attention(tmp_path):
-    from keras_conmim.layers import Attention
+    from keras_conmim.models.layers import Attention
 
     check_serializable(Attention(16, 2), TOKENS, (2, 5, 16), tmp_path, atol=1e-5)
     check_serializable(Attention(16, 2, fused=False), TOKENS, (2, 5, 16), tmp_path, atol=1e-5)
@@ -80,7 +80,7 @@ def _attention(tmp_path):
 
 @case("TransformerBlock")
 def _block(tmp_path):
-    from keras_conmim.layers import TransformerBlock
+    from keras_conmim.models.layers import TransformerBlock
 
     block = TransformerBlock(16, 2, 32, drop_path_rate=0.5, use_relative_position_bias=True,
                              grid_size=(2, 2))
@@ -92,7 +92,7 @@ def _block(tmp_path):
 def _initializer(tmp_path):
     import keras
 
-    from keras_conmim.layers import BoundedTruncatedNormal
+    from keras_conmim.models.layers import BoundedTruncatedNormal
 
     init = BoundedTruncatedNormal(stddev=0.5, bound=2.0, seed=3)
     revived = keras.initializers.deserialize(keras.initializers.serialize(init))
@@ -117,7 +117,7 @@ def keras_dense_round_trip(layer, tmp_path):
 
 @case("TokenBatchNorm")
 def _token_bn(tmp_path):
-    from keras_conmim.projector import TokenBatchNorm
+    from keras_conmim.models.projector import TokenBatchNorm
 
     layer = TokenBatchNorm()
     layer(TOKENS, training=True)  # moves the moving statistics
@@ -126,7 +126,7 @@ def _token_bn(tmp_path):
 
 @case("ProjectionHead")
 def _projection_head(tmp_path):
-    from keras_conmim.projector import ProjectionHead
+    from keras_conmim.models.projector import ProjectionHead
 
     check_serializable(ProjectionHead(24, 8), TOKENS, (2, 5, 8), tmp_path, atol=1e-5,
                        call=lambda layer, x: layer(x, training=True))
@@ -134,14 +134,14 @@ def _projection_head(tmp_path):
 
 @case("RandomUnitMasking")
 def _random_masking(tmp_path):
-    from keras_conmim.masking import RandomUnitMasking
+    from keras_conmim.models.masking import RandomUnitMasking
 
     check_serializable(RandomUnitMasking((4, 4), unit_size=2, seed=1), IMAGES_U8, (2, 16), tmp_path)
 
 
 @case("BlockMasking")
 def _block_masking(tmp_path):
-    from keras_conmim.masking import BlockMasking
+    from keras_conmim.models.masking import BlockMasking
 
     check_serializable(BlockMasking((4, 4), mask_ratio=0.4, min_block_patches=2, seed=1),
                        IMAGES_U8, (2, 16), tmp_path)
@@ -149,17 +149,25 @@ def _block_masking(tmp_path):
 
 @case("PairedViews")
 def _views(tmp_path):
-    from keras_conmim.views import PairedViews
+    from keras_conmim.models.views import PairedViews
 
     check_serializable(PairedViews((8, 8), seed=2), IMAGES_U8, [(2, 8, 8, 1), (2, 8, 8, 1)],
                        tmp_path, atol=1e-4)
+    check_serializable(PairedViews(8, crop_scale=(0.3, 1.0), hue=0.05, symmetric=True, seed=4),
+                       IMAGES_U8, [(2, 8, 8, 1), (2, 8, 8, 1)], tmp_path, atol=1e-4)
 
 
 @case("ViT")
 def _vit(tmp_path):
     import keras_conmim as kc
 
-    check_serializable(tiny_vit(), kc.normalize_images(IMAGES_U8), (2, 5, 16), tmp_path, atol=1e-5)
+    from conftest import randomize_weights
+
+    for overrides in ({}, dict(use_shared_relative_position_bias=False),
+                      dict(position_embedding="absolute", drop_path_rate=0.1)):
+        vit = tiny_vit(**overrides)
+        randomize_weights(vit)
+        check_serializable(vit, kc.normalize_images(IMAGES_U8), (2, 5, 16), tmp_path, atol=1e-5)
 
 
 @case("ConMIM")
@@ -168,17 +176,20 @@ def _conmim(tmp_path):
 
     import keras_conmim as kc
 
-    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(24, 8), seed=0, total_steps=4)
+    model = kc.ConMIM(tiny_vit(), projector=kc.ProjectionHead(24, 8), seed=0, total_steps=4,
+                      mask_generator="block")
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     model.fit(IMAGES_U8, batch_size=2, epochs=1, verbose=0)  # optimizer state and step counter too
     loaded = check_serializable(model, IMAGES_U8, {"loss": (), "lookup_accuracy": ()}, tmp_path,
                                 atol=1e-5)  # the pretext loss: views, masks, both encoders
     assert int(to_numpy(loaded.step_counter)) == 1
+    assert isinstance(loaded.mask_generator, kc.BlockMasking)
+    # the next pretext loss was equal: the views' and masks' random streams were saved too
 
 
 @case("ViTClassifier")
 def _classifier(tmp_path):
-    from keras_conmim.classifier import ViTClassifier
+    from keras_conmim.downstream.classifier import ViTClassifier
 
     check_serializable(ViTClassifier(tiny_vit(), 3, pooling="flatten"), IMAGES_F, (2, 3), tmp_path,
                        atol=1e-5)
@@ -189,7 +200,7 @@ def _optimizer(tmp_path):
     import keras
 
     import keras_conmim as kc
-    from keras_conmim.classifier import ViTClassifier
+    from keras_conmim.downstream.classifier import ViTClassifier
 
     model = ViTClassifier(tiny_vit(), 3)
     scales = kc.layer_decay_scales(model.encoder, 0.5)
@@ -208,7 +219,7 @@ def _optimizer(tmp_path):
 
 @case("ServingEncoder")
 def _serving(tmp_path):
-    from keras_conmim.export import ServingEncoder
+    from keras_conmim.integrations.export import ServingEncoder
 
     check_serializable(ServingEncoder(tiny_vit()), IMAGES_F,
                        {"patch_tokens": (2, 4, 16), "pooled": (2, 16)}, tmp_path, atol=1e-5)
@@ -217,7 +228,7 @@ def _serving(tmp_path):
 @case("ViTPyramidBackbone")
 def _pyramid(tmp_path):
     pytest.importorskip("keras_hub")
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     check_serializable(ViTPyramidBackbone(tiny_vit()), IMAGES_F, (2, 2, 2, 16), tmp_path,
                        atol=1e-5)
@@ -227,7 +238,7 @@ def _pyramid(tmp_path):
 def _instance(tmp_path):
     pytest.importorskip("keras_hub")
     import keras_conmim as kc
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     backbone = ViTPyramidBackbone(tiny_vit(), image_shape=(16, 16, 1), min_level=2, max_level=4)
     images = np.repeat(np.repeat(IMAGES_F, 2, 1), 2, 2)
@@ -240,7 +251,7 @@ def _instance(tmp_path):
 def _upernet(tmp_path):
     pytest.importorskip("keras_hub")
     import keras_conmim as kc
-    from keras_conmim.kerashub import ViTPyramidBackbone
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone
 
     backbone = ViTPyramidBackbone(tiny_vit(), image_shape=(16, 16, 1), min_level=2, max_level=4)
     images = np.repeat(np.repeat(IMAGES_F, 2, 1), 2, 2)
@@ -251,7 +262,7 @@ def _upernet(tmp_path):
 @case("ViTPyramidImageClassifier")
 def _hub_classifier(tmp_path):
     pytest.importorskip("keras_hub")
-    from keras_conmim.kerashub import ViTPyramidBackbone, ViTPyramidImageClassifier
+    from keras_conmim.integrations.kerashub import ViTPyramidBackbone, ViTPyramidImageClassifier
 
     check_serializable(ViTPyramidImageClassifier(ViTPyramidBackbone(tiny_vit()), 3), IMAGES_F,
                        (2, 3), tmp_path, atol=1e-5)
@@ -260,9 +271,15 @@ def _hub_classifier(tmp_path):
 @case("ViTCVBackbone")
 def _cv(tmp_path):
     pytest.importorskip("keras_cv")
-    from keras_conmim.kerascv import ViTCVBackbone
+    from keras_conmim.integrations.kerascv import ViTCVBackbone
 
-    check_serializable(ViTCVBackbone(tiny_vit()), IMAGES_F, (2, 2, 2, 16), tmp_path, atol=1e-5)
+    import keras
+
+    backbone = ViTCVBackbone(tiny_vit(), pyramid_channels=8)
+    loaded = check_serializable(backbone, IMAGES_F, (2, 2, 2, 16), tmp_path, atol=1e-5)
+    p3 = keras.Model(loaded.inputs, loaded.get_layer("P3").output)(IMAGES_F)  # the levels too
+    ref = keras.Model(backbone.inputs, backbone.get_layer("P3").output)(IMAGES_F)
+    np.testing.assert_allclose(to_numpy(p3), to_numpy(ref), atol=1e-5)
 
 
 @case("NonMaxSuppression")
@@ -270,7 +287,7 @@ def _cv_decoder(tmp_path):
     pytest.importorskip("keras_cv")
     import keras
 
-    from keras_conmim.kerascv import NonMaxSuppression
+    from keras_conmim.integrations.kerascv import NonMaxSuppression
 
     decoder = NonMaxSuppression(bounding_box_format="yxyx", from_logits=True, iou_threshold=0.4,
                                 confidence_threshold=0.2, max_detections=5)

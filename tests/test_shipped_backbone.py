@@ -35,7 +35,7 @@ def test_recipes_start_from_it():
     import downstream
     from recipes import finetune
 
-    from keras_conmim.cli import encoder_path
+    from keras_conmim.runs.cli import encoder_path
 
     # the default --encoder is the preset with weights, whose file is the shipped one
     assert encoder_path(finetune.parse_args([]).encoder) == PATH
