@@ -145,8 +145,7 @@ RELEASE_CALIBRATION_RECIPE = dict(
 # Mask units stay the release's 2x2 (on a 7x7 grid the edge units are cut):
 # single patches make a higher lookup accuracy on the short run, but on the
 # full 60,000 images for 6 epochs 2x2 units fine-tune better (docs/benchmarks.md,
-# "Harder masking": +1.20 with 10 labels per class over three seeds, +0.37
-# with 100, -0.24 with all labels for one epoch).
+# "Harder masking").
 SMALL_IMAGE_RECIPE = dict(
     RELEASE_CALIBRATION_RECIPE, epochs=4, batch_size=32, mask_token_position="sincos",
     crop_scale_min=0.8, base_momentum=0.99, resize="crop")
@@ -159,42 +158,38 @@ SMALL_IMAGE_RECIPE = dict(
 TASK_IMAGE_RECIPE = dict(SMALL_IMAGE_RECIPE, epochs=2, batch_size=128, warmup_epochs=0.5)
 
 
+# The mini ViT of the grayscale presets (28 px items, 48 px scenes, the 32 px
+# calibration): one architecture, its projector and its downstream recipes.
+MINI = dict(patch_size=4, num_layers=6, num_heads=4, hidden_dim=128, mlp_dim=512)
+MINI_HEADS_AND_RECIPES = {"projector": dict(hidden_dim=512, output_dim=128),
+                          "finetune": FASHION_MNIST_FINETUNE, "scratch": FASHION_MNIST_SCRATCH,
+                          "downstream": DOWNSTREAM}
+
+
 PRESETS = {
     # Small-image presets for CPU work and tests (28-64 px).
     "vit_mini_p4_28": {
         "description": "28 px grayscale (Fashion-MNIST), patch 4, width 128, "
         "6 layers, 4 heads. The CPU default.",
-        "config": dict(image_shape=(28, 28, 1), patch_size=4, num_layers=6,
-                       num_heads=4, hidden_dim=128, mlp_dim=512),
-        "projector": dict(hidden_dim=512, output_dim=128),
+        "config": dict(MINI, image_shape=(28, 28, 1)),
         "pretrain": SMALL_IMAGE_RECIPE,
-        "finetune": FASHION_MNIST_FINETUNE,
-        "scratch": FASHION_MNIST_SCRATCH,
-        "downstream": DOWNSTREAM,
+        **MINI_HEADS_AND_RECIPES,
     },
     "vit_mini_p4_48": {
         "description": "48 px grayscale scenes (the downstream recipes' canvases), patch 4, "
         "width 128, 6 layers, 4 heads: vit_mini_p4_28 on a 12 x 12 grid, for pre-training "
         "on the images a detector or segmenter will see.",
-        "config": dict(image_shape=(48, 48, 1), patch_size=4, num_layers=6,
-                       num_heads=4, hidden_dim=128, mlp_dim=512),
-        "projector": dict(hidden_dim=512, output_dim=128),
+        "config": dict(MINI, image_shape=(48, 48, 1)),
         "pretrain": TASK_IMAGE_RECIPE,
-        "finetune": FASHION_MNIST_FINETUNE,
-        "scratch": FASHION_MNIST_SCRATCH,
-        "downstream": DOWNSTREAM,
+        **MINI_HEADS_AND_RECIPES,
     },
     "vit_mini_p4_32": {
         "description": "The calibration setting: the release's architecture on 32 px "
         "grayscale (Fashion-MNIST padded from 28), patch 4, width 128, 6 layers, "
         "4 heads, with the release-setting recipe.",
-        "config": dict(image_shape=(32, 32, 1), patch_size=4, num_layers=6,
-                       num_heads=4, hidden_dim=128, mlp_dim=512),
-        "projector": dict(hidden_dim=512, output_dim=128),
+        "config": dict(MINI, image_shape=(32, 32, 1)),
         "pretrain": RELEASE_CALIBRATION_RECIPE,
-        "finetune": FASHION_MNIST_FINETUNE,
-        "scratch": FASHION_MNIST_SCRATCH,
-        "downstream": DOWNSTREAM,
+        **MINI_HEADS_AND_RECIPES,
     },
     "vit_tiny_p4_32": {
         "description": "32 px RGB (CIFAR-size), patch 4, ViT-Tiny width 192, "

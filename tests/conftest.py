@@ -125,11 +125,15 @@ def run_recipe(name, *argv, backend=None):
     module = importlib.import_module(f"recipes.{name}")
     args = ["--backend", backend, *map(str, argv)]
     out, err, code = io.StringIO(), io.StringIO(), 0
+    policy, distribution = keras.config.dtype_policy(), keras.distribution.distribution()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             recipe_main.run(lambda: module.main(args))
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:  # what a recipe sets for its process stays with its run
+            keras.config.set_dtype_policy(policy)
+            keras.distribution.set_distribution(distribution)
     return subprocess.CompletedProcess([f"recipes/{name}.py", *args], code, out.getvalue(),
                                        err.getvalue())
 

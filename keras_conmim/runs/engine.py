@@ -145,8 +145,11 @@ class Run:
         self.saved = json.loads(text)
 
     # --- training -------------------------------------------------------------------
-    def checkpointer(self, keep=2, every_n_steps=None):
-        return Checkpointer(self.checkpoints, keep=keep, every_n_steps=every_n_steps)
+    def checkpointer(self, keep=2, every_n_steps=None, keep_first=False):
+        """The run's Checkpointer (`keep_first`: the initial state is never
+        rotated out, for a NaN to step back to)."""
+        return Checkpointer(self.checkpoints, keep=keep, every_n_steps=every_n_steps,
+                            keep_first=keep_first)
 
     def fit(self, model, batches, steps, every, first_step=0, callbacks=(), keep=2, verbose=2):
         """`keras.Model.fit` from `first_step` to `steps`, in epochs of `every`

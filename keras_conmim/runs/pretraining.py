@@ -98,7 +98,7 @@ def _train(run, config, sources, plan, argv):
         model, path, done = build_or_restore(run, config, steps, events)
     run.start(step=done, checkpoint=path, extra={"nan_rollbacks": events} if events else None)
     if run.chief and not run.resuming:  # ckpt-00000000: the initial state, kept to step back to
-        initial = cb.Checkpointer(run.checkpoints)
+        initial = run.checkpointer()
         initial.set_model(model)
         initial.save()
     loop = NaNLoop(run, config, plan, steps, argv, events, path if after_nan else None)
@@ -155,9 +155,9 @@ def build_or_restore(run, config, steps, events):
 def callbacks_for(run, config, source, loop):
     """The NaN guard, the scalars, and (the process that writes) checkpoints,
     log.csv, the views and TensorBoard."""
-    loop.checkpointer = cb.Checkpointer(
-        run.checkpoints, keep=config["keep_checkpoints"],
-        every_n_steps=config["checkpoint_every"], keep_first=True) if run.chief else None
+    loop.checkpointer = run.checkpointer(
+        keep=config["keep_checkpoints"], every_n_steps=config["checkpoint_every"],
+        keep_first=True) if run.chief else None
     found = [cb.NaNGuard(loop.checkpointer), cb.TrainingScalars(config["batch_size"]),
              loop.rollbacks]
     if not run.chief:
