@@ -179,8 +179,11 @@ def test_vit_build_again_is_a_no_op():
 
 
 def test_public_subpackages_are_reachable_from_the_top_level():
-    assert kc.data.from_idx is not None and kc.evaluation.extract_features is not None
-    assert "evaluation" in dir(kc)
+    assert kc.data.from_idx is not None and kc.downstream.evaluation.extract_features is not None
+    assert kc.models.vit.ViT is kc.ViT and kc.runs.Run is not None
+    assert {"data", "downstream", "integrations", "models", "runs"} <= set(dir(kc))
+    with pytest.warns(DeprecationWarning, match="keras_conmim.downstream.evaluation"):
+        assert kc.evaluation is kc.downstream.evaluation  # flat path, on purpose
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         kc.nope  # noqa: B018
 
