@@ -241,6 +241,22 @@ def test_nothing_in_the_repository_uses_the_flat_paths_of_before():
     assert found == [], "\n".join(found)
 
 
+def test_recipes_are_pages_of_intent():
+    # #42: library behaviour lives in the package; a recipe is its docstring, the
+    # task's own parts and the call into the engine.
+    folder = os.path.join(ROOT, "recipes")
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            text = f.read()
+        assert text.count("\n") <= 150, f"recipes/{name}: {text.count(chr(10))} lines (at most 150)"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"recipes/{name}: {node.name} is {length} lines (at most 60)"
+
+
 def test_the_backend_lists_agree():
     # recipes/recipe_main.py stays standard-library only (it runs before Keras
     # loads), so it keeps its own copy of the backend names: they must agree.
