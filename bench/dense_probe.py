@@ -37,17 +37,18 @@ CANVASES = {"train": 500, "val": 300}  # probe fit / probe score (the benchmark'
 
 def starts():
     """[(name, how to get the encoder)]: what exists here, in table order."""
-    found = [("random", "vit_mini_p4_48"), ("shipped", "conmim_vit_mini_p4_28_fmnist")]
+    found = [("random init", "vit_mini_p4_48"),
+             ("shipped backbone (28 px items, 6 epochs)", "conmim_vit_mini_p4_28_fmnist")]
     if os.path.isfile(PIXEL):
-        found.append(("pixel (28 px items)", PIXEL))
+        found.append(("pixel regression (28 px items)", PIXEL))
     folder = os.path.join(TASK_RUN, "checkpoints")
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.startswith("ckpt-") and name.endswith(".keras"):
-                found.append((f"task, step {int(name[5:13])}", os.path.join(folder, name)))
+                found.append((f"task images, step {int(name[5:13])}", os.path.join(folder, name)))
     final = os.path.join(TASK_RUN, "teacher_encoder.keras")
     if os.path.isfile(final) and not any(n.startswith("task") for n, _ in found):
-        found.append(("task, end of run", final))  # its last checkpoint is the same teacher
+        found.append(("task images, end of run", final))  # its last checkpoint is the same teacher
     return found
 
 
@@ -113,7 +114,7 @@ def pretext(name):
     """The pre-training's lookup accuracy at a checkpoint's step, from its log.csv."""
     import csv
 
-    if not name.startswith("task, step"):
+    if not name.startswith("task images, step"):
         return None
     step = int(name.rsplit(" ", 1)[1])
     path = os.path.join(TASK_RUN, "log.csv")
@@ -169,7 +170,7 @@ def main(argv=None):
              f"{(Recipe.canvas_size // 4) ** 2} patches each), fitted on {CANVASES['train']} "
              f"training canvases, scored on {CANVASES['val']} validation canvases (held-out "
              f"training items), seed 0; {args.backend} backend. Item-patch accuracy: patches whose "
-             f"majority label is an item ({100 - rows['random']['background_share']:.0f}% of "
+             f"majority label is an item ({100 - rows['random init']['background_share']:.0f}% of "
              "them); the rest is background.")
     results = {"rows": rows, "about": about, "backend": args.backend}
     write_text_atomic(OUT, json.dumps(results, indent=1))

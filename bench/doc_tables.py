@@ -242,11 +242,19 @@ def downstream_speed():
                       *[f"{b}: img/s (% of fp32 peak)" for b in r["backends"]]], out)
 
 
+def dense_probe():
+    """bench/dense_probe.py: a linear probe on each start's frozen patch tokens,
+    scored on validation canvases (#43)."""
+    from dense_probe import table
+
+    return table(_load("dense_probe.json")).split("\n\n")[0]
+
+
 TABLES = {"targets": targets, "short_run": short_run, "attention": attention,
           "release_gap": release_gap, "profile": profile, "precision": precision,
           "downstream": downstream, "downstream_share": downstream_share,
           "downstream_summary": downstream_summary,
-          "downstream_speed": downstream_speed}
+          "downstream_speed": downstream_speed, "dense_probe": dense_probe}
 
 
 def marked_tables(root=ROOT):
