@@ -111,6 +111,13 @@ ROWS = [
     ("segment", "deeplabv3", "random", 100, 1, []),
     ("segment", "deeplabv3", "task", 100, 2, []),
     ("segment", "deeplabv3", "random", 100, 2, []),
+    ("detect", "yolov8", "task", 100, 1, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "random", 100, 1, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "task", 500, 1, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "task", 100, 2, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "random", 100, 2, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "task", 500, 2, ["--canvas-size", "64"]),
+    ("detect", "yolov8", "random", 500, 2, ["--canvas-size", "64"]),
 ]
 METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
 AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one
