@@ -409,6 +409,7 @@ def test_a_nan_run_resumes_from_its_last_good_checkpoint_with_a_lower_lr(tmp_pat
         _in_process(out, "--lr", "1e-4", "--mask-unit", "1")
 
 
+@recipe_backend_only
 def test_a_run_that_stops_in_its_first_epoch_leaves_its_losses_in_log_csv(tmp_path, nan_at_step):
     """The NaN at step 5 falls inside the first epoch (6 steps): log.csv gets
     that epoch's row (its last finite batch, with the learning rate and
