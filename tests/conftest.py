@@ -26,6 +26,13 @@ def pytest_configure(config):
     - one compilation cache for the whole session (the same programs compile
       again in every recipe subprocess); an existing
       JAX_COMPILATION_CACHE_DIR wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("KERAS_BACKEND", "") == "torch" and os.environ.get("PYTEST_XDIST_WORKER"):
+        # each xdist worker gets its share of the cores: torch's default (every
+        # core per process) oversubscribes them, and two workers thrash
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     if os.environ.get("KERAS_BACKEND", "") != "jax":
         return
     flags = os.environ.get("XLA_FLAGS", "")
@@ -149,6 +156,9 @@ def recipe_command(name, *argv, backend=None, env=None, timeout=600, log=None, s
     command = [sys.executable, os.path.join(ROOT, "recipes", f"{name}.py"), "--backend", backend,
                *map(str, argv)]
     env = dict(os.environ, KERAS_BACKEND=backend, **(env or {}))
+    if backend == "torch" and "torch" in sys.modules:  # this worker's share of the cores, so a
+        # run split between a command and this process sums in the same order
+        env.setdefault("OMP_NUM_THREADS", str(sys.modules["torch"].get_num_threads()))
     if start:  # a log path, a file (or DEVNULL), or a pipe
         out = open(log, "w") if isinstance(log, (str, os.PathLike)) else log
         proc = subprocess.Popen(command, stdout=subprocess.PIPE if out is None else out,
