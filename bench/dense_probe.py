@@ -118,10 +118,12 @@ def pretext(name):
         return None
     step = int(name.rsplit(" ", 1)[1])
     path = os.path.join(TASK_RUN, "log.csv")
-    config = json.load(open(os.path.join(TASK_RUN, "config.json")))
-    per_epoch = json.load(open(os.path.join(TASK_RUN, "results.json")))["step"] // config["epochs"]
     if step == 0 or not os.path.isfile(path):
         return None
+    with open(os.path.join(TASK_RUN, "config.json")) as f:
+        epochs = json.load(f)["epochs"]
+    with open(os.path.join(TASK_RUN, "results.json")) as f:
+        per_epoch = json.load(f)["step"] // epochs
     with open(path) as f:
         rows = list(csv.DictReader(f))
     row = rows[min(step // per_epoch, len(rows)) - 1]
@@ -144,7 +146,8 @@ def main(argv=None):
     p.add_argument("--report", action="store_true", help="print the table from the results")
     args = p.parse_args(argv)
     if args.report:
-        print(table(json.load(open(OUT))))
+        with open(OUT) as f:
+            print(table(json.load(f)))
         return
     os.environ["KERAS_BACKEND"] = args.backend
     from keras_conmim.presets import DOWNSTREAM_RECIPE

@@ -14,8 +14,8 @@ from keras_conmim.data.images import resize_image
 from keras_conmim.models.distribute import this_host_only
 from keras_conmim.errors import NonFiniteLossError, ResumeError
 
-__all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "RollbackCount", "TrainingScalars",
-           "ViewGrid",
+__all__ = ["Checkpointer", "NaNGuard", "NonFiniteLossError", "RollbackCount", "RunLog",
+           "TrainingScalars", "ViewGrid", "log_stopped_epoch",
            "checkpoint_step", "list_checkpoints", "load_latest_checkpoint", "nonfinite_variables",
            "restore_latest_checkpoint", "resume_from_checkpoint"]
 
