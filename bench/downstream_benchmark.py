@@ -118,6 +118,8 @@ ROWS = [
     ("detect", "yolov8", "random", 100, 2, ["--canvas-size", "64"]),
     ("detect", "yolov8", "task", 500, 2, ["--canvas-size", "64"]),
     ("detect", "yolov8", "random", 500, 2, ["--canvas-size", "64"]),
+    # the default detector's scratch baseline (#43's boxes target), ResNet-18 under YOLOv8
+    ("detect", "yolov8", "resnet18", 500, 0, ["--canvas-size", "64"]),
 ]
 METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
 AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one

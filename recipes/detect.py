@@ -7,7 +7,7 @@ canvases.
 
     python recipes/detect.py                                # YOLOv8 on the shipped backbone, 64 px
     python recipes/detect.py --init random --output runs/detect_random
-    python recipes/detect.py --init resnet18 --output runs/detect_resnet   # RetinaNet, ResNet-18
+    python recipes/detect.py --init resnet18 --output runs/detect_resnet   # YOLOv8 on a ResNet-18
     python recipes/detect.py --head retinanet               # KerasHub's RetinaNet (P3-P4), 48 px
     python recipes/detect.py --data coco:train.json --test-data coco:val.json --image-size 64
 
@@ -20,8 +20,9 @@ Heads: YOLOv8 by default (the benchmark's best: 47% box mAP at 500 canvases
 where RetinaNet reaches 15%), on keras_conmim.integrations.kerascv.ViTCVBackbone (P3-P5,
 so the canvas is a multiple of 32: 64 px unless --canvas-size / --image-size
 says otherwise); RetinaNet on keras_conmim.integrations.kerashub.ViTPyramidBackbone (P3-P4:
-strides 8 and 16, the sizes of 10-28 px items) or KerasHub's ResNet-18, the
-default head with --init resnet18 (YOLOv8's ResNet is not wired here).
+strides 8 and 16, the sizes of 10-28 px items). --init resnet18 puts KerasHub's
+ResNet-18 under either head (under YOLOv8 through
+keras_conmim.integrations.kerascv.KerasHubCVBackbone).
 RetinaNet's anchors: 3 scales x 3 aspect ratios per level, base size
 2 x stride (16-25 px on P3, 32-50 px on P4). Detections: non-maximum
 suppression at IoU 0.5, confidence >= 0.05, at most 20 per canvas;
@@ -38,7 +39,6 @@ if __name__ == "__main__":
 import downstream  # noqa: E402
 
 HEADS = ("yolov8", "retinanet")
-DEFAULT_HEAD_HELP = "yolov8 (retinanet with --init resnet18)"
 # What a head needs of the recipe, when neither a flag nor --config sets it.
 HEAD_RECIPE = {"yolov8": {"values": {"canvas_size": 64},
                           "why": "yolov8 reads P3-P5: a multiple of 32"}}
@@ -46,16 +46,9 @@ LABEL_KEYS = {"yolov8": "classes"}  # Keras-CV's name for the box classes (Keras
 MAX_DETECTIONS = 20
 
 
-def default_head(init):
-    return "retinanet" if init == "resnet18" else "yolov8"
-
-
 def check_head(head, init, recipe):
     from keras_conmim.errors import ConfigError
 
-    if head == "yolov8" and init == "resnet18":
-        raise ConfigError("--head yolov8 is Keras-CV's; its ResNet baseline is not wired here: "
-                          "use --head retinanet with --init resnet18")
     if head == "yolov8" and recipe.canvas_size % 32:
         raise ConfigError(f"--head yolov8 reads P3-P5 (stride 32): canvas_size "
                           f"{recipe.canvas_size} must be a multiple of 32 (--canvas-size 64)")
@@ -66,15 +59,21 @@ def build(head, encoder, image_shape, num_classes, recipe):
     if head == "yolov8":
         import keras_cv
 
-        from keras_conmim.integrations.kerascv import NonMaxSuppression, ViTCVBackbone
+        from keras_conmim.integrations.kerascv import (KerasHubCVBackbone, NonMaxSuppression,
+                                                       ViTCVBackbone)
 
-        backbone = ViTCVBackbone(encoder, image_shape=image_shape, min_level=3, max_level=5)
+        if encoder is None:
+            import segment
+
+            backbone = KerasHubCVBackbone(segment.resnet18(image_shape))
+        else:
+            backbone = ViTCVBackbone(encoder, image_shape=image_shape, min_level=3, max_level=5)
         model = keras_cv.models.YOLOV8Detector(
             num_classes=num_classes, bounding_box_format="yxyx", backbone=backbone, fpn_depth=1,
             prediction_decoder=NonMaxSuppression(
                 bounding_box_format="yxyx", from_logits=False, iou_threshold=0.5,
                 confidence_threshold=0.05, max_detections=MAX_DETECTIONS))
-        return model, backbone.encoder
+        return model, None if encoder is None else backbone.encoder
     import keras_hub
 
     from keras_conmim.integrations.kerashub import ViTPyramidBackbone

@@ -50,11 +50,9 @@ def parser(task, description, heads, default_help=None):
 
 def main(task, module, argv=None):
     """One downstream run of `module` (segment.py, detect.py...): the results."""
-    p = parser(task, module.__doc__.splitlines()[0], module.HEADS,
-               getattr(module, "DEFAULT_HEAD_HELP", module.HEADS[0]))
+    p = parser(task, module.__doc__.splitlines()[0], module.HEADS, module.HEADS[0])
     args = check_flags(task, p.parse_args(argv), (*CANVAS_FLAGS, "checkpoint_every"))
-    args.head = args.head or (module.default_head(args.init) if hasattr(module, "default_head")
-                              else module.HEADS[0])
+    args.head = args.head or module.HEADS[0]
     cli.use_backend(args.backend)
     import keras
 

@@ -81,6 +81,17 @@ def tiny_vit(**overrides):
     return kc.ViT(**{**TINY_VIT, **overrides})
 
 
+def tiny_resnet(size):
+    """KerasHub's ResNet (basic blocks, one per stage; KerasHub wants 64 filters
+    in the stem and the first stage) on `size` px single-channel images, P2-P5."""
+    import keras_hub
+
+    return keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 8, 8, 8],
+        stackwise_num_blocks=[1, 1, 1, 1], stackwise_num_strides=[1, 2, 2, 2],
+        block_type="basic_block", image_shape=(size, size, 1))
+
+
 def randomize_weights(layer, seed=0, scale=0.2):
     """Give every weight numpy-random values, the same on every backend."""
     rng = np.random.RandomState(seed)

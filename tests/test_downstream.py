@@ -83,7 +83,8 @@ def tiny_run(recipe, encoder, output, *extra):
 
 @pytest.mark.parametrize("recipe,extra,every_backend", [
     ("segment.py", [], True), ("detect.py", ["--head", "retinanet"], True),
-    ("detect.py", [], False), ("segment.py", ["--init", "resnet18"], False)])
+    ("detect.py", [], False), ("segment.py", ["--init", "resnet18"], False),
+    ("detect.py", ["--init", "resnet18"], False)])
 def test_downstream_recipes_run(tmp_path, recipe, extra, every_backend):
     """A run folder holds the run: config.json (values and sources),
     results.json (validation and test scores), predictions.png, model.keras,
@@ -267,14 +268,13 @@ def test_downstream_recipe_sources_and_bad_values():
 
 
 def test_detect_defaults_to_the_working_head_at_a_size_it_reads():
-    """No --head: YOLOv8 (RetinaNet under --init resnet18), at 64 px unless a
-    flag or file sets the canvas; the printed source says why."""
+    """No --head: YOLOv8 whatever the start (KerasHub's ResNet-18 too), at 64 px
+    unless a flag or file sets the canvas; the printed source says why."""
     import detect
 
     from keras_conmim.runs.downstream import resolve_recipe
 
-    assert detect.default_head("pretrained") == "yolov8" == detect.default_head("random")
-    assert detect.default_head("resnet18") == "retinanet"
+    assert detect.HEADS[0] == "yolov8"
     need = detect.HEAD_RECIPE["yolov8"]
     recipe, sources, text = resolve_recipe("detect", "pretrained", "vit_mini_p4_28", {}, {}, need)
     assert recipe.canvas_size == 64 and sources["canvas_size"].startswith("head (yolov8")

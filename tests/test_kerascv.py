@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from model_checks import check_fit_changes_weights
-from conftest import randomize_weights, tiny_vit, to_numpy
+from conftest import randomize_weights, tiny_resnet, tiny_vit, to_numpy
 
 keras_cv = pytest.importorskip("keras_cv")
 from keras_conmim.integrations.kerascv import ViTCVBackbone  # noqa: E402
@@ -72,6 +72,23 @@ def test_detection_heads_train(head):
         model.compile(classification_loss="binary_crossentropy", box_loss="ciou",
                       optimizer="adam", jit_compile=JIT)
     check_fit_changes_weights(model, _images(), BOXES)
+
+
+def test_yolo_v8_trains_on_a_kerashub_resnet():
+    """KerasHub's ResNet (the downstream benchmark's scratch baseline) under
+    Keras-CV's YOLOv8, through KerasHubCVBackbone; a backbone without
+    pyramid_outputs is refused by name."""
+    pytest.importorskip("keras_hub")
+    from keras_conmim.integrations.kerascv import KerasHubCVBackbone
+
+    resnet = tiny_resnet(SIZE)
+    model = keras_cv.models.YOLOV8Detector(num_classes=3, bounding_box_format="xyxy",
+                                           backbone=KerasHubCVBackbone(resnet), fpn_depth=1)
+    model.compile(classification_loss="binary_crossentropy", box_loss="ciou", optimizer="adam",
+                  jit_compile=JIT)
+    check_fit_changes_weights(model, _images(), BOXES)
+    with pytest.raises(ValueError, match="no pyramid_outputs"):
+        KerasHubCVBackbone(keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Dense(2)]))
 
 
 def _greedy_nms(boxes, scores, iou_threshold, score_threshold):

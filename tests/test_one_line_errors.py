@@ -188,8 +188,8 @@ def test_downstream_recipes_refuse_bad_settings_before_any_file(tmp_path):
     out = tmp_path / "run"
     one_line(run_recipe("segment", "--canvas-size", "40", "--output", str(out)),
              "canvas_size=40", "multiple of 16")
-    one_line(run_recipe("detect", "--head", "yolov8", "--init", "resnet18", "--output", str(out)),
-             "--head yolov8", "--head retinanet")
+    one_line(run_recipe("segment", "--head", "segformer", "--init", "resnet18", "--output",
+                        str(out)), "--head segformer", "--head deeplabv3")
     one_line(run_recipe("detect", "--export", "saved_model", "--output", str(out)),
              "--export saved_model", "--backend tensorflow")
     one_line(run_recipe("segment", "--data", "idx:/no/such/folder", "--output", str(out)),

@@ -282,6 +282,25 @@ def _cv(tmp_path):
     np.testing.assert_allclose(to_numpy(p3), to_numpy(ref), atol=1e-5)
 
 
+@case("KerasHubCVBackbone")
+def _cv_hub(tmp_path):
+    pytest.importorskip("keras_cv")
+    pytest.importorskip("keras_hub")
+    import keras
+
+    from conftest import tiny_resnet
+    from keras_conmim.integrations.kerascv import KerasHubCVBackbone
+
+    backbone = KerasHubCVBackbone(tiny_resnet(32))
+    images = RNG.uniform(0, 1, (2, 32, 32, 1)).astype("float32")
+    loaded = check_serializable(backbone, images, (2, 1, 1, 8), tmp_path, atol=1e-5)
+    assert loaded.pyramid_level_inputs == backbone.pyramid_level_inputs
+    for level, name in loaded.pyramid_level_inputs.items():  # each level at its stride
+        n = int(level[1:])
+        got = keras.Model(loaded.inputs, loaded.get_layer(name).output)(images)
+        assert tuple(got.shape[1:3]) == (32 // 2**n,) * 2, (level, got.shape)
+
+
 @case("NonMaxSuppression")
 def _cv_decoder(tmp_path):
     pytest.importorskip("keras_cv")
@@ -305,6 +324,20 @@ def test_every_registered_class_has_a_check():
     missing = sorted(set(registered_classes()) - set(CASES))
     assert not missing, f"registered classes without a serialization check: {missing}"
     assert len(CASES) >= 18
+
+
+def test_every_adapter_class_loads_after_a_bare_import():
+    """Each class the optional adapters register has a stand-in from `import
+    keras_conmim` on (integrations.adapters.DEFERRED), so their files load."""
+    import inspect
+
+    from keras_conmim.integrations.adapters import DEFERRED
+
+    for module in ("kerashub", "kerascv"):
+        adapter = pytest.importorskip(f"keras_conmim.integrations.{module}")
+        for name, obj in vars(adapter).items():
+            if inspect.isclass(obj) and obj.__module__ == adapter.__name__:
+                assert DEFERRED.get(name) == adapter.__name__, (module, name)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -20,6 +20,7 @@ DEFERRED = {
     "ViTPyramidBackbone": "keras_conmim.integrations.kerashub",
     "ViTPyramidImageClassifier": "keras_conmim.integrations.kerashub",
     "ViTCVBackbone": "keras_conmim.integrations.kerascv",
+    "KerasHubCVBackbone": "keras_conmim.integrations.kerascv",
     "NonMaxSuppression": "keras_conmim.integrations.kerascv",
 }
 

@@ -1,7 +1,9 @@
-"""Keras-CV adapter: a pre-trained encoder as a `keras_cv.models.Backbone`
+"""Keras-CV adapters: a pre-trained encoder as a `keras_cv.models.Backbone`
 with `pyramid_level_inputs`, for Keras-CV's `RetinaNet`, `YOLOV8Detector`,
-`DeepLabV3Plus` and `SegFormer`, and `NonMaxSuppression`, Keras-CV's box
-decoder without its torchvision need on the torch backend.
+`DeepLabV3Plus` and `SegFormer`; a KerasHub backbone (its `pyramid_outputs`)
+as one (`KerasHubCVBackbone`: KerasHub's ResNet under Keras-CV's YOLOv8); and
+`NonMaxSuppression`, Keras-CV's box decoder without its torchvision need on
+the torch backend.
 
 Keras-CV is in maintenance (its README points to KerasHub; see
 `keras_conmim.integrations.kerashub`). Build heads from their classes, never from
@@ -61,6 +63,38 @@ class ViTCVBackbone(PyramidBackboneMixin, keras_cv.models.Backbone):
     @classmethod
     def from_config(cls, config):
         return cls(**config_with_layers(config, ("encoder",)))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class KerasHubCVBackbone(keras_cv.models.Backbone):
+    """A KerasHub backbone (one with `pyramid_outputs`, as KerasHub's
+    `ResNetBackbone`) as a Keras-CV backbone: the same layers and weights,
+    with `pyramid_level_inputs` naming the layer behind each of its
+    `pyramid_outputs`, so Keras-CV's heads (`YOLOV8Detector` reads P3-P5) take it.
+
+        resnet = keras_hub.models.ResNetBackbone(..., image_shape=(64, 64, 3))
+        model = keras_cv.models.YOLOV8Detector(
+            num_classes=10, bounding_box_format="yxyx", backbone=KerasHubCVBackbone(resnet))
+    """
+
+    def __init__(self, backbone, **kwargs):
+        levels = getattr(backbone, "pyramid_outputs", None)
+        if not levels:
+            raise ValueError(f"{type(backbone).__name__} has no pyramid_outputs: give a KerasHub "
+                             "backbone that has them (ResNetBackbone, CSPDarkNetBackbone, ...).")
+        super().__init__(inputs=backbone.inputs, outputs=backbone.outputs, **kwargs)
+        self.backbone = backbone
+        self.pyramid_level_inputs = {level: tensor._keras_history.operation.name
+                                     for level, tensor in levels.items()}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(backbone=keras.saving.serialize_keras_object(self.backbone))
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config_with_layers(config, ("backbone",)))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
