@@ -229,6 +229,54 @@ def downstream_share():
                       "test points per seed", "seeds", "mean"], out)
 
 
+def downstream_targets():
+    """bench/downstream_benchmark.py: #43's targets for ConMIM pre-trained on
+    the task's images, each against the committed rows (means over the seeds
+    both starts of a pair have; a start's own mean over its seeds)."""
+    from downstream_benchmark import METRIC, ROWS, differences, read
+
+    def spread(per_seed):
+        return (f"{len(per_seed)} ({', '.join(f'{d:+.2f}' for d in per_seed.values())})"
+                if per_seed else "-")
+
+    def verdict(value, need):
+        if value is None:
+            return "not run"
+        return "met" if value >= need else f"missed by {need - value:.2f}"
+
+    out = []
+    pairs = {(t, h, c): (p, m) for t, h, c, _, p, m in differences("task", "random")}
+    for task, head in (("segment", "deeplabv3"), ("detect", "yolov8")):
+        for canvases in (100, 500):
+            per_seed, mean = pairs.get((task, head, canvases), ({}, None))
+            out.append([f"task − random init ≥ +3 ({task}, {head}, {canvases} canvases)",
+                        "-" if mean is None else f"{mean:+.2f}", spread(per_seed),
+                        verdict(mean, 3.0)])
+    # pixel regression pre-trained on the same (task) images: no such start yet
+    out.append(["task ≥ pixel regression on the task's images", "-", "-", "not run"])
+
+    def mean_of(task, head, start, canvases):
+        got = [r["test"][METRIC[task]] for row in ROWS if row[:4] == (task, head, start, canvases)
+               for r in [read(row)] if r is not None]
+        return sum(got) / len(got) if got else None
+
+    vit_box = [m for m in (mean_of("detect", "yolov8", s, 500) for s in ("task", "pretrained"))
+               if m is not None]
+    resnet_box = mean_of("detect", "yolov8", "resnet18", 500)
+    best = max(vit_box) if vit_box else None
+    out.append(["pre-trained ViT − ResNet-18 scratch ≥ 0 (detect, yolov8, 500 canvases)",
+                "-" if None in (best, resnet_box) else f"{best - resnet_box:+.2f}", "-",
+                verdict(None if None in (best, resnet_box) else best - resnet_box, 0.0)])
+    resnet_mask = mean_of("segment", "deeplabv3", "resnet18", 500)
+    shipped_gap = resnet_mask - mean_of("segment", "deeplabv3", "pretrained", 500)
+    task_gap = resnet_mask - mean_of("segment", "deeplabv3", "task", 500)
+    out.append([f"mask gap to ResNet-18 ≤ half the shipped backbone's ({shipped_gap:.2f} / 2; "
+                "segment, deeplabv3, 500 canvases)", f"{task_gap:.2f}", "-",
+                verdict(shipped_gap / 2 - task_gap, 0.0)])
+    return _markdown(["target (test points, mean over seeds)", "measured", "seeds (per seed)",
+                      "verdict"], out)
+
+
 def downstream_speed():
     """bench/downstream_speed.py: images/s before / now and the share of the
     float32 matmul peak."""
@@ -253,7 +301,7 @@ def dense_probe():
 TABLES = {"targets": targets, "short_run": short_run, "attention": attention,
           "release_gap": release_gap, "profile": profile, "precision": precision,
           "downstream": downstream, "downstream_share": downstream_share,
-          "downstream_summary": downstream_summary,
+          "downstream_summary": downstream_summary, "downstream_targets": downstream_targets,
           "downstream_speed": downstream_speed, "dense_probe": dense_probe}
 
 
