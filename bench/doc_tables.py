@@ -178,12 +178,11 @@ def downstream():
                       "val", "test", "test AP50", "run folder"], out)
 
 
-def downstream_summary():
-    """bench/downstream_benchmark.py, one line per setting: each start's test
-    score (seed 0's, or the mean over seeds with their number)."""
+def _start_scores():
+    """{(task, head, canvases, canvas px): {start: [test score per seed run]}}
+    from bench/downstream_benchmark.py's committed rows."""
     from downstream_benchmark import METRIC, ROWS, read
 
-    tasks = ("segment", "detect", "instance")
     scores = {}
     for row in ROWS:
         r = read(row)
@@ -191,6 +190,14 @@ def downstream_summary():
             task, head, start, canvases, _, _ = row
             key = (task, head, canvases, r["recipe"]["canvas_size"])
             scores.setdefault(key, {}).setdefault(start, []).append(r["test"][METRIC[task]])
+    return scores
+
+
+def downstream_summary():
+    """bench/downstream_benchmark.py, one line per setting: each start's test
+    score (seed 0's, or the mean over seeds with their number)."""
+    tasks = ("segment", "detect", "instance")
+    scores = _start_scores()
     metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}
     out = []
     for key in sorted(scores, key=lambda k: (tasks.index(k[0]), k[1] in ("segformer", "upernet",
@@ -233,7 +240,7 @@ def downstream_targets():
     """bench/downstream_benchmark.py: #43's targets for ConMIM pre-trained on
     the task's images, each against the committed rows (means over the seeds
     both starts of a pair have; a start's own mean over its seeds)."""
-    from downstream_benchmark import METRIC, ROWS, differences, read
+    from downstream_benchmark import differences
 
     def spread(per_seed):
         return (f"{len(per_seed)} ({', '.join(f'{d:+.2f}' for d in per_seed.values())})"
@@ -255,18 +262,19 @@ def downstream_targets():
     # pixel regression pre-trained on the same (task) images: no such start yet
     out.append(["task ≥ pixel regression on the task's images", "-", "-", "not run"])
 
+    scores = _start_scores()
+
     def mean_of(task, head, start, canvases):
-        got = [r["test"][METRIC[task]] for row in ROWS if row[:4] == (task, head, start, canvases)
-               for r in [read(row)] if r is not None]
+        got = [v for key, starts in scores.items() if key[:3] == (task, head, canvases)
+               for v in starts.get(start, [])]
         return sum(got) / len(got) if got else None
 
     vit_box = [m for m in (mean_of("detect", "yolov8", s, 500) for s in ("task", "pretrained"))
                if m is not None]
     resnet_box = mean_of("detect", "yolov8", "resnet18", 500)
-    best = max(vit_box) if vit_box else None
+    lead = None if not vit_box or resnet_box is None else max(vit_box) - resnet_box
     out.append(["pre-trained ViT − ResNet-18 scratch ≥ 0 (detect, yolov8, 500 canvases)",
-                "-" if None in (best, resnet_box) else f"{best - resnet_box:+.2f}", "-",
-                verdict(None if None in (best, resnet_box) else best - resnet_box, 0.0)])
+                "-" if lead is None else f"{lead:+.2f}", "-", verdict(lead, 0.0)])
     masks = [mean_of("segment", "deeplabv3", start, 500)
              for start in ("resnet18", "pretrained", "task")]
     if None in masks:

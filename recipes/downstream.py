@@ -19,14 +19,13 @@ MUTABLE = ("backend", "output", "export", "grid")  # --checkpoint-every sets fit
 CANVAS_FLAGS = ("train_canvases", "val_canvases", "test_canvases")
 
 
-def parser(task, description, heads, default_help=None):
+def parser(task, description, heads):
     p = argparse.ArgumentParser(description=description)
     add = p.add_argument
     cli.add_encoder(p, scratch=False)
     add("--init", choices=INITS, default="pretrained", help="pretrained: --encoder's weights; "
         "random: the same ViT at random init; resnet18: a KerasHub ResNet-18 from scratch")
-    add("--head", choices=heads, default=None,
-        help=f"default: {default_help}" if default_help else None)
+    add("--head", choices=heads, default=None, help=f"default: {heads[0]}")
     cli.add_backend(p)
     cli.add_data(p, specs=cli.DENSE_SPECS)
     add("--config", default=None, help="a JSON or YAML file of recipe values")
@@ -50,7 +49,7 @@ def parser(task, description, heads, default_help=None):
 
 def main(task, module, argv=None):
     """One downstream run of `module` (segment.py, detect.py...): the results."""
-    p = parser(task, module.__doc__.splitlines()[0], module.HEADS, module.HEADS[0])
+    p = parser(task, module.__doc__.splitlines()[0], module.HEADS)
     args = check_flags(task, p.parse_args(argv), (*CANVAS_FLAGS, "checkpoint_every"))
     args.head = args.head or module.HEADS[0]
     cli.use_backend(args.backend)
