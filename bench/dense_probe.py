@@ -13,11 +13,14 @@ scored on the validation canvases' patches: mIoU and the accuracy on item
 patches.
 
     python bench/dense_probe.py --backend torch                 # the table, writes results
+    python bench/dense_probe.py --backend torch --again         # every start again
     python bench/dense_probe.py --report                        # the table from the results
 
 Starts: the ViT at random init (vit_mini_p4_48, seed 0), the shipped backbone
 (28 px items), pixel regression on the 28 px items, and each checkpoint of
-the task-image pre-training (`bench/results/canvas48_e2/pretrain`, teacher).
+the task-image pre-training (`bench/results/canvas48_e2/pretrain`, teacher),
+and pixel regression pre-trained on the same canvases (its student). Starts
+already in the results (same backend) are kept; `--again` probes them anew.
 """
 
 import argparse
@@ -31,6 +34,9 @@ sys.path.insert(0, os.path.join(ROOT, "recipes"))
 OUT = os.path.join(ROOT, "bench", "results", "dense_probe.json")
 TASK_RUN = os.path.join(ROOT, "bench", "results", "canvas48_e2", "pretrain")
 PIXEL = os.path.join(ROOT, "bench", "results", "pixel_unit2_e6", "pretrain", "student_encoder.keras")
+# pixel regression on the same canvases, same settings (bench/downstream_benchmark.py's TASK_PIXEL)
+TASK_PIXEL = os.path.join(ROOT, "bench", "results", "canvas48_pixel_e2", "pretrain",
+                          "student_encoder.keras")
 DATA = "idx:/usr/share/datasets/fashion-mnist"
 CANVASES = {"train": 500, "val": 300}  # probe fit / probe score (the benchmark's val count)
 
@@ -49,6 +55,8 @@ def starts():
     final = os.path.join(TASK_RUN, "teacher_encoder.keras")
     if os.path.isfile(final) and not any(n.startswith("task") for n, _ in found):
         found.append(("task images, end of run", final))  # its last checkpoint is the same teacher
+    if os.path.isfile(TASK_PIXEL):
+        found.append(("pixel regression on task images, end of run", TASK_PIXEL))
     return found
 
 
@@ -144,6 +152,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="torch", choices=("jax", "tensorflow", "torch"))
     p.add_argument("--report", action="store_true", help="print the table from the results")
+    p.add_argument("--again", action="store_true", help="probe the starts already in the results")
     args = p.parse_args(argv)
     if args.report:
         with open(OUT) as f:
@@ -163,7 +172,13 @@ def main(argv=None):
     train, val, _ = make_splits(items, Recipe, CANVASES["train"], CANVASES["val"], 1, seed=0)
     num_classes = int(items[0].labels.max()) + 2  # + background
     rows = {}
+    if os.path.isfile(OUT) and not args.again:
+        with open(OUT) as f:
+            kept = json.load(f)
+        rows = kept["rows"] if kept["backend"] == args.backend else {}
     for name, how in starts():
+        if name in rows:
+            continue
         encoder = encoder_for(how, Recipe.canvas_size)
         rows[name] = {**probe(encoder, train, val, num_classes), "lookup_accuracy": pretext(name),
                       "encoder": os.path.relpath(how, ROOT) if os.path.isfile(how) else how}

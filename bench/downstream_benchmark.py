@@ -44,15 +44,25 @@ TASK_COMMAND = (
     "--max-items 2 && python recipes/pretrain.py --backend torch --preset vit_mini_p4_48 "
     "--data coco:/work/data/canvases48/train/instances.json --seed 0 "
     "--output bench/results/canvas48_e2/pretrain")  # about an hour here
+# Pixel regression (SimMIM) pre-trained on the same canvases with the same
+# settings: the simplest pretext that could win on the task's own images.
+TASK_PIXEL = os.path.join(ROOT, "bench", "results", "canvas48_pixel_e2", "pretrain",
+                          "student_encoder.keras")
+TASK_PIXEL_COMMAND = (
+    TASK_COMMAND.split(" && ")[0] + " && python recipes/pretrain.py --backend torch "
+    "--preset vit_mini_p4_48 --data coco:/work/data/canvases48/train/instances.json --seed 0 "
+    "--objective pixel --output bench/results/canvas48_pixel_e2/pretrain")  # under an hour here
 STARTS = {  # name: recipe flags
     "pretrained": ["--init", "pretrained"],
     "random": ["--init", "random"],
     "pixel": ["--init", "pretrained", "--encoder", PIXEL],
     "resnet18": ["--init", "resnet18"],
     "task": ["--init", "pretrained", "--encoder", TASK],
+    "task_pixel": ["--init", "pretrained", "--encoder", TASK_PIXEL],
 }
 # starts made by a pre-training run of their own: (the file, the command that makes it)
-MADE = {"pixel": (PIXEL, PIXEL_COMMAND), "task": (TASK, TASK_COMMAND)}
+MADE = {"pixel": (PIXEL, PIXEL_COMMAND), "task": (TASK, TASK_COMMAND),
+        "task_pixel": (TASK_PIXEL, TASK_PIXEL_COMMAND)}
 # (task, head, start, training canvases, seed, extra flags), in the order they run.
 # The seed draws the training / validation / test canvases, the random starts
 # and the heads' initial weights, the flips and the drop-path masks.
@@ -120,6 +130,11 @@ ROWS = [
     ("detect", "yolov8", "random", 500, 2, ["--canvas-size", "64"]),
     # the default detector's scratch baseline (#43's boxes target), ResNet-18 under YOLOv8
     ("detect", "yolov8", "resnet18", 500, 0, ["--canvas-size", "64"]),
+    # #43: the pixel-regression pretext on the same canvases, the task start's simplest rival
+    ("segment", "deeplabv3", "task_pixel", 500, 0, []),
+    ("detect", "yolov8", "task_pixel", 500, 0, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "task_pixel", 100, 0, []),
+    ("detect", "yolov8", "task_pixel", 100, 0, ["--canvas-size", "64"]),
 ]
 METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
 AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one
@@ -203,7 +218,7 @@ def report():
                  f"test = {COMMON[COMMON.index('--test-canvases') + 1]} canvases of test "
                  "items, val = 300 of held-out training items")
     for a, b in (("pretrained", "random"), ("pretrained", "pixel"), ("task", "random"),
-                 ("task", "pretrained")):
+                 ("task", "pretrained"), ("task", "task_pixel")):
         for task, head, canvases, px, per_seed, mean in differences(a, b):
             seeds = ", ".join(f"seed {s}: {d:+.2f}" for s, d in per_seed.items())
             lines.append(f"{a} - {b}, {task} {head} {canvases} canvases of {px} px: {seeds}; "

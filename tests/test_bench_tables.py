@@ -38,6 +38,8 @@ def test_the_targets_table_reads_means_over_seeds_and_says_what_is_missing(tmp_p
     row("segment", "deeplabv3", "resnet18", 500, 0, 50.0)
     row("segment", "deeplabv3", "pretrained", 500, 0, 40.0)
     row("segment", "deeplabv3", "task", 500, 0, 46.0)
+    row("segment", "deeplabv3", "task_pixel", 500, 0, 47.0)  # the pixel pretext, same images
+    row("detect", "yolov8", "task_pixel", 500, 0, 39.0)
     lines = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:]
              for line in tables.downstream_targets().splitlines()[2:]}
     seg100 = lines["task − random init ≥ +3 (segment, deeplabv3, 100 canvases)"]
@@ -47,5 +49,10 @@ def test_the_targets_table_reads_means_over_seeds_and_says_what_is_missing(tmp_p
     assert lines["task − random init ≥ +3 (detect, yolov8, 100 canvases)"][-1] == "not run |"
     assert lines["pre-trained ViT − ResNet-18 scratch ≥ 0 (detect, yolov8, 500 canvases)"][-1] \
         == "not run |"
+    pixel = "task − pixel regression on task images ≥ 0"
+    assert lines[f"{pixel} (segment, deeplabv3, 500 canvases)"] == ["-1.00", "1 (-1.00)",
+                                                                    "missed by 1.00 |"]
+    assert lines[f"{pixel} (detect, yolov8, 500 canvases)"] == ["+1.00", "1 (+1.00)", "met |"]
+    assert lines[f"{pixel} (segment, deeplabv3, 100 canvases)"][-1] == "not run |"
     gap = [v for k, v in lines.items() if k.startswith("mask gap")]
     assert gap == [["4.00", "-", "met |"]], gap  # shipped gap 10: half is 5
