@@ -215,26 +215,38 @@ def downstream_summary():
 DOWNSTREAM_STARTS = {"task": "ConMIM on the task's images",
                      "task_pixel": "pixel regression on the task's images",
                      "pretrained": "ConMIM (shipped backbone)",
-                     "pixel": "pixel regression (SimMIM)", "random": "same ViT, random init",
+                     "pixel": "pixel regression on 28 px items", "random": "same ViT, random init",
                      "resnet18": "ResNet-18 (KerasHub), scratch"}
 
 
 def downstream_share():
     """bench/downstream_benchmark.py: what pre-training buys, test points of
-    one start minus another at the same seed (same canvases), and the mean."""
+    one start minus another at the same seed (same canvases): one line per
+    pair of starts and setting, the labelled budgets side by side, each cell
+    the mean over the seeds both starts have and the per-seed values."""
     from downstream_benchmark import differences
 
-    out = []
+    metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}
+    lines = {}  # (a, b, task, head, px): {canvases: (per seed, mean)}
     for a, b in (("task", "random"), ("task", "task_pixel"), ("task", "pretrained"),
-                 ("task", "pixel"), ("task_pixel", "random"), ("pretrained", "random"), ("pretrained", "pixel"), ("pixel", "random")):
+                 ("task", "pixel"), ("task_pixel", "random"), ("pretrained", "random"),
+                 ("pretrained", "pixel"), ("pixel", "random")):
         for task, head, canvases, px, per_seed, mean in differences(a, b):
-            metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}[task]
-            out.append([f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",
-                        f"{task} ({head}, {metric})", canvases, px,
-                        ", ".join(f"{d:+.2f}" for d in per_seed.values()),
-                        ", ".join(str(s) for s in per_seed), f"{mean:+.2f}"])
-    return _markdown(["difference", "task", "train canvases", "canvas px",
-                      "test points per seed", "seeds", "mean"], out)
+            lines.setdefault((a, b, task, head, px), {})[canvases] = (per_seed, mean)
+    budgets = sorted({c for cells in lines.values() for c in cells})
+
+    def cell(per_seed, mean):
+        seeds = ", ".join(str(s) for s in per_seed)
+        values = ", ".join(f"{d:+.2f}" for d in per_seed.values())
+        return (f"{mean:+.2f} (seed {seeds})" if len(per_seed) == 1
+                else f"{mean:+.2f} (seeds {seeds}: {values})")
+
+    out = [[f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",
+            f"{task} ({head}, {metric[task]})", px,
+            *[cell(*cells[c]) if c in cells else "-" for c in budgets]]
+           for (a, b, task, head, px), cells in lines.items()]
+    return _markdown(["difference", "task", "canvas px",
+                      *[f"{c:,} canvases: mean (per seed)" for c in budgets]], out)
 
 
 def downstream_targets():

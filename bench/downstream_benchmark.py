@@ -135,6 +135,14 @@ ROWS = [
     ("detect", "yolov8", "task_pixel", 500, 0, ["--canvas-size", "64"]),
     ("segment", "deeplabv3", "task_pixel", 100, 0, []),
     ("detect", "yolov8", "task_pixel", 100, 0, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "task_pixel", 500, 1, []),
+    ("detect", "yolov8", "task_pixel", 500, 1, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "task_pixel", 100, 1, []),
+    ("detect", "yolov8", "task_pixel", 100, 1, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "task_pixel", 500, 2, []),
+    ("detect", "yolov8", "task_pixel", 500, 2, ["--canvas-size", "64"]),
+    ("segment", "deeplabv3", "task_pixel", 100, 2, []),
+    ("detect", "yolov8", "task_pixel", 100, 2, ["--canvas-size", "64"]),
 ]
 METRIC = {"segment": "miou", "detect": "map", "instance": "mask_map"}  # each task's score
 AP50 = {"detect": "ap50", "instance": "mask_ap50"}  # and its AP50, where it has one

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch",
                                 reason="numbers in files: the backend does not matter")
 
 
-def test_the_targets_table_reads_means_over_seeds_and_says_what_is_missing(tmp_path, monkeypatch):
+def test_the_targets_and_share_tables_read_means_over_seeds_and_say_what_is_missing(tmp_path, monkeypatch):
     benchmark = load_bench_script("downstream_benchmark")
     tables = load_bench_script("doc_tables")
     monkeypatch.setattr(benchmark, "OUT", str(tmp_path))
@@ -56,3 +56,15 @@ def test_the_targets_table_reads_means_over_seeds_and_says_what_is_missing(tmp_p
     assert lines[f"{pixel} (segment, deeplabv3, 100 canvases)"][-1] == "not run |"
     gap = [v for k, v in lines.items() if k.startswith("mask gap")]
     assert gap == [["4.00", "-", "met |"]], gap  # shipped gap 10: half is 5
+
+    # the share table: one line per pair and setting, the budgets side by side
+    share = {tuple(c.strip() for c in line.split("|")[1:3]): [c.strip() for c in line.split("|")[3:-1]]
+             for line in tables.downstream_share().splitlines()[2:]}
+    header = tables.downstream_share().splitlines()[0]
+    assert "100 canvases: mean (per seed) | 500 canvases: mean (per seed) |" in header, header
+    task_random = "ConMIM on the task's images − same ViT, random init"
+    assert share[(task_random, "segment (deeplabv3, mIoU)")] == [
+        "48", "-1.00 (seeds 0, 1, 2: +4.00, +3.00, -10.00)", "-"]
+    assert share[(task_random, "detect (yolov8, box mAP)")] == ["64", "-", "-5.50 (seed 0)"]
+    assert share[("ConMIM on the task's images − pixel regression on the task's images",
+                  "segment (deeplabv3, mIoU)")] == ["48", "-", "-1.00 (seed 0)"]
