@@ -56,7 +56,9 @@ def starts():
     if os.path.isfile(final) and not any(n.startswith("task") for n, _ in found):
         found.append(("task images, end of run", final))  # its last checkpoint is the same teacher
     if os.path.isfile(TASK_PIXEL):
-        found.append(("pixel regression on task images, end of run", TASK_PIXEL))
+        with open(os.path.join(os.path.dirname(TASK_PIXEL), "results.json")) as f:
+            step = json.load(f)["step"]
+        found.append((f"pixel regression on task images, step {step}", TASK_PIXEL))
     return found
 
 
