@@ -7,7 +7,9 @@
     if __name__ == "__main__":
         recipe_main.run(main)             # the library's errors as one line
 
-`choose_backend` reads `--backend` from the command line (or the `backend`
+`choose_backend` first checks that this Python can import the package (a
+clone run without `pip install -e .` gets one line saying so, not a
+traceback from the first import), then reads `--backend` from the command line (or the `backend`
 key of a `--config` file) and sets `KERAS_BACKEND`, which Keras reads once, at
 its first import. `run` turns the library's typed errors
 (`keras_conmim.errors.ConMIMError`) into `error: <message>` on stderr and
@@ -15,6 +17,7 @@ exit status 2, with no traceback; anything else is a bug and keeps its
 traceback.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -51,10 +54,21 @@ def _backend_in_file(path):
     return config.get("backend") if isinstance(config, dict) else None
 
 
+def require_package():
+    """Exit with one line (status 2) where keras_conmim is not importable."""
+    if importlib.util.find_spec("keras_conmim") is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        print(f"error: keras_conmim is not installed in this Python ({sys.executable}): run "
+              f"`pip install -e {root}` (README: Install and run), then the recipe again",
+              file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def choose_backend(argv=None):
     """Set KERAS_BACKEND from --backend (else a --config file's `backend`,
     else the environment's, else jax). A value that is no backend is left
     for the recipe's parser to refuse with the valid choices."""
+    require_package()
     argv = sys.argv[1:] if argv is None else argv
     backend = _flag(argv, "--backend")
     if backend is None and _flag(argv, "--config"):

@@ -8,6 +8,7 @@ command-line cases run on JAX only.
 
 import json
 import os
+import subprocess
 import sys
 import warnings
 
@@ -207,3 +208,14 @@ def test_an_export_into_a_folder_that_cannot_be_made_is_one_line(tmp_path):
     for fmt, name in (("keras", "enc.keras"), ("tf_saved_model", "serving")):
         one_line(run_recipe("export", "--format", fmt, "--output", f"/proc/keras_conmim/{name}"),
                  f"cannot write /proc/keras_conmim/{name}", "writable folder")
+
+
+@jax_only
+@pytest.mark.parametrize("recipe", ["pretrain.py", "detect.py", "make_canvases.py"])
+def test_a_recipe_run_without_the_package_installed_says_how_to_install_it(recipe):
+    # `python -S` skips site-packages, where `pip install -e .` put the package:
+    # the state of a fresh clone run before installing.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-S", os.path.join("recipes", recipe), "--help"],
+                          cwd=root, capture_output=True, text=True)
+    one_line(done, "keras_conmim is not installed", f"pip install -e {root}")
