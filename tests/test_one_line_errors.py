@@ -216,6 +216,7 @@ def test_a_recipe_run_without_the_package_installed_says_how_to_install_it(recip
     # `python -S` skips site-packages, where `pip install -e .` put the package:
     # the state of a fresh clone run before installing.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-S", os.path.join("recipes", recipe), "--help"],
-                          cwd=root, capture_output=True, text=True)
+                          cwd=root, env=env, capture_output=True, text=True)
     one_line(done, "keras_conmim is not installed", f"pip install -e {root}")
