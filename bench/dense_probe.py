@@ -34,9 +34,8 @@ sys.path.insert(0, os.path.join(ROOT, "recipes"))
 OUT = os.path.join(ROOT, "bench", "results", "dense_probe.json")
 TASK_RUN = os.path.join(ROOT, "bench", "results", "canvas48_e2", "pretrain")
 PIXEL = os.path.join(ROOT, "bench", "results", "pixel_unit2_e6", "pretrain", "student_encoder.keras")
-# pixel regression on the same canvases, same settings (bench/downstream_benchmark.py's TASK_PIXEL)
-TASK_PIXEL = os.path.join(ROOT, "bench", "results", "canvas48_pixel_e2", "pretrain",
-                          "student_encoder.keras")
+# pixel regression on the same canvases, same settings: the benchmark's start
+from downstream_benchmark import TASK_PIXEL  # noqa: E402
 DATA = "idx:/usr/share/datasets/fashion-mnist"
 CANVASES = {"train": 500, "val": 300}  # probe fit / probe score (the benchmark's val count)
 
