@@ -178,6 +178,9 @@ def downstream():
                       "val", "test", "test AP50", "run folder"], out)
 
 
+METRIC_NAME = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}  # each task's score
+
+
 def _start_scores():
     """{(task, head, canvases, canvas px): {start: [test score per seed run]}}
     from bench/downstream_benchmark.py's committed rows."""
@@ -198,7 +201,6 @@ def downstream_summary():
     score (seed 0's, or the mean over seeds with their number)."""
     tasks = ("segment", "detect", "instance")
     scores = _start_scores()
-    metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}
     out = []
     for key in sorted(scores, key=lambda k: (tasks.index(k[0]), k[1] in ("segformer", "upernet",
                                                                           "yolov8"), k[1], k[2:])):
@@ -207,7 +209,7 @@ def downstream_summary():
             got = scores[key].get(start)
             cells.append("-" if not got else f"{sum(got) / len(got):.2f}"
                          + (f" ({len(got)} seeds)" if len(got) > 1 else ""))
-        out.append([f"{key[0]} ({metric[key[0]]})", key[1], key[2], key[3], *cells])
+        out.append([f"{key[0]} ({METRIC_NAME[key[0]]})", key[1], key[2], key[3], *cells])
     return _markdown(["task (test %)", "head", "train canvases", "canvas px",
                       *DOWNSTREAM_STARTS.values()], out)
 
@@ -226,7 +228,6 @@ def downstream_share():
     the mean over the seeds both starts have and the per-seed values."""
     from downstream_benchmark import differences
 
-    metric = {"segment": "mIoU", "detect": "box mAP", "instance": "mask mAP"}
     lines = {}  # (a, b, task, head, px): {canvases: (per seed, mean)}
     for a, b in (("task", "random"), ("task", "task_pixel"), ("task", "pretrained"),
                  ("task", "pixel"), ("task_pixel", "random"), ("pretrained", "random"),
@@ -242,7 +243,7 @@ def downstream_share():
                 else f"{mean:+.2f} (seeds {seeds}: {values})")
 
     out = [[f"{DOWNSTREAM_STARTS[a]} − {DOWNSTREAM_STARTS[b]}",
-            f"{task} ({head}, {metric[task]})", px,
+            f"{task} ({head}, {METRIC_NAME[task]})", px,
             *[cell(*cells[c]) if c in cells else "-" for c in budgets]]
            for (a, b, task, head, px), cells in lines.items()]
     return _markdown(["difference", "task", "canvas px",
