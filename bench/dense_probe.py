@@ -33,9 +33,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
 OUT = os.path.join(ROOT, "bench", "results", "dense_probe.json")
 TASK_RUN = os.path.join(ROOT, "bench", "results", "canvas48_e2", "pretrain")
-PIXEL = os.path.join(ROOT, "bench", "results", "pixel_unit2_e6", "pretrain", "student_encoder.keras")
-# pixel regression on the same canvases, same settings: the benchmark's start
-from downstream_benchmark import TASK_PIXEL  # noqa: E402
+# pixel regression on the 28 px items and on the same canvases: the benchmark's starts
+from downstream_benchmark import PIXEL, TASK_PIXEL  # noqa: E402
 DATA = "idx:/usr/share/datasets/fashion-mnist"
 CANVASES = {"train": 500, "val": 300}  # probe fit / probe score (the benchmark's val count)
 
